@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env
+
+
+@pytest.fixture(scope="session")
+def appliance_image() -> str:
+    """Build the image once per test session (a no-op when the layer cache is warm), as `docker compose build`."""
+    image = os.environ.get("LLMPI_IMAGE", "llmpi:latest")
+    if os.environ.get("LLMPI_TEST_SKIP_BUILD"):
+        return image
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / "build.log").open("w") as log:
+        subprocess.run(
+            ["docker", "compose", "-f", str(COMPOSE_FILE), "build", "llmpi"],
+            env=compose_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+    return image
+
+
+# --- pytest-docker: the session's main appliance, started once with the defaults a user gets -----------------
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file(appliance_image: str) -> list[str]:
+    os.environ.update(compose_env())  # pytest-docker runs compose with this process's environment
+    return [str(COMPOSE_FILE)]
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name() -> str:
+    return f"llmpi-test-{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def docker_setup() -> list[str]:
+    return ["up -d --no-build"]
+
+
+@pytest.fixture(scope="session")
+def docker_cleanup() -> list[str]:
+    return ["down -v --remove-orphans --timeout 10"]
+
+
+@pytest.fixture(scope="session")
+def main_project(docker_services: object, docker_compose_project_name: str) -> Iterator[Project]:
+    project = Project(docker_compose_project_name)
+    project.wait_healthy()
+    yield project
+    project.save_logs()  # artifacts/<project>.log, before pytest-docker removes the container
+
+
+@pytest.fixture
+def appliance(main_project: Project) -> Project:
+    """The main appliance, healthy (a test before may have restarted it)."""
+    main_project.wait_healthy()
+    return main_project
+
+
+@pytest.fixture(scope="session")
+def api_key(main_project: Project) -> str:
+    return main_project.generated_key()
+
+
+@pytest.fixture
+def extra_project(request: pytest.FixtureRequest, appliance_image: str) -> Iterator[Project]:
+    """A second compose project for tests that need other settings; removed (with its volume) afterwards."""
+    project = Project(f"llmpi-test-{os.getpid()}-{request.node.name[:30].lower().replace('[', '-').strip(']')}")
+    project.name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in project.name)
+    yield project
+    project.down()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if (here / "appliance") in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.appliance)
