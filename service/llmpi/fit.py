@@ -7,9 +7,9 @@ start-up and for the model pipeline's choice of quantization before a download.
 * KV cache: n_ctx x n_layer x (K width + V width) x bytes per element (f16 by default). Layers with a sliding
   window keep only window + batch tokens per slot; that is counted when the GGUF declares a window and the
   architecture's layer pattern is known (else every layer is counted in full, an upper bound).
-* compute buffers: llama.cpp's CPU compute graph for one micro-batch; dominated by the output logits
-  (n_vocab x n_ubatch x 4 bytes) plus activations; the constants are calibrated against llama-server's own
-  "compute buffer size" report (see docs/memory.md).
+* compute buffers: llama.cpp's CPU compute graph for one micro-batch plus the output logits; the constants are
+  calibrated against llama-server's own "compute buffer size" report (see docs/memory.md).
+* runtime: code, libraries, threads, and the tokenizer's tables.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class ModelShape:
     n_ctx_train: int
     sliding_window: int = 0
     n_params: int = 0
+    n_ff: int = 0  # feed-forward width (0: assume 4 x n_embd)
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo) -> ModelShape:
@@ -90,6 +91,7 @@ class ModelShape:
             n_ctx_train=int(a("context_length", 0)),
             sliding_window=int(a("attention.sliding_window", 0) or 0),
             n_params=info.n_params,
+            n_ff=_first(a("feed_forward_length", 0)),
         )
 
 
@@ -141,19 +143,29 @@ def _pad(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
-def compute_bytes(shape: ModelShape, n_ubatch: int = DEFAULT_UBATCH) -> int:
-    # output logits for a micro-batch plus the widest activations; see docs/memory.md for the calibration
-    logits = shape.n_vocab * 4 * n_ubatch
-    activations = shape.n_embd * 4 * n_ubatch * 16
-    return logits + activations
+def compute_bytes(shape: ModelShape, n_ubatch: int = DEFAULT_UBATCH, n_seq: int = 1) -> int:
+    """CPU compute graph for one micro-batch (flash attention on, llama.cpp's default on CPU) + output logits.
+
+    Calibrated on llama-server's own report: Gemma 3 270M, ubatch 512 -> "CPU compute buffer size = 28.27 MiB"
+    (this gives 27.0 MiB); see docs/memory.md.
+    """
+    n_ff = shape.n_ff or 4 * shape.n_embd
+    activations = n_ubatch * 4 * (12 * shape.n_embd + 2 * n_ff)
+    logits = shape.n_vocab * 4 * n_seq
+    return activations + logits
+
+
+def runtime_overhead(shape: ModelShape) -> int:
+    """The process itself: code and libraries, HTTP threads, and the tokenizer's tables (about 128 B a token)."""
+    return RUNTIME_OVERHEAD + shape.n_vocab * 128
 
 
 def estimate(shape: ModelShape, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFAULT_UBATCH, extra: int = 0) -> Estimate:
     return Estimate(
         weights=shape.weights_bytes,
         kv_cache=kv_cache_bytes(shape, n_ctx, n_seq, n_ubatch),
-        compute=compute_bytes(shape, n_ubatch),
-        overhead=RUNTIME_OVERHEAD,
+        compute=compute_bytes(shape, n_ubatch, n_seq),
+        overhead=runtime_overhead(shape),
         extra=extra,
         n_ctx=n_ctx,
     )

@@ -20,6 +20,7 @@ from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, get, ge
 from .gguf import GGUFError, GGUFInfo, read_gguf
 
 DEFAULT_PARALLEL = 4
+DEFAULT_MODEL = "/opt/llmpi/models/default.gguf"  # a link to the embedded model, in the `appliance` image
 SERVER = "llama-server"
 
 
@@ -45,14 +46,21 @@ def model_alias(env: Mapping[str, str], model: Path) -> str:
     alias = get(env, "LLMPI_MODEL_ALIAS")
     if alias:
         return alias
-    name = model.name
+    name = model.resolve().name
     return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
 
 
+def sibling_template(model: Path) -> Path | None:
+    """`<model>.jinja` next to the model file (links followed): its chat template, when none is configured."""
+    real = model.resolve()
+    candidate = real.with_name(model_alias({}, real) + ".jinja")
+    return candidate if candidate.is_file() else None
+
+
 def check_model(path_text: str) -> GGUFInfo:
-    if not path_text:
-        raise ConfigError("LLMPI_MODEL is not set: name the GGUF model file to serve")
-    path = Path(path_text)
+    path = Path(path_text or DEFAULT_MODEL)
+    if not path_text and not path.exists():
+        raise ConfigError("LLMPI_MODEL is not set and this image has no embedded model: name the GGUF file to serve")
     if not path.exists():
         raise ConfigError(f"the model file {path} does not exist (LLMPI_MODEL); is the models volume mounted?")
     if not path.is_file():
@@ -114,6 +122,9 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
     template = get(env, "LLMPI_CHAT_TEMPLATE")
     if template and template_file:
         raise ConfigError("set LLMPI_CHAT_TEMPLATE or LLMPI_CHAT_TEMPLATE_FILE, not both")
+    if not template and not template_file:
+        sibling = sibling_template(info.path)
+        template_file = str(sibling) if sibling else ""
     if template_file:
         if not Path(template_file).is_file():
             raise ConfigError(f"the chat template file {template_file} does not exist (LLMPI_CHAT_TEMPLATE_FILE)")

@@ -72,7 +72,7 @@ def test_streaming_chat_completion(client: openai.OpenAI) -> None:
 def test_server_reports_the_pinned_llama_cpp(appliance: Project) -> None:
     code, out = appliance.exec(["llama-server", "--version"])
     assert code == 0, out
-    assert "version: 11312 (0c1e5709" in out
+    assert "build 11312, commit 0c1e57098bba43ac29e6e3b677cdceebdd22334f" in out
 
 
 def test_runs_as_non_root_without_a_control_socket(appliance: Project) -> None:

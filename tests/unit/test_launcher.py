@@ -87,6 +87,20 @@ def test_settings_become_flags(env: dict[str, str], tmp_path: Path) -> None:
     assert "LLMPI_API_KEY" not in p.env
 
 
+def test_template_next_to_the_model_and_links(env: dict[str, str], tmp_path: Path) -> None:
+    model = Path(env["LLMPI_MODEL"])
+    model.with_name("tiny-chat.Q4_K_M.jinja").write_text("{{ messages }}")
+    link = tmp_path / "default.gguf"
+    link.symlink_to(model.name)
+    env["LLMPI_MODEL"] = str(link)
+    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    assert f["--alias"] == "tiny-chat.Q4_K_M"  # the real file's name, not the link's
+    assert f["--chat-template-file"] == str(model.with_name("tiny-chat.Q4_K_M.jinja"))
+    env["LLMPI_CHAT_TEMPLATE"] = "chatml"  # a configured template wins over the file next to the model
+    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    assert f["--chat-template"] == "chatml" and "--chat-template-file" not in f
+
+
 def test_llama_arg_variables_win(env: dict[str, str]) -> None:
     env.update(LLAMA_ARG_THREADS="7", LLAMA_ARG_CTX_SIZE="2048")
     p = launcher.plan(env, HW, out=io.StringIO())
@@ -121,7 +135,7 @@ def test_missing_and_truncated_models(env: dict[str, str], tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="truncated"):
         launcher.plan(env, HW, out=io.StringIO())
     env["LLMPI_MODEL"] = ""
-    with pytest.raises(ConfigError, match="LLMPI_MODEL is not set"):
+    with pytest.raises(ConfigError, match="LLMPI_MODEL is not set and this image has no embedded model"):
         launcher.plan(env, HW, out=io.StringIO())
 
 
