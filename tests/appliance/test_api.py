@@ -78,8 +78,8 @@ def test_server_reports_the_pinned_llama_cpp(appliance: Project) -> None:
 def test_runs_as_non_root_without_a_control_socket(appliance: Project) -> None:
     code, out = appliance.exec(["python3", "-c", "import os; print(os.getuid())"])
     assert (code, out.strip()) == (0, "10001")
-    top = appliance.container().top(ps_args="-eo user,comm")
-    users = {row[0] for row in top["Processes"]}
+    top = appliance.container().top(ps_args="-eo pid,user,comm")
+    users = {row[1] for row in top["Processes"]}
     assert "root" not in users, top
     code, out = appliance.exec(["sh", "-c", "ls /tmp/*.sock /var/run/supervisor* 2>/dev/null; true"])
     assert out.strip() == ""

@@ -33,8 +33,10 @@ def test_kill_9_of_llama_server_recovers(appliance: Project) -> None:
 def test_missing_then_truncated_model(extra_project: Project) -> None:
     extra_project.env["LLMPI_MODEL"] = "/data/models/broken.gguf"
     extra_project.up()
-    wait_for(lambda: "configuration error" in extra_project.logs(), 60, what="the launcher's refusal")
-    time.sleep(8)  # supervisor's retries, then the FATAL listener's verdict
+    # supervisor retries 3 times (about 8 s of back-off), then the FATAL listener gives its verdict
+    wait_for(lambda: "will not start until the configuration is fixed" in extra_project.logs(), 60, pause=1,
+             what="the FATAL listener's verdict")
+    time.sleep(3)
     logs = extra_project.logs()
     assert "configuration error: the model file /data/models/broken.gguf does not exist" in logs
     assert "will not start until the configuration is fixed" in logs
