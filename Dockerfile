@@ -8,14 +8,19 @@
 #   source   build platform: llama.cpp from the pinned llama-cpp-python sdist, sha256-checked, patched
 #   llama    build platform: compiles llama.cpp for $TARGETARCH (cross toolchain when they differ)
 #   model    build platform: the embedded default model (Gemma 3 270M Q4_K_M), sha256-checked
-#   runtime  target platform: slim Debian, non-root, supervisor + launcher + llama.cpp binaries
+#   runtime  target platform: slim Debian, non-root, supervisor + launcher + llama.cpp binaries (its one RUN, an
+#            apt-get install, is the only step that runs under emulation in a cross-build)
 #   appliance  runtime + the embedded model (the default target)
 #
 # No `# syntax=` line and no registry needed: the base image is pulled where a registry exists and made by
 # scripts/make-base-images where none does. pip reaches PyPI with the host's CA bundle passed as the build
 # secret `cacert` (compose.yaml does it); it is mounted only for the RUN that needs it, never stored in a layer.
 
+# DEBIAN_IMAGE runs the build stages (build platform); DEBIAN_TARGET_IMAGE is the base of the image that ships.
+# With a registry both are the multi-platform debian:trixie-slim. Offline, Docker's image store holds one platform
+# per tag, so scripts/make-base-images tags a foreign-architecture base e.g. debian:trixie-slim-arm64.
 ARG DEBIAN_IMAGE=debian:trixie-slim
+ARG DEBIAN_TARGET_IMAGE=debian:trixie-slim
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM --platform=$BUILDPLATFORM ${DEBIAN_IMAGE} AS tools
@@ -112,7 +117,7 @@ COPY build/templates/gemma3.jinja /models/gemma-3-270m-q4_k_m.jinja
 RUN ln -s gemma-3-270m-q4_k_m.gguf /models/default.gguf
 
 # ---------------------------------------------------------------------------------------------------------------
-FROM ${DEBIAN_IMAGE} AS runtime
+FROM ${DEBIAN_TARGET_IMAGE} AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 supervisor libgomp1 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,3 +112,9 @@ class Project:
     def exec(self, cmd: list[str], user: str = "llmpi") -> tuple[int, str]:
         code, out = self.container().exec_run(cmd, user=user)
         return int(code), out.decode(errors="replace")
+
+
+def say(config: pytest.Config, text: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(text)

@@ -7,16 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env, say
 
 
 @pytest.fixture(scope="session")
-def appliance_image() -> str:
+def appliance_image(pytestconfig: pytest.Config) -> str:
     """Build the image once per test session (a no-op when the layer cache is warm), as `docker compose build`."""
     image = os.environ.get("LLMPI_IMAGE", "llmpi:latest")
     if os.environ.get("LLMPI_TEST_SKIP_BUILD"):
         return image
     ARTIFACTS.mkdir(exist_ok=True)
+    say(
+        pytestconfig,
+        "\nbuilding the appliance image with docker compose (about 10 minutes the first time on 2 cores; "
+        "progress in artifacts/build.log)",
+    )
     with (ARTIFACTS / "build.log").open("w") as log:
         subprocess.run(
             ["docker", "compose", "-f", str(COMPOSE_FILE), "build", "llmpi"],

@@ -22,6 +22,8 @@ from .gguf import GGUFError, GGUFInfo, read_gguf
 DEFAULT_PARALLEL = 4
 DEFAULT_MODEL = "/opt/llmpi/models/default.gguf"  # a link to the embedded model, in the `appliance` image
 SERVER = "llama-server"
+# llama.cpp's verbosity levels; `trace` adds the backend/CPU-variant choice and the model's metadata
+LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "trace": 4, "debug": 5}
 
 
 @dataclass
@@ -131,6 +133,10 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
         _flag(argv, env, notes, "LLAMA_ARG_CHAT_TEMPLATE_FILE", "--chat-template-file", template_file)
     elif template:
         _flag(argv, env, notes, "LLAMA_ARG_CHAT_TEMPLATE", "--chat-template", template)
+    level = get(env, "LLMPI_LOG_LEVEL", "info").lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LLMPI_LOG_LEVEL={level!r}: use one of {', '.join(LOG_LEVELS)}")
+    _flag(argv, env, notes, "LLAMA_ARG_LOG_VERBOSITY", "--log-verbosity", str(LOG_LEVELS[level]))
     if get_bool(env, "LLMPI_METRICS", True):
         _flag(argv, env, notes, "LLAMA_ARG_ENDPOINT_METRICS", "--metrics")
     if auth.key_file is not None:

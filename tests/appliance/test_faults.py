@@ -34,8 +34,12 @@ def test_missing_then_truncated_model(extra_project: Project) -> None:
     extra_project.env["LLMPI_MODEL"] = "/data/models/broken.gguf"
     extra_project.up()
     # supervisor retries 3 times (about 8 s of back-off), then the FATAL listener gives its verdict
-    wait_for(lambda: "will not start until the configuration is fixed" in extra_project.logs(), 60, pause=1,
-             what="the FATAL listener's verdict")
+    wait_for(
+        lambda: "will not start until the configuration is fixed" in extra_project.logs(),
+        60,
+        pause=1,
+        what="the FATAL listener's verdict",
+    )
     time.sleep(3)
     logs = extra_project.logs()
     assert "configuration error: the model file /data/models/broken.gguf does not exist" in logs

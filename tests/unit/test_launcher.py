@@ -51,6 +51,7 @@ def test_defaults(env: dict[str, str]) -> None:
     assert f["--ctx-size"] == "4096"  # trained context of the test model (< the 8192 cap), fits easily
     assert (f["--host"], f["--port"]) == ("0.0.0.0", "8080")
     assert "--metrics" in f
+    assert f["--log-verbosity"] == "3"
     assert f["--api-key-file"] == str(Path(env["LLMPI_DATA_DIR"]) / "api_key")
 
 
@@ -117,6 +118,7 @@ def test_llama_arg_variables_win(env: dict[str, str]) -> None:
         ("LLMPI_PARALLEL", "0", "too small"),
         ("LLMPI_CTX_SIZE", "100", "too small"),
         ("LLMPI_METRICS", "maybe", "use on or off"),
+        ("LLMPI_LOG_LEVEL", "chatty", "use one of error, warn, info, trace, debug"),
         ("LLMPI_MEMORY_LIMIT", "lots", "not a size"),
         ("LLMPI_CHAT_TEMPLATE_FILE", "/nonexistent.jinja", "does not exist"),
     ],
