@@ -1,0 +1,107 @@
+"""The Raspberry Pi image: cross-built for linux/arm64, run under QEMU as a Pi 4 (Cortex-A72) and a Pi 5
+(Cortex-A76). Slow paths, so: the embedded 270M model, a few tokens."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import openai
+import pytest
+
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, compose_env, say
+
+pytestmark = pytest.mark.arm64
+HERE = Path(__file__).resolve().parent
+IMAGE = os.environ.get("LLMPI_ARM64_IMAGE", "llmpi:arm64")
+EM_AARCH64 = 183  # ELF e_machine of AArch64
+
+
+@pytest.fixture(scope="session")
+def arm64_image(pytestconfig: pytest.Config) -> str:
+    ARTIFACTS.mkdir(exist_ok=True)
+    if not os.environ.get("LLMPI_TEST_SKIP_BUILD"):
+        say(
+            pytestconfig,
+            "\ncross-building the arm64 image (about 10 minutes the first time on 2 cores; "
+            "progress in artifacts/build-arm64.log)",
+        )
+        with (ARTIFACTS / "build-arm64.log").open("w") as log:
+            subprocess.run(
+                [str(ROOT / "scripts/build-arm64")],
+                env=compose_env({"LLMPI_ARM64_IMAGE": IMAGE}),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
+    return IMAGE
+
+
+def test_image_is_linux_arm64(arm64_image: str) -> None:
+    image = docker.from_env().images.get(arm64_image)
+    assert (image.attrs["Os"], image.attrs["Architecture"]) == ("linux", "arm64")
+
+
+def test_binaries_are_aarch64(arm64_image: str) -> None:
+    client = docker.from_env()
+    container = client.containers.create(arm64_image, platform="linux/arm64")
+    try:
+        stream, _ = container.get_archive("/opt/llama/bin")
+        data = io.BytesIO(b"".join(stream))
+    finally:
+        container.remove()
+    checked = 0
+    names: list[str] = []
+    with tarfile.open(fileobj=data) as tar:
+        for member in tar.getmembers():
+            names.append(Path(member.name).name)
+            if not member.isfile():
+                continue
+            f = tar.extractfile(member)
+            assert f is not None
+            head = f.read(20)
+            assert head[:4] == b"\x7fELF", member.name
+            assert head[4] == 2, f"{member.name} is not 64-bit"
+            assert int.from_bytes(head[18:20], "little") == EM_AARCH64, f"{member.name} is not aarch64"
+            checked += 1
+    assert checked >= 10
+    assert {"libggml-cpu-armv8.0_1.so", "libggml-cpu-armv8.2_2.so", "llama-server"} <= set(names)
+
+
+@pytest.fixture
+def pi(request: pytest.FixtureRequest, arm64_image: str) -> Iterator[Project]:
+    cpu = request.param
+    project = Project(
+        f"llmpi-arm64-{os.getpid()}-{cpu}",
+        env={"LLMPI_IMAGE": arm64_image, "QEMU_CPU": cpu, "LLMPI_LOG_LEVEL": "trace"},
+        files=[COMPOSE_FILE, HERE / "compose.arm64.yaml"],
+    )
+    project.up()
+    yield project
+    project.down()
+
+
+@pytest.mark.parametrize(
+    ("pi", "variant"),
+    [("cortex-a72", "armv8.0_1"), ("cortex-a76", "armv8.2_2")],
+    indirect=["pi"],
+    ids=["pi4-cortex-a72", "pi5-cortex-a76"],
+)
+def test_cpu_variant_chosen_at_run_time(pi: Project, variant: str) -> None:
+    pi.wait_healthy(timeout=600)
+    logs = pi.logs()
+    loaded = [line for line in logs.splitlines() if "loaded CPU backend from" in line]
+    assert loaded, "llama-server did not log its CPU backend"
+    assert loaded[-1].rstrip().endswith(f"/opt/llama/bin/libggml-cpu-{variant}.so"), loaded
+    if variant == "armv8.2_2":  # one chat completion through the SDK on the emulated Pi 5 (a few tokens)
+        client = openai.OpenAI(base_url=f"{pi.url}/v1", api_key=pi.generated_key(), max_retries=0, timeout=300)
+        completion = client.chat.completions.create(
+            model="gpt-3.5-turbo", max_tokens=4, temperature=0, messages=[{"role": "user", "content": "Say hello."}]
+        )
+        assert completion.choices[0].message.content
+        assert completion.usage is not None and completion.usage.completion_tokens > 0
