@@ -1,0 +1,140 @@
+"""Reading a model repo on the Hugging Face hub (or a stand-in at HF_ENDPOINT) without downloading weights,
+and downloading only what a conversion needs, resumably."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+# what convert_hf_to_gguf.py reads: config, weights, tokenizer, chat template; never other weight formats
+NEEDED = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+]
+
+
+class PrepareError(Exception):
+    """A clear, user-facing reason why the model cannot be prepared (nothing was left half-written)."""
+
+
+def token_from_env(env: dict[str, str] | None = None) -> str | None:
+    """HF_TOKEN, or the contents of HF_TOKEN_FILE (never logged)."""
+    e = os.environ if env is None else env
+    if e.get("HF_TOKEN"):
+        return e["HF_TOKEN"].strip()
+    if e.get("HF_TOKEN_FILE"):
+        try:
+            return Path(e["HF_TOKEN_FILE"]).read_text().strip() or None
+        except OSError as err:
+            raise PrepareError(f"HF_TOKEN_FILE={e['HF_TOKEN_FILE']}: cannot read it ({err.strerror})") from None
+    return None
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    repo_id: str
+    revision: str  # the commit sha the revision resolved to; everything after uses it
+    config: dict[str, object]
+    n_params: int
+    files: dict[str, int]  # path -> size in bytes
+    gated: bool
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(size for name, size in self.files.items() if _needed(name))
+
+
+def endpoint() -> str | None:
+    """HF_ENDPOINT, read at call time (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _needed(name: str) -> bool:
+    from fnmatch import fnmatch
+
+    return "/" not in name and any(fnmatch(name, pattern) for pattern in NEEDED)
+
+
+def _explain(err: Exception, repo_id: str, revision: str | None) -> PrepareError:
+    if isinstance(err, GatedRepoError):
+        return PrepareError(
+            f"{repo_id} is a gated model: accept its license on the hub, then pass a token (HF_TOKEN or HF_TOKEN_FILE)"
+        )
+    if isinstance(err, RevisionNotFoundError):
+        return PrepareError(f"{repo_id} has no revision {revision!r}")
+    if isinstance(err, RepositoryNotFoundError):
+        return PrepareError(f"no model repo {repo_id!r} on the hub (or it is private and no token was given)")
+    if isinstance(err, EntryNotFoundError):
+        return PrepareError(f"{repo_id} has no config.json: not a transformers model llama.cpp can convert")
+    return PrepareError(f"the hub answered an error for {repo_id}: {err}")
+
+
+def inspect(repo_id: str, revision: str | None = None, token: str | None = None) -> RemoteModel:
+    """Metadata only: the commit, the file list with sizes, config.json and the parameter count (from the
+    safetensors headers, read with HTTP range requests). No weights are downloaded."""
+    api = HfApi(token=token, endpoint=endpoint())
+    try:
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+        sha = info.sha or revision or "main"
+        files = {s.rfilename: int(s.size or 0) for s in (info.siblings or [])}
+        config_path = hf_hub_download(repo_id, "config.json", revision=sha, token=token, endpoint=endpoint())
+        config = json.loads(Path(config_path).read_text())
+        if not any(name.endswith(".safetensors") for name in files):
+            raise PrepareError(f"{repo_id} has no safetensors weights (only {', '.join(sorted(files)) or 'nothing'})")
+        st = api.get_safetensors_metadata(repo_id, revision=sha)
+        n_params = sum(st.parameter_count.values())
+    except PrepareError:
+        raise
+    except (HfHubHTTPError, EntryNotFoundError) as e:
+        raise _explain(e, repo_id, revision) from None
+    return RemoteModel(repo_id, sha, config, n_params, files, bool(getattr(info, "gated", False)))
+
+
+def download(model: RemoteModel, dest: Path, token: str | None = None) -> Path:
+    """Download the files a conversion needs into `dest` (resumable: an interrupted run continues where it
+    stopped), after checking the free disk. Returns `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    have = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    need = model.download_bytes - have
+    free = shutil.disk_usage(dest).free
+    if need > free:
+        raise PrepareError(
+            f"not enough disk for the download: {need / 1e9:.2f} GB needed in {dest}, {free / 1e9:.2f} GB free"
+        )
+    try:
+        snapshot_download(
+            model.repo_id,
+            revision=model.revision,
+            token=token,
+            local_dir=dest,
+            allow_patterns=NEEDED,
+            endpoint=endpoint(),
+        )
+    except (HfHubHTTPError, EntryNotFoundError) as e:
+        raise _explain(e, model.repo_id, model.revision) from None
+    return dest
