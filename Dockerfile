@@ -8,6 +8,7 @@
 #   source   build platform: llama.cpp from the pinned llama-cpp-python sdist, sha256-checked, patched
 #   llama    build platform: compiles llama.cpp for $TARGETARCH (cross toolchain when they differ)
 #   model    build platform: the embedded default model (Gemma 3 270M Q4_K_M), sha256-checked
+#   prepare  build platform: the model pipeline image (llmpi-prepare: hub -> convert -> quantize -> verify)
 #   runtime  target platform: slim Debian, non-root, supervisor + launcher + llama.cpp binaries (its one RUN, an
 #            apt-get install, is the only step that runs under emulation in a cross-build)
 #   appliance  runtime + the embedded model (the default target)
@@ -115,6 +116,43 @@ RUN --mount=type=secret,id=cacert \
 COPY build/templates/gemma3.jinja /models/gemma-3-270m-q4_k_m.jinja
 # the launcher serves models/default.gguf when LLMPI_MODEL is not set
 RUN ln -s gemma-3-270m-q4_k_m.gguf /models/default.gguf
+
+# ---------------------------------------------------------------------------------------------------------------
+# prepare: the model pipeline, `llmpi-prepare` (build/llmpi_prepare): download from the hub, convert with the
+# pinned llama.cpp's convert_hf_to_gguf.py (CPU torch from Debian, not GBs of CUDA wheels), quantize and verify
+# with the pinned llama-quantize/llama-server. Used by compose's one-shot `prepare` service and by `bake`.
+FROM --platform=$BUILDPLATFORM ${DEBIAN_IMAGE} AS prepare
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libgomp1 python3 python3-venv python3-pip \
+      python3-torch python3-numpy python3-sentencepiece python3-safetensors python3-protobuf python3-yaml \
+      python3-jinja2 \
+ && rm -rf /var/lib/apt/lists/*
+COPY build/prepare.requirements.txt /tmp/prepare.requirements.txt
+RUN --mount=type=secret,id=cacert \
+    set -eu; \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
+    python3 -m venv --system-site-packages /opt/venv; \
+    /opt/venv/bin/pip install --quiet --no-cache-dir --disable-pip-version-check -r /tmp/prepare.requirements.txt; \
+    /opt/venv/bin/python -c "import torch, transformers, sentencepiece, safetensors, huggingface_hub"
+COPY --from=source /src/llama.cpp/convert_hf_to_gguf.py /opt/llama.cpp/convert_hf_to_gguf.py
+COPY --from=source /src/llama.cpp/conversion/ /opt/llama.cpp/conversion/
+COPY --from=source /src/llama.cpp/gguf-py/ /opt/llama.cpp/gguf-py/
+COPY --from=llama /opt/llama/bin/ /opt/llama/bin/
+RUN groupadd --system --gid 10001 llmpi \
+ && useradd --system --uid 10001 --gid llmpi --home-dir /data --no-create-home --shell /usr/sbin/nologin llmpi \
+ && mkdir -p /data/models && chown -R llmpi:llmpi /data && chmod 0700 /data
+COPY service/ /opt/llmpi/service/
+COPY build/llmpi_prepare/ /opt/llmpi/build/llmpi_prepare/
+ENV PATH=/opt/venv/bin:/opt/llama/bin:$PATH \
+    PYTHONPATH=/opt/llmpi/service:/opt/llmpi/build \
+    PYTHONUNBUFFERED=1 \
+    LLMPI_LLAMA_CPP_DIR=/opt/llama.cpp \
+    HF_HOME=/data/.cache/huggingface \
+    HF_HUB_DISABLE_TELEMETRY=1
+USER llmpi
+WORKDIR /data
+ENTRYPOINT ["python3", "-m", "llmpi_prepare.cli"]
+CMD ["--help"]
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM ${DEBIAN_TARGET_IMAGE} AS runtime

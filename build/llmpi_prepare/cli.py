@@ -2,6 +2,8 @@
 
     llmpi-prepare plan REPO [--revision R] [--ram 8G | --target pi5-8gb] [--ctx 4096] [--quant auto]
     llmpi-prepare download REPO --out DIR [...]     (plan first; nothing is downloaded when it does not fit)
+    llmpi-prepare run REPO --out DIR [--name NAME] [--keep]
+                                   plan, download, convert, quantize, verify; writes NAME.gguf + NAME.json
 
 Tokens: HF_TOKEN or HF_TOKEN_FILE. Hub: HF_ENDPOINT (default the public hub).
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from llmpi import fit
 
-from . import hub, plan, quants
+from . import hub, pipeline, plan, quants
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="llmpi-prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("plan", "download"):
+    for name in ("plan", "download", "run"):
         s = sub.add_parser(name)
         s.add_argument("repo", help="Hugging Face repo id, e.g. mistralai/Mistral-7B-Instruct-v0.3")
         s.add_argument("--revision", default=None, help="branch, tag or commit (default: main, pinned to its commit)")
@@ -31,8 +33,11 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--target", default=None, choices=sorted(plan.TARGETS), help="a named board")
         s.add_argument("--ctx", type=int, default=4096, help="context to plan for (tokens)")
         s.add_argument("--quant", default="auto", help="quantization type, or auto (best that fits)")
-        if name == "download":
-            s.add_argument("--out", required=True, type=Path, help="directory for the downloaded files")
+        if name in ("download", "run"):
+            s.add_argument("--out", required=True, type=Path, help="output directory")
+        if name == "run":
+            s.add_argument("--name", default=None, help="file name (without .gguf) of the result")
+            s.add_argument("--keep", action="store_true", help="keep the download and the f16 intermediate")
     return p
 
 
@@ -42,6 +47,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         quant = args.quant if args.quant.lower() == "auto" else quants.normalize(args.quant)
         memory, source = plan.memory_for(args.ram, args.target)
         token = hub.token_from_env()
+        if args.command == "run":
+            pipeline.run(
+                args.repo,
+                args.revision,
+                memory,
+                source,
+                args.out,
+                quant=quant,
+                n_ctx=args.ctx,
+                token=token,
+                keep=args.keep,
+                name=args.name,
+                say=lambda m: print(m, flush=True),
+            )
+            return 0
         model = hub.inspect(args.repo, args.revision, token)
         p = plan.make_plan(model, memory, source, n_ctx=args.ctx, quant=quant)
         print(p.report())

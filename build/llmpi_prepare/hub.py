@@ -77,7 +77,7 @@ def endpoint() -> str | None:
 def _needed(name: str) -> bool:
     from fnmatch import fnmatch
 
-    return "/" not in name and any(fnmatch(name, pattern) for pattern in NEEDED)
+    return any(fnmatch(name, pattern) and name.count("/") == pattern.count("/") for pattern in NEEDED)
 
 
 def _explain(err: Exception, repo_id: str, revision: str | None) -> PrepareError:

@@ -8,6 +8,7 @@ launcher's choice for the same option.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,18 @@ def sibling_template(model: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def read_manifest(model: Path) -> dict[str, object]:
+    """The pipeline's manifest next to a model (`<model>.json`, links followed), or {} when there is none."""
+    path = model.resolve().with_suffix(".json")
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"the model's manifest {path} is unreadable: {e}") from None
+    return data if isinstance(data, dict) else {}
+
+
 def check_model(path_text: str) -> GGUFInfo:
     path = Path(path_text or DEFAULT_MODEL)
     if not path_text and not path.exists():
@@ -77,11 +90,33 @@ def check_model(path_text: str) -> GGUFInfo:
     return info
 
 
+def _mmproj(env: Mapping[str, str], model: Path, manifest: dict[str, object]) -> Path | None:
+    """LLMPI_MMPROJ, else the projector named by the model's manifest; checked to be a complete GGUF."""
+    explicit = get(env, "LLMPI_MMPROJ")
+    entry = manifest.get("mmproj")
+    if explicit:
+        path = Path(explicit)
+    elif isinstance(entry, dict) and entry.get("file"):
+        path = model.resolve().with_name(str(entry["file"]))
+    else:
+        return None
+    if not path.is_file():
+        raise ConfigError(f"the vision projector {path} does not exist" + (" (LLMPI_MMPROJ)" if explicit else ""))
+    try:
+        read_gguf(path).check_complete()
+    except GGUFError as e:
+        raise ConfigError(f"cannot use the vision projector: {e}") from None
+    return path
+
+
 def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Plan:
     notes: list[str] = []
     model_path = get(env, "LLAMA_ARG_MODEL") or get(env, "LLMPI_MODEL")
     info = check_model(model_path)
     shape = fit.ModelShape.from_gguf(info)
+    manifest = read_manifest(info.path)
+    mmproj = _mmproj(env, info.path, manifest)
+    embeddings = get_bool(env, "LLMPI_EMBEDDINGS", manifest.get("kind") == "embedding")
 
     threads = get_int(env, "LLMPI_THREADS", hw.physical_cores)
     parallel = get_int(env, "LLMPI_PARALLEL", DEFAULT_PARALLEL)
@@ -103,6 +138,7 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
             budget,
             requested_ctx,
             n_seq=parallel or 1,
+            extra=mmproj.stat().st_size if mmproj else 0,
             budget_source=f"{fit.fmt_bytes(memory)} {source} minus a reserve of {fit.fmt_bytes(reserve)}",
         )
     except fit.FitError as e:
@@ -133,6 +169,10 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
         _flag(argv, env, notes, "LLAMA_ARG_CHAT_TEMPLATE_FILE", "--chat-template-file", template_file)
     elif template:
         _flag(argv, env, notes, "LLAMA_ARG_CHAT_TEMPLATE", "--chat-template", template)
+    if mmproj is not None:
+        _flag(argv, env, notes, "LLAMA_ARG_MMPROJ", "--mmproj", str(mmproj))
+    if embeddings:
+        _flag(argv, env, notes, "LLAMA_ARG_EMBEDDINGS", "--embeddings")
     level = get(env, "LLMPI_LOG_LEVEL", "info").lower()
     if level not in LOG_LEVELS:
         raise ConfigError(f"LLMPI_LOG_LEVEL={level!r}: use one of {', '.join(LOG_LEVELS)}")

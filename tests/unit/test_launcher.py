@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 from pathlib import Path
@@ -306,3 +307,20 @@ def test_listener_speaks_the_protocol() -> None:
     stdout = io.StringIO()
     assert fatal_listener.main(stdin=stdin, stdout=stdout, log=io.StringIO()) == 0
     assert stdout.getvalue() == "READY\nRESULT 2\nOKREADY\n"
+
+
+def test_manifest_next_to_the_model_adds_projector_and_embeddings(env: dict[str, str], tmp_path: Path) -> None:
+    model = Path(env["LLMPI_MODEL"])
+    projector = llama_like(tmp_path / "tiny-chat.Q4_K_M.mmproj.gguf")
+    model.with_suffix(".json").write_text(json.dumps({"kind": "embedding", "mmproj": {"file": projector.name}}))
+    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    assert f["--mmproj"] == str(projector)
+    assert "--embeddings" in f
+    env["LLMPI_EMBEDDINGS"] = "off"
+    assert "--embeddings" not in flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    projector.write_bytes(projector.read_bytes()[:-100])
+    with pytest.raises(ConfigError, match=r"cannot use the vision projector: .* is truncated"):
+        launcher.plan(env, HW, out=io.StringIO())
+    env["LLMPI_MMPROJ"] = str(tmp_path / "nope.gguf")
+    with pytest.raises(ConfigError, match=r"vision projector .*nope.gguf does not exist \(LLMPI_MMPROJ\)"):
+        launcher.plan(env, HW, out=io.StringIO())
