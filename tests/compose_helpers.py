@@ -109,6 +109,12 @@ class Project:
         assert len(keys) == 1, f"expected the generated key printed exactly once, found {len(keys)}"
         return str(keys[0])
 
+    def stored_key(self) -> str:
+        """The key the appliance generated and stored on its volume (whichever start generated it)."""
+        code, out = self.exec(["cat", "/data/api_key"])
+        assert code == 0, out
+        return out.strip()
+
     def exec(self, cmd: list[str], user: str = "llmpi") -> tuple[int, str]:
         code, out = self.container().exec_run(cmd, user=user)
         return int(code), out.decode(errors="replace")

@@ -173,8 +173,12 @@ def verify(model: Path, mmproj: Path | None = None, embedding: bool = False, tim
         req = urllib.request.Request(
             base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            answer = json.loads(r.read())
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                answer = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:500]
+            raise PrepareError(f"{model.name} loaded but {path} answered {e.code}: {detail}") from None
         if embedding:
             vec = answer["data"][0]["embedding"]
             if not vec:

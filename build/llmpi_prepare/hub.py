@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
@@ -18,8 +19,12 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-# what convert_hf_to_gguf.py reads: config, weights, tokenizer, chat template; never other weight formats
+# what convert_hf_to_gguf.py reads: config, weights, tokenizer, chat template, sentence-transformers pooling;
+# never other weight formats (.bin, .pt, onnx/, ...)
 NEEDED = [
+    "modules.json",
+    "1_Pooling/config.json",
+    "vocab.txt",
     "config.json",
     "generation_config.json",
     "*.safetensors",
@@ -75,8 +80,6 @@ def endpoint() -> str | None:
 
 
 def _needed(name: str) -> bool:
-    from fnmatch import fnmatch
-
     return any(fnmatch(name, pattern) and name.count("/") == pattern.count("/") for pattern in NEEDED)
 
 

