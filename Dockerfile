@@ -143,6 +143,7 @@ RUN groupadd --system --gid 10001 llmpi \
  && mkdir -p /data/models && chown -R llmpi:llmpi /data && chmod 0700 /data
 COPY service/ /opt/llmpi/service/
 COPY build/llmpi_prepare/ /opt/llmpi/build/llmpi_prepare/
+COPY build/catalog.toml /opt/llmpi/build/catalog.toml
 ENV PATH=/opt/venv/bin:/opt/llama/bin:$PATH \
     PYTHONPATH=/opt/llmpi/service:/opt/llmpi/build \
     PYTHONUNBUFFERED=1 \

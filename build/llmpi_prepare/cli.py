@@ -2,8 +2,11 @@
 
     llmpi-prepare plan REPO [--revision R] [--ram 8G | --target pi5-8gb] [--ctx 4096] [--quant auto]
     llmpi-prepare download REPO --out DIR [...]     (plan first; nothing is downloaded when it does not fit)
-    llmpi-prepare run REPO --out DIR [--name NAME] [--keep]
+    llmpi-prepare run REPO|PRESET --out DIR [--name NAME] [--keep] [--prebuilt]
                                    plan, download, convert, quantize, verify; writes NAME.gguf + NAME.json
+                                   (--prebuilt: a preset's ready GGUF instead; automatic when the pinned
+                                   converter cannot convert the model, e.g. LLaVA 1.6)
+    llmpi-prepare presets          the catalog (build/catalog.toml)
 
 Tokens: HF_TOKEN or HF_TOKEN_FILE. Hub: HF_ENDPOINT (default the public hub).
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from llmpi import fit
 
-from . import hub, pipeline, plan, quants
+from . import catalog, convert, hub, pipeline, plan, quants
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,9 +28,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="llmpi-prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("presets")
     for name in ("plan", "download", "run"):
         s = sub.add_parser(name)
-        s.add_argument("repo", help="Hugging Face repo id, e.g. mistralai/Mistral-7B-Instruct-v0.3")
+        s.add_argument("repo", help="a preset name, or a Hugging Face repo id, e.g. Qwen/Qwen2.5-1.5B-Instruct")
         s.add_argument("--revision", default=None, help="branch, tag or commit (default: main, pinned to its commit)")
         s.add_argument("--ram", default=None, help="memory of the target, e.g. 8G")
         s.add_argument("--target", default=None, choices=sorted(plan.TARGETS), help="a named board")
@@ -38,34 +42,35 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--name", default=None, help="file name (without .gguf) of the result")
             s.add_argument("--keep", action="store_true", help="keep the download and the f16 intermediate")
+            s.add_argument("--prebuilt", action="store_true", help="use the preset's ready GGUF files")
     return p
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "presets":
+        for entry in catalog.load().values():
+            kind = "ready GGUF + convert" if entry.gguf_repo else "convert"
+            print(f"{entry.name:24} {entry.repo:40} {kind:22} {entry.boards}\n{'':24} {entry.description}")
+        return 0
     try:
+        preset = catalog.load().get(args.repo)
+        repo, revision = (preset.repo, args.revision or preset.revision) if preset else (args.repo, args.revision)
         quant = args.quant if args.quant.lower() == "auto" else quants.normalize(args.quant)
         memory, source = plan.memory_for(args.ram, args.target)
         token = hub.token_from_env()
         if args.command == "run":
-            pipeline.run(
-                args.repo,
-                args.revision,
-                memory,
-                source,
-                args.out,
-                quant=quant,
-                n_ctx=args.ctx,
-                token=token,
-                keep=args.keep,
-                name=args.name,
-                say=lambda m: print(m, flush=True),
-            )
+            run(args, preset, repo, revision, quant, memory, source, token)
             return 0
-        model = hub.inspect(args.repo, args.revision, token)
-        p = plan.make_plan(model, memory, source, n_ctx=args.ctx, quant=quant)
-        print(p.report())
-        print(f"chosen: {p.chosen.quant} ({p.chosen.size / 1e9:.2f} GB file, {p.chosen.needed / 1e9:.2f} GB memory)")
+        model = hub.inspect(repo, revision, token)
+        chosen = plan.make_plan(model, memory, source, n_ctx=args.ctx, quant=quant)
+        print(chosen.report())
+        c = chosen.chosen
+        print(f"chosen: {c.quant} ({c.size / 1e9:.2f} GB file, {c.needed / 1e9:.2f} GB memory)")
         if args.command == "download":
             hub.download(model, args.out, token)
             print(f"downloaded {model.repo_id}@{model.revision[:12]} to {args.out}")
@@ -73,6 +78,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llmpi-prepare: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def run(
+    args: argparse.Namespace,
+    preset: catalog.Preset | None,
+    repo: str,
+    revision: str | None,
+    quant: str,
+    memory: int,
+    source: str,
+    token: str | None,
+) -> None:
+    prebuilt = bool(args.prebuilt)
+    if preset and not prebuilt:
+        try:
+            convert.check_supported(preset.architecture, convert.llama_cpp_dir())
+        except hub.PrepareError as e:
+            if not preset.gguf_repo:
+                raise
+            say(f"{e}; using the preset's ready GGUF files from {preset.gguf_repo}")
+            prebuilt = True
+    if prebuilt:
+        if not preset:
+            raise hub.PrepareError("--prebuilt needs a preset (see: llmpi-prepare presets)")
+        pipeline.run_prebuilt(
+            preset, memory, source, args.out, quant=quant, n_ctx=args.ctx, token=token, name=args.name, say=say
+        )
+        return
+    name = args.name or (f"{preset.name}.{{quant}}" if preset else None)
+    pipeline.run(
+        repo,
+        revision,
+        memory,
+        source,
+        args.out,
+        quant=quant,
+        n_ctx=args.ctx,
+        token=token,
+        keep=args.keep,
+        name=name,
+        say=say,
+    )
 
 
 if __name__ == "__main__":

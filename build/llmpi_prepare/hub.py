@@ -83,7 +83,7 @@ def _needed(name: str) -> bool:
     return any(fnmatch(name, pattern) and name.count("/") == pattern.count("/") for pattern in NEEDED)
 
 
-def _explain(err: Exception, repo_id: str, revision: str | None) -> PrepareError:
+def explain(err: Exception, repo_id: str, revision: str | None) -> PrepareError:
     if isinstance(err, GatedRepoError):
         return PrepareError(
             f"{repo_id} is a gated model: accept its license on the hub, then pass a token (HF_TOKEN or HF_TOKEN_FILE)"
@@ -114,7 +114,7 @@ def inspect(repo_id: str, revision: str | None = None, token: str | None = None)
     except PrepareError:
         raise
     except (HfHubHTTPError, EntryNotFoundError) as e:
-        raise _explain(e, repo_id, revision) from None
+        raise explain(e, repo_id, revision) from None
     return RemoteModel(repo_id, sha, config, n_params, files, bool(getattr(info, "gated", False)))
 
 
@@ -139,5 +139,5 @@ def download(model: RemoteModel, dest: Path, token: str | None = None) -> Path:
             endpoint=endpoint(),
         )
     except (HfHubHTTPError, EntryNotFoundError) as e:
-        raise _explain(e, model.repo_id, model.revision) from None
+        raise explain(e, model.repo_id, model.revision) from None
     return dest

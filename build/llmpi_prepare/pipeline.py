@@ -9,9 +9,15 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
-from . import convert, hub, plan
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError
+
+from llmpi import fit
+
+from . import catalog, convert, hub, plan, quants
 from .hfshape import architecture, shape_from_config
 
 EMBEDDING_ARCH_SUFFIXES = ("Model",)  # BertModel, XLMRobertaModel, NomicBertModel...: encoders, no LM head
@@ -64,7 +70,7 @@ def run(
     say(p.report())
     q = p.chosen.quant
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = name or f"{repo.split('/')[-1]}.{q}"
+    stem = (name or f"{repo.split('/')[-1]}.{{quant}}").replace("{quant}", q)
     final = out_dir / f"{stem}.gguf"
     final_mmproj = out_dir / f"{stem}.mmproj.gguf" if has_vision else None
     manifest_path = out_dir / f"{stem}.json"
@@ -124,3 +130,116 @@ def run(
         shutil.rmtree(work, ignore_errors=True)
     say(f"ready: {final} ({final.stat().st_size / 1e9:.2f} GB, {q}); serve it with LLMPI_MODEL={final}")
     return Result(final, final_mmproj, manifest_path)
+
+
+def _pick(files: dict[str, int], pattern: str) -> str | None:
+    """The file matching `pattern` (case-insensitive), not a projector; the shortest name when several do."""
+    hits = [f for f in files if fnmatch(f.lower(), pattern.lower()) and not f.lower().startswith("mmproj")]
+    return min(hits, key=len) if hits else None
+
+
+def run_prebuilt(
+    preset: catalog.Preset,
+    memory: int,
+    memory_source: str,
+    out_dir: Path,
+    quant: str = "auto",
+    n_ctx: int = 4096,
+    token: str | None = None,
+    name: str | None = None,
+    say: Callable[[str], object] = print,
+) -> Result:
+    """A ready GGUF (and projector) from the preset's gguf_repo: fitted with the real file sizes from the hub,
+    downloaded resumably, verified, with a manifest. For models the pinned converter cannot convert."""
+    if not preset.gguf_repo:
+        raise hub.PrepareError(f"preset {preset.name} names no repo of ready GGUF files")
+    base = hub.inspect(preset.repo, preset.revision, token)  # the model's shape, for the KV cache and buffers
+    api = HfApi(token=token, endpoint=hub.endpoint())
+    try:
+        info = api.model_info(preset.gguf_repo, files_metadata=True)
+    except HfHubHTTPError as e:
+        raise hub.explain(e, preset.gguf_repo, None) from None
+    files = {s.rfilename: int(s.size or 0) for s in (info.siblings or [])}
+    by_quant = {q: f for q in quants.QUANTS if (f := _pick(files, preset.gguf_pattern.format(quant=q)))}
+    if not by_quant:
+        raise hub.PrepareError(f"{preset.gguf_repo} has no GGUF file matching {preset.gguf_pattern!r}")
+    mm_size = 0
+    if preset.mmproj:
+        if preset.mmproj not in files:
+            raise hub.PrepareError(f"{preset.gguf_repo} has no projector {preset.mmproj}")
+        mm_size = files[preset.mmproj]
+    shape = shape_from_config(base.config, base.n_params)
+    budget = memory - fit.DEFAULT_RESERVE
+    rows = quants.table_from_sizes(shape, {q: files[f] for q, f in by_quant.items()}, budget, n_ctx, extra=mm_size)
+    try:
+        chosen = quants.choose(rows, quant)
+    except fit.FitError as e:
+        raise fit.FitError(
+            f"{preset.name} does not fit in {fit.fmt_bytes(memory)} ({memory_source}): {e}\n"
+            f"{quants.render(rows, budget)}"
+        ) from None
+    say(f"{preset.gguf_repo}@{(info.sha or '')[:12]}: ready GGUF files\n" + quants.render(rows, budget, chosen.quant))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = name or f"{preset.name}.{chosen.quant}"
+    final, manifest_path = out_dir / f"{stem}.gguf", out_dir / f"{stem}.json"
+    final_mm = out_dir / f"{stem}.mmproj.gguf" if preset.mmproj else None
+    work = out_dir / f".prepare-{preset.gguf_repo.replace('/', '--')}-{(info.sha or 'main')[:12]}"
+    wanted = [by_quant[chosen.quant]] + ([preset.mmproj] if preset.mmproj else [])
+    need = sum(files[f] for f in wanted)
+    if need > convert.free_bytes(out_dir):
+        raise hub.PrepareError(
+            f"not enough disk in {out_dir}: {need / 1e9:.2f} GB needed, {convert.free_bytes(out_dir) / 1e9:.2f} GB free"
+        )
+    got: list[Path] = []
+    for f in wanted:
+        say(f"downloading {f} ({files[f] / 1e9:.2f} GB)")
+        try:
+            got.append(
+                Path(
+                    hf_hub_download(
+                        preset.gguf_repo, f, revision=info.sha, token=token, local_dir=work, endpoint=hub.endpoint()
+                    )
+                )
+            )
+        except HfHubHTTPError as e:
+            raise hub.explain(e, preset.gguf_repo, info.sha) from None
+    model_file, mm_file = got[0], (got[1] if preset.mmproj else None)
+    say("verifying with llama-server")
+    check = convert.verify(model_file, mm_file)
+    os.replace(model_file, final)
+    if mm_file is not None and final_mm is not None:
+        os.replace(mm_file, final_mm)
+    write_json_atomic(
+        manifest_path,
+        {
+            "source": {
+                "repo": preset.gguf_repo,
+                "revision": info.sha,
+                "file": wanted[0],
+                "model_repo": base.repo_id,
+                "model_revision": base.revision,
+            },
+            "architecture": preset.architecture,
+            "kind": "chat",
+            "quant": chosen.quant,
+            "file": final.name,
+            "sha256": sha256_file(final),
+            "size": final.stat().st_size,
+            "parameters": base.n_params,
+            "trained_context": shape.n_ctx_train,
+            "mmproj": None
+            if final_mm is None
+            else {"file": final_mm.name, "sha256": sha256_file(final_mm), "size": final_mm.stat().st_size},
+            "planned_for": {
+                "memory": memory,
+                "source": memory_source,
+                "context": n_ctx,
+                "estimated_memory": chosen.needed,
+            },
+            "verified": check,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    say(f"ready: {final} ({final.stat().st_size / 1e9:.2f} GB, {chosen.quant}); serve it with LLMPI_MODEL={final}")
+    return Result(final, final_mm, manifest_path)

@@ -62,12 +62,20 @@ class Row:
 
 def table(shape: fit.ModelShape, n_params: int, budget: int, n_ctx: int, n_seq: int = 1, extra: int = 0) -> list[Row]:
     """One row per quant type: file size and memory needed to serve it with `n_ctx` tokens of context."""
+    return table_from_sizes(shape, {q: weights_bytes(n_params, q) for q in QUANTS}, budget, n_ctx, n_seq, extra)
+
+
+def table_from_sizes(
+    shape: fit.ModelShape, sizes: dict[str, int], budget: int, n_ctx: int, n_seq: int = 1, extra: int = 0
+) -> list[Row]:
+    """Rows for known file sizes (e.g. ready GGUF files on the hub), in quality order."""
     rows = []
     for q, (bits, note) in QUANTS.items():
-        size = weights_bytes(n_params, q)
-        sized = fit.ModelShape(**{**shape.__dict__, "weights_bytes": size})
+        if q not in sizes:
+            continue
+        sized = fit.ModelShape(**{**shape.__dict__, "weights_bytes": sizes[q]})
         need = fit.estimate(sized, n_ctx, n_seq, extra=extra).total
-        rows.append(Row(q, bits, size, need, need <= budget, note))
+        rows.append(Row(q, bits, sizes[q], need, need <= budget, note))
     return rows
 
 
@@ -75,7 +83,7 @@ def choose(rows: list[Row], wanted: str = "auto") -> Row:
     """The requested quant if it fits, or with `auto` the best-quality one that fits; FitError with the numbers
     when nothing (or not the requested one) fits."""
     by_name = {r.quant: r for r in rows}
-    if wanted.lower() != "auto":
+    if wanted.lower() != "auto" and normalize(wanted) in by_name:
         row = by_name[normalize(wanted)]
         if not row.fits:
             raise fit.FitError(
@@ -84,10 +92,12 @@ def choose(rows: list[Row], wanted: str = "auto") -> Row:
                 f"{', '.join(r.quant for r in rows if r.fits) or 'none'}"
             )
         return row
+    if wanted.lower() != "auto" and normalize(wanted) not in by_name:
+        raise UnknownQuant(f"{normalize(wanted)} is not available (available: {', '.join(by_name)})")
     for q in AUTO_ORDER:
-        if by_name[q].fits:
+        if q in by_name and by_name[q].fits:
             return by_name[q]
-    smallest = by_name[AUTO_ORDER[-1]]
+    smallest = min(rows, key=lambda r: r.needed)
     raise fit.FitError(
         f"no quantization of this model fits: even {smallest.quant} needs "
         f"{fit.fmt_bytes(smallest.needed)} ({fit.fmt_bytes(smallest.size)} of weights)"
