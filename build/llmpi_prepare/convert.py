@@ -66,7 +66,9 @@ def _run(cmd: list[str], what: str, log: Path) -> None:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-        reason = next((line for line in reversed(tail) if "No space left" in line or "Errno 28" in line), "")
+        # ENOSPC shows as "No space left on device", or as numpy's short write ("N requested and M written")
+        full = ("No space left", "Errno 28", "requested and")
+        reason = next((line for line in reversed(tail) if any(mark in line for mark in full)), "")
         if reason:
             raise PrepareError(f"{what} failed: the disk is full ({reason.strip()})")
         raise PrepareError(f"{what} failed (exit {proc.returncode}):\n  " + "\n  ".join(tail))

@@ -66,6 +66,7 @@ def _in_prepare(image: str, args: list[str], mounts: dict[str, str], **kw: objec
 @pytest.fixture(scope="module")
 def generated(prepare_image: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="llmpi-models-") as d:
+        os.chmod(d, 0o755)  # readable by the containers' llmpi user
         _in_prepare(prepare_image, ["/tests/make_models.py", "/out"], {str(HERE): "/tests", d: "/out"})
         yield Path(d)
 
@@ -238,3 +239,74 @@ def test_minilm_embeddings_match_the_reference(project: Project, prepare_image: 
     sims = [_cos(d.embedding, r_) for d, r_ in zip(got.data, ref, strict=True)]
     assert len(got.data[0].embedding) == 384
     assert min(sims) >= 0.99, sims
+
+
+def test_ready_gguf_fallback_when_the_converter_cannot(project: Project, hub: Hub, tmp_path: Path) -> None:
+    # a preset whose architecture the pinned converter does not handle (like LLaVA 1.6): its ready GGUF is used
+    gguf = copy_out(project, "/data/models/tiny-llama.Q4_K_M.gguf")
+    hub.repos["test/tiny-llama-GGUF"] = Repo({"tiny-llama.Q4_K_M.gguf": gguf, "README.md": b"ready files"})
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(
+        '[presets."tiny-ready"]\nrepo = "test/tiny-llama"\nrevision = "main"\n'
+        'architecture = "LlavaNextForConditionalGeneration"\ngguf_repo = "test/tiny-llama-GGUF"\n'
+        'gguf_pattern = "*{quant}*.gguf"\n'
+    )
+    os.chmod(tmp_path, 0o755)
+    r = project.compose(
+        "run",
+        "--rm",
+        "--no-deps",
+        "-v",
+        f"{catalog}:/catalog.toml:ro",
+        "-e",
+        "LLMPI_CATALOG=/catalog.toml",
+        "prepare",
+        "run",
+        "tiny-ready",
+        "--ram",
+        "8G",
+        "--out",
+        "/data/models",
+        check=False,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "architecture LlavaNextForConditionalGeneration is not supported" in r.stdout
+    assert "using the preset's ready GGUF files from test/tiny-llama-GGUF" in r.stdout
+    manifest = json.loads(copy_out(project, "/data/models/tiny-ready.Q4_K_M.json"))
+    assert manifest["source"]["repo"] == "test/tiny-llama-GGUF"
+    assert manifest["source"]["file"] == "tiny-llama.Q4_K_M.gguf"
+    import hashlib
+
+    assert manifest["sha256"] == hashlib.sha256(gguf).hexdigest()
+    assert "tiny-ready.Q4_K_M.gguf" in models_in_volume(project)
+
+
+def test_disk_full_during_conversion_leaves_nothing_behind(prepare_image: str, generated: Path) -> None:
+    # the f16 GGUF of the tiny model is about 2.7 MB: it cannot fit in a 1 MB tmpfs
+    script = "\n".join(
+        [
+            "import os",
+            "from pathlib import Path",
+            "from llmpi_prepare import convert, hub",
+            "try:",
+            "    convert.convert(Path('/models/tiny-llama'), Path('/out/model.f16.gguf'), Path('/opt/llama.cpp'))",
+            "except hub.PrepareError as e:",
+            "    print('REFUSED:', e)",
+            "print('LEFT:', sorted(os.listdir('/out')))",
+        ]
+    )
+    out = (
+        docker.from_env()
+        .containers.run(
+            prepare_image,
+            ["-c", script],
+            entrypoint=["python3"],
+            remove=True,
+            tmpfs={"/out": "size=1m,uid=10001"},
+            volumes={str(generated): {"bind": "/models", "mode": "ro"}},
+        )
+        .decode()
+    )
+    assert "REFUSED: conversion failed: the disk is full" in out, out
+    assert "LEFT: ['model.f16.convert.log']" in out, out  # the converter's log, no partial GGUF

@@ -107,8 +107,17 @@ def test_vision_config_nests_the_text_model() -> None:
 def test_download_selection() -> None:
     from llmpi_prepare.hub import _needed
 
-    wanted = ["config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.model",
-              "tokenizer.json", "vocab.txt", "modules.json", "1_Pooling/config.json", "preprocessor_config.json"]
+    wanted = [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.model",
+        "tokenizer.json",
+        "vocab.txt",
+        "modules.json",
+        "1_Pooling/config.json",
+        "preprocessor_config.json",
+    ]
     unwanted = ["pytorch_model.bin", "onnx/model.onnx", "README.md", "openvino/config.json", "original/params.json"]
     assert all(_needed(n) for n in wanted)
     assert not any(_needed(n) for n in unwanted)
