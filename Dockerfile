@@ -9,6 +9,7 @@
 #   llama    build platform: compiles llama.cpp for $TARGETARCH (cross toolchain when they differ)
 #   model    build platform: the embedded default model (Gemma 3 270M Q4_K_M), sha256-checked
 #   prepare  build platform: the model pipeline image (llmpi-prepare: hub -> convert -> quantize -> verify)
+#   bake     build platform: runs the pipeline at build time (--target baked: its result instead of Gemma)
 #   runtime  target platform: slim Debian, non-root, supervisor + launcher + llama.cpp binaries (its one RUN, an
 #            apt-get install, is the only step that runs under emulation in a cross-build)
 #   appliance  runtime + the embedded model (the default target)
@@ -180,6 +181,33 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10m --retries=3 \
     CMD ["python3", "-m", "llmpi.healthcheck"]
 ENTRYPOINT ["supervisord", "--configuration", "/opt/llmpi/service/supervisord.conf"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# bake: run the model pipeline at build time (build platform) and ship the result in the image instead of the
+# embedded model:  docker buildx build --target baked --build-arg LLMPI_BAKE_MODEL=<preset or repo> \
+#                    --build-arg LLMPI_BAKE_TARGET=pi5-8gb [--build-arg LLMPI_BAKE_QUANT=Q4_K_M] .
+# A token for gated models goes in as the build secret `hf_token` (never into a layer).
+FROM prepare AS bake
+ARG LLMPI_BAKE_MODEL
+ARG LLMPI_BAKE_QUANT=auto
+ARG LLMPI_BAKE_TARGET=pi5-8gb
+ARG LLMPI_BAKE_RAM=
+ARG LLMPI_BAKE_CTX=4096
+ARG HF_ENDPOINT=
+RUN --mount=type=secret,id=hf_token,uid=10001 \
+    set -eu; \
+    test -n "${LLMPI_BAKE_MODEL:-}" || { echo "set --build-arg LLMPI_BAKE_MODEL=<preset or repo>" >&2; exit 1; }; \
+    if [ -s /run/secrets/hf_token ]; then export HF_TOKEN_FILE=/run/secrets/hf_token; fi; \
+    if [ -n "$HF_ENDPOINT" ]; then export HF_ENDPOINT; else unset HF_ENDPOINT; fi; \
+    if [ -n "$LLMPI_BAKE_RAM" ]; then fit="--ram $LLMPI_BAKE_RAM"; else fit="--target $LLMPI_BAKE_TARGET"; fi; \
+    mkdir -p /data/models/baked; \
+    python3 -m llmpi_prepare.cli run "$LLMPI_BAKE_MODEL" $fit --quant "$LLMPI_BAKE_QUANT" --ctx "$LLMPI_BAKE_CTX" \
+      --out /data/models/baked; \
+    rm -rf /data/.cache; \
+    cd /data/models/baked; model=$(ls *.gguf | grep -v '\.mmproj\.gguf$' | head -n 1); ln -s "$model" default.gguf
+
+FROM runtime AS baked
+COPY --from=bake /data/models/baked/ /opt/llmpi/models/
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM runtime AS appliance

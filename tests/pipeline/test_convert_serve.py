@@ -310,3 +310,45 @@ def test_disk_full_during_conversion_leaves_nothing_behind(prepare_image: str, g
     )
     assert "REFUSED: conversion failed: the disk is full" in out, out
     assert "LEFT: ['model.f16.convert.log']" in out, out  # the converter's log, no partial GGUF
+
+
+def test_bake_stage_ships_the_prepared_model(hub: Hub, prepare_image: str) -> None:
+    image = "llmpi:test-baked"
+    ca = "/etc/ssl/certs/ca-certificates.crt"
+    cmd = [
+        "docker",
+        "buildx",
+        "build",
+        "--network",
+        "host",
+        "--target",
+        "baked",
+        "--tag",
+        image,
+        "--load",
+        "--build-arg",
+        "LLMPI_BAKE_MODEL=test/tiny-llama",
+        "--build-arg",
+        "LLMPI_BAKE_RAM=8G",
+        "--build-arg",
+        "LLMPI_BAKE_QUANT=Q4_K_M",
+        "--build-arg",
+        f"HF_ENDPOINT={hub.url}",
+    ]
+    if Path(ca).is_file():
+        cmd += ["--secret", f"id=cacert,src={ca}"]
+    with (ARTIFACTS / "build-baked.log").open("w") as log:
+        subprocess.run([*cmd, str(COMPOSE_FILE.parent)], stdout=log, stderr=subprocess.STDOUT, check=True, timeout=900)
+    project = Project(f"llmpi-baked-{os.getpid()}", env={"LLMPI_IMAGE": image})
+    try:
+        project.up()
+        project.wait_healthy(180)
+        client = openai.OpenAI(base_url=f"{project.url}/v1", api_key=project.stored_key(), max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny-llama.Q4_K_M"]
+        completion = client.chat.completions.create(
+            model="x", max_tokens=4, messages=[{"role": "user", "content": "hello"}]
+        )
+        assert completion.usage is not None and completion.usage.completion_tokens > 0
+    finally:
+        project.down()
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
