@@ -10,6 +10,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -226,3 +227,23 @@ def safetensors_file(shapes: dict[str, tuple[int, ...]], dtype: str = "F16") -> 
     raw = json.dumps(header).encode()
     raw += b" " * ((8 - len(raw) % 8) % 8)
     return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
+
+
+def repo_from_dir(d: Path) -> Repo:
+    return Repo({str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()})
+
+
+if __name__ == "__main__":  # serve directories as repos, for trying the pipeline by hand
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description="local stand-in hub: --repo owner/name=DIR ...")
+    ap.add_argument("--repo", action="append", default=[], help="owner/name=DIR")
+    ap.add_argument("--seconds", type=float, default=1800, help="serve this long, then stop")
+    args = ap.parse_args()
+    with Hub() as served:
+        for spec in args.repo:
+            name, _, path = spec.partition("=")
+            served.repos[name] = repo_from_dir(Path(path))
+        print(served.url, flush=True)
+        time.sleep(args.seconds)

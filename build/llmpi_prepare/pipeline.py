@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -25,6 +26,10 @@ EMBEDDING_ARCH_SUFFIXES = ("Model",)  # BertModel, XLMRobertaModel, NomicBertMod
 
 def is_embedding(arch: str) -> bool:
     return arch.endswith(EMBEDDING_ARCH_SUFFIXES) and not arch.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def sha256_file(path: Path) -> str:
@@ -87,18 +92,33 @@ def run(
             f"not enough disk in {out_dir}: download + f16 intermediate + {q} need about "
             f"{(need - have) / 1e9:.2f} GB more, {free / 1e9:.2f} GB free"
         )
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
     say(f"downloading {repo}@{model.revision[:12]} ({model.download_bytes / 1e9:.2f} GB)")
     hf_dir = hub.download(model, work / "hf", token)
+    step("download_s")
     say("converting to GGUF (f16)")
     f16 = convert.convert(hf_dir, work / "model.f16.gguf", llama_cpp)
     mmproj = convert.convert(hf_dir, work / "mmproj.f16.gguf", llama_cpp, mmproj=True) if has_vision else None
+    step("convert_s")
     if q == "F16":
         quantized = f16
     else:
         say(f"quantizing to {q}")
         quantized = convert.quantize(f16, work / f"model.{q}.gguf", q)
+    step("quantize_s")
+    peak_disk = _tree_size(work)  # download + f16 + quantized: the most the pipeline holds at once
     say("verifying with llama-server")
     check = convert.verify(quantized, mmproj, embedding=embedding)
+    step("verify_s")
+    say(f"timings {timings}; peak disk {peak_disk / 1e6:.1f} MB")
 
     os.replace(quantized, final)
     if mmproj is not None and final_mmproj is not None:
@@ -123,6 +143,7 @@ def run(
             "estimated_memory": p.chosen.needed,
         },
         "verified": check,
+        "pipeline": {**timings, "peak_disk_bytes": peak_disk},
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     write_json_atomic(manifest_path, manifest)

@@ -22,7 +22,7 @@ from .gguf import GGUFInfo
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-RUNTIME_OVERHEAD = 64 * MiB  # llama-server's own code, libraries, HTTP threads, tokenizer tables
+RUNTIME_OVERHEAD = 8 * MiB  # llama-server's own heap, threads and the libraries' touched pages (docs/memory.md)
 DEFAULT_RESERVE = 256 * MiB  # left to the OS and everything else in the container/board
 DEFAULT_UBATCH = 512
 MIN_CONTEXT = 512
@@ -143,28 +143,29 @@ def _pad(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
-def compute_bytes(shape: ModelShape, n_ubatch: int = DEFAULT_UBATCH, n_seq: int = 1) -> int:
-    """CPU compute graph for one micro-batch (flash attention on, llama.cpp's default on CPU) + output logits.
+def compute_bytes(shape: ModelShape, n_ubatch: int = DEFAULT_UBATCH, n_seq: int = 1, n_ctx: int = 4096) -> int:
+    """CPU compute graph for one micro-batch: the attention mask (f16, n_ctx x ubatch; flash attention, llama.cpp's
+    CPU default, keeps the scores themselves out), activations, and output logits.
 
-    Calibrated on llama-server's own report: Gemma 3 270M, ubatch 512 -> "CPU compute buffer size = 28.27 MiB"
-    (this gives 27.0 MiB); see docs/memory.md.
+    Checked against llama-server's own "compute buffer size": Gemma 3 270M at -c 8192 28.3 MiB (this: 26 MiB),
+    a 2-layer 256-wide Llama at -c 2048 6.0 MiB (6.0), all-MiniLM-L6-v2 at -c 512 5.8 MiB (7.4); docs/memory.md.
     """
-    n_ff = shape.n_ff or 4 * shape.n_embd
-    activations = n_ubatch * 4 * (12 * shape.n_embd + 2 * n_ff)
-    logits = shape.n_vocab * 4 * n_seq
-    return activations + logits
+    mask = n_ctx * n_ubatch * 2
+    activations = n_ubatch * 4 * 8 * shape.n_embd
+    logits = shape.n_vocab * 4 * 8 * max(1, n_seq) // 4
+    return mask + activations + logits
 
 
 def runtime_overhead(shape: ModelShape) -> int:
-    """The process itself: code and libraries, HTTP threads, and the tokenizer's tables (about 128 B a token)."""
-    return RUNTIME_OVERHEAD + shape.n_vocab * 128
+    """The process itself: code and libraries, HTTP threads, and the tokenizer's tables (about 64 B a token)."""
+    return RUNTIME_OVERHEAD + shape.n_vocab * 64
 
 
 def estimate(shape: ModelShape, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFAULT_UBATCH, extra: int = 0) -> Estimate:
     return Estimate(
         weights=shape.weights_bytes,
         kv_cache=kv_cache_bytes(shape, n_ctx, n_seq, n_ubatch),
-        compute=compute_bytes(shape, n_ubatch, n_seq),
+        compute=compute_bytes(shape, n_ubatch, n_seq, n_ctx),
         overhead=runtime_overhead(shape),
         extra=extra,
         n_ctx=n_ctx,

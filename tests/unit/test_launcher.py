@@ -143,11 +143,11 @@ def test_missing_and_truncated_models(env: dict[str, str], tmp_path: Path) -> No
 
 
 def test_model_too_big_is_refused_with_numbers(env: dict[str, str]) -> None:
-    env["LLMPI_MEMORY_LIMIT"] = "300M"  # minus the 256 MiB reserve leaves 44 MiB; the runtime alone needs 64
+    env["LLMPI_MEMORY_LIMIT"] = "260M"  # minus the 256 MiB reserve leaves 4 MiB; the runtime alone needs 8
     with pytest.raises(ConfigError) as e:
         launcher.plan(env, HW, out=io.StringIO())
     assert "does not fit in memory" in str(e.value)
-    assert "300 MiB LLMPI_MEMORY_LIMIT minus a reserve of 256 MiB" in str(e.value)
+    assert "260 MiB LLMPI_MEMORY_LIMIT minus a reserve of 256 MiB" in str(e.value)
     # and no key was generated for a server that cannot start
     assert not (Path(env["LLMPI_DATA_DIR"]) / "api_key").exists()
 
