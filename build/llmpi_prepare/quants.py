@@ -105,11 +105,12 @@ def choose(rows: list[Row], wanted: str = "auto") -> Row:
 
 
 def render(rows: list[Row], budget: int, chosen: str | None = None) -> str:
-    lines = [f"{'type':8} {'bits':>5} {'size':>9} {'memory':>10}  fits {fit.fmt_bytes(budget)}?  note", "-" * 78]
+    """The table: file size in GB (as the recipe's table 11.1 and the hub list them), memory in GiB (as RAM is)."""
+    lines = [f"{'type':8} {'bits':>5} {'file':>9} {'memory':>10}  fits in {fit.fmt_bytes(budget)}?  note", "-" * 86]
     for r in rows:
         mark = "<-" if r.quant == chosen else "  "
         lines.append(
-            f"{r.quant:8} {r.bits:5.2f} {r.size / GB:7.2f}GB {r.needed / GB:8.2f}GB  "
-            f"{'yes' if r.fits else 'no ':4}{mark}        {r.note}"
+            f"{r.quant:8} {r.bits:5.2f} {r.size / GB:7.2f}GB {r.needed / fit.GiB:7.2f}GiB  "
+            f"{'yes' if r.fits else 'no ':4}{mark}            {r.note}"
         )
     return "\n".join(lines)
