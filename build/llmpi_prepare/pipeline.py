@@ -46,6 +46,41 @@ def write_json_atomic(path: Path, data: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
+def _manifest(
+    *,
+    source: dict[str, object],
+    architecture: str,
+    kind: str,
+    quant: str,
+    final: Path,
+    final_mmproj: Path | None,
+    n_params: int,
+    n_ctx_train: int,
+    planned: dict[str, object],
+    verified: dict[str, object],
+    extra: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """What the result is and where it came from; written next to the model as <name>.json."""
+    return {
+        "source": source,
+        "architecture": architecture,
+        "kind": kind,
+        "quant": quant,
+        "file": final.name,
+        "sha256": sha256_file(final),
+        "size": final.stat().st_size,
+        "parameters": n_params,
+        "trained_context": n_ctx_train,
+        "mmproj": None
+        if final_mmproj is None
+        else {"file": final_mmproj.name, "sha256": sha256_file(final_mmproj), "size": final_mmproj.stat().st_size},
+        "planned_for": planned,
+        "verified": verified,
+        **(extra or {}),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
 @dataclass(frozen=True)
 class Result:
     model: Path
@@ -123,29 +158,19 @@ def run(
     os.replace(quantized, final)
     if mmproj is not None and final_mmproj is not None:
         os.replace(mmproj, final_mmproj)
-    manifest: dict[str, object] = {
-        "source": {"repo": repo, "revision": model.revision},
-        "architecture": arch,
-        "kind": "embedding" if embedding else "chat",
-        "quant": q,
-        "file": final.name,
-        "sha256": sha256_file(final),
-        "size": final.stat().st_size,
-        "parameters": model.n_params,
-        "trained_context": shape_from_config(model.config, model.n_params).n_ctx_train,
-        "mmproj": None
-        if final_mmproj is None
-        else {"file": final_mmproj.name, "sha256": sha256_file(final_mmproj), "size": final_mmproj.stat().st_size},
-        "planned_for": {
-            "memory": memory,
-            "source": memory_source,
-            "context": n_ctx,
-            "estimated_memory": p.chosen.needed,
-        },
-        "verified": check,
-        "pipeline": {**timings, "peak_disk_bytes": peak_disk},
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+    manifest = _manifest(
+        source={"repo": repo, "revision": model.revision},
+        architecture=arch,
+        kind="embedding" if embedding else "chat",
+        quant=q,
+        final=final,
+        final_mmproj=final_mmproj,
+        n_params=model.n_params,
+        n_ctx_train=shape_from_config(model.config, model.n_params).n_ctx_train,
+        planned={"memory": memory, "source": memory_source, "context": n_ctx, "estimated_memory": p.chosen.needed},
+        verified=check,
+        extra={"pipeline": {**timings, "peak_disk_bytes": peak_disk}},
+    )
     write_json_atomic(manifest_path, manifest)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
@@ -232,34 +257,24 @@ def run_prebuilt(
         os.replace(mm_file, final_mm)
     write_json_atomic(
         manifest_path,
-        {
-            "source": {
+        _manifest(
+            source={
                 "repo": preset.gguf_repo,
                 "revision": info.sha,
                 "file": wanted[0],
                 "model_repo": base.repo_id,
                 "model_revision": base.revision,
             },
-            "architecture": preset.architecture,
-            "kind": "chat",
-            "quant": chosen.quant,
-            "file": final.name,
-            "sha256": sha256_file(final),
-            "size": final.stat().st_size,
-            "parameters": base.n_params,
-            "trained_context": shape.n_ctx_train,
-            "mmproj": None
-            if final_mm is None
-            else {"file": final_mm.name, "sha256": sha256_file(final_mm), "size": final_mm.stat().st_size},
-            "planned_for": {
-                "memory": memory,
-                "source": memory_source,
-                "context": n_ctx,
-                "estimated_memory": chosen.needed,
-            },
-            "verified": check,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        },
+            architecture=preset.architecture,
+            kind="chat",
+            quant=chosen.quant,
+            final=final,
+            final_mmproj=final_mm,
+            n_params=base.n_params,
+            n_ctx_train=shape.n_ctx_train,
+            planned={"memory": memory, "source": memory_source, "context": n_ctx, "estimated_memory": chosen.needed},
+            verified=check,
+        ),
     )
     shutil.rmtree(work, ignore_errors=True)
     say(f"ready: {final} ({final.stat().st_size / 1e9:.2f} GB, {chosen.quant}); serve it with LLMPI_MODEL={final}")

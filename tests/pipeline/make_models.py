@@ -61,9 +61,10 @@ WORDS = [
 ]
 
 
-def tiny_llama(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    corpus = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(12)) for i in range(400)]
+def train_tokenizer(out: Path, seed: tuple[int, int], **ids: object) -> None:
+    """A 320-piece BPE SentencePiece model (with byte fallback) trained on a small made-up corpus."""
+    a, b = seed
+    corpus = [" ".join(WORDS[(i * a + j * b) % len(WORDS)] for j in range(12)) for i in range(400)]
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus),
         model_prefix=str(out / "tokenizer"),
@@ -71,12 +72,14 @@ def tiny_llama(out: Path) -> None:
         model_type="bpe",
         byte_fallback=True,
         character_coverage=1.0,
-        bos_id=1,
-        eos_id=2,
-        unk_id=0,
-        pad_id=-1,
         minloglevel=2,
+        **ids,
     )
+
+
+def tiny_llama(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(out, seed=(7, 3), bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
     tok = LlamaTokenizer(vocab_file=str(out / "tokenizer.model"), legacy=False)
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(out)
@@ -111,14 +114,9 @@ GEMMA_SPECIALS = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_
 def tiny_gemma3_vision(out: Path) -> None:
     """Gemma 3 with a SigLIP vision tower: 64 px images, 16 px patches, 4 image tokens."""
     out.mkdir(parents=True, exist_ok=True)
-    corpus = [" ".join(WORDS[(i * 5 + j * 7) % len(WORDS)] for j in range(12)) for i in range(400)]
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_prefix=str(out / "tokenizer"),
-        vocab_size=320,
-        model_type="bpe",
-        byte_fallback=True,
-        character_coverage=1.0,
+    train_tokenizer(
+        out,
+        seed=(5, 7),
         pad_id=0,
         eos_id=1,
         bos_id=2,
@@ -128,7 +126,6 @@ def tiny_gemma3_vision(out: Path) -> None:
         bos_piece="<bos>",
         unk_piece="<unk>",
         user_defined_symbols=GEMMA_SPECIALS,
-        minloglevel=2,
     )
     tok = GemmaTokenizer(vocab_file=str(out / "tokenizer.model"))
     tok.chat_template = GEMMA_TEMPLATE

@@ -14,20 +14,11 @@ import pytest
 from llmpi import fit
 from llmpi_prepare import cli, hub, plan
 from tests.hubstub import Hub, Repo, safetensors_file
+from tests.reference import MISTRAL_7B_CONFIG
 
 pytestmark = pytest.mark.pipeline
 
-MISTRAL_CONFIG = {
-    "architectures": ["MistralForCausalLM"],
-    "model_type": "mistral",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_hidden_layers": 32,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 32768,
-    "vocab_size": 32000,
-}
+MISTRAL_CONFIG = MISTRAL_7B_CONFIG
 
 
 def mistral_7b_shapes() -> dict[str, tuple[int, ...]]:

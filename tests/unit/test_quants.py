@@ -7,23 +7,11 @@ import pytest
 from llmpi import fit
 from llmpi_prepare import quants
 from llmpi_prepare.hfshape import shape_from_config
+from tests.reference import MISTRAL_7B_CONFIG, MISTRAL_7B_PARAMS
 
 pytestmark = pytest.mark.unit
 
-# Mistral-7B config.json (the text model of the recipe's LLaVA 1.6 Mistral 7B)
-MISTRAL_7B = {
-    "architectures": ["MistralForCausalLM"],
-    "model_type": "mistral",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_hidden_layers": 32,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 32768,
-    "vocab_size": 32000,
-    "sliding_window": 4096,
-}
-MISTRAL_7B_PARAMS = 7_241_732_096
+MISTRAL_7B = MISTRAL_7B_CONFIG
 
 # recipe table 11.1: quant -> file size in GB
 TABLE_11_1 = {
