@@ -21,6 +21,7 @@ import pytest
 from llmpi.gguf import read_gguf
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env, say
 from tests.hubstub import Hub, Repo, repo_from_dir
+from tests.media import png
 
 pytestmark = pytest.mark.pipeline
 HERE = Path(__file__).resolve().parent
@@ -353,23 +354,6 @@ def test_bake_stage_ships_the_prepared_model(hub: Hub, prepare_image: str) -> No
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
 
 
-def png(width: int, height: int) -> bytes:
-    """A real PNG (RGB gradient), without an imaging library."""
-    import struct
-    import zlib
-
-    rows = b"".join(
-        b"\x00" + b"".join(bytes((x * 255 // width, y * 255 // height, 128)) for x in range(width))
-        for y in range(height)
-    )
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
 def test_tiny_vision_model_with_projector(project: Project) -> None:
     r = prepare(project, "test/tiny-gemma3-vision", "--ram", "8G", "--quant", "Q4_K_M")
     (ARTIFACTS / "prepare-tiny-gemma3-vision.log").write_text(r.stdout + r.stderr)
@@ -404,3 +388,15 @@ def test_tiny_vision_model_with_projector(project: Project) -> None:
     assert text_only.usage is not None and with_image.usage is not None
     # the image became tokens of the prompt (4 image tokens plus the begin/end markers)
     assert with_image.usage.prompt_tokens >= text_only.usage.prompt_tokens + 4
+    # bytes that are not an image, and a data URL that is not base64: the client's error, and the server lives on
+    for url in [
+        "data:image/png;base64," + base64.b64encode(b"this is not an image at all").decode(),
+        "data:image/png;base64,@@@not-base64@@@",
+    ]:
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="x",
+                max_tokens=2,
+                messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+            )
+        assert project.health() == 200
