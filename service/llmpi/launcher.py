@@ -22,6 +22,7 @@ from .gguf import GGUFError, GGUFInfo, read_gguf
 
 DEFAULT_PARALLEL = 4
 DEFAULT_MODEL = "/opt/llmpi/models/default.gguf"  # a link to the embedded model, in the `appliance` image
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the chat page, served by llama-server at /
 SERVER = "llama-server"
 # llama.cpp's verbosity levels; `trace` adds the backend/CPU-variant choice and the model's metadata
 LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "trace": 4, "debug": 5}
@@ -177,6 +178,8 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
     if level not in LOG_LEVELS:
         raise ConfigError(f"LLMPI_LOG_LEVEL={level!r}: use one of {', '.join(LOG_LEVELS)}")
     _flag(argv, env, notes, "LLAMA_ARG_LOG_VERBOSITY", "--log-verbosity", str(LOG_LEVELS[level]))
+    if get_bool(env, "LLMPI_WEBUI", True) and (WEB_DIR / "index.html").is_file():
+        _flag(argv, env, notes, "LLAMA_ARG_STATIC_PATH", "--path", str(WEB_DIR))
     if get_bool(env, "LLMPI_METRICS", True):
         _flag(argv, env, notes, "LLAMA_ARG_ENDPOINT_METRICS", "--metrics")
     if auth.key_file is not None:

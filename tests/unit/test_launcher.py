@@ -53,6 +53,7 @@ def test_defaults(env: dict[str, str]) -> None:
     assert (f["--host"], f["--port"]) == ("0.0.0.0", "8080")
     assert "--metrics" in f
     assert f["--log-verbosity"] == "3"
+    assert f["--path"] is not None and f["--path"].endswith("service/web")
     assert f["--api-key-file"] == str(Path(env["LLMPI_DATA_DIR"]) / "api_key")
 
 
