@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import browser  # noqa: F401  (a shared fixture)
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env, say
 
 

@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.compose_helpers import ARTIFACTS, Project
+from tests.browser import shot
+from tests.compose_helpers import Project
 from tests.media import png
 
 pytestmark = pytest.mark.webui
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[webdriver.Chrome]:
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "the page tests need Debian's chromium and chromium-driver (.ci/run installs them)"
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800"):
-        opts.add_argument(arg)
-    b = webdriver.Chrome(service=Service(driver), options=opts)
-    yield b
-    b.quit()
-
-
-def shot(b: webdriver.Chrome, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    b.save_screenshot(str(ARTIFACTS / f"webui-{name}.png"))
 
 
 def test_page_is_served_without_the_key(appliance: Project) -> None:

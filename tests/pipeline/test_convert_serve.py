@@ -17,8 +17,13 @@ from pathlib import Path
 import docker
 import openai
 import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
 from llmpi.gguf import read_gguf
+from tests.browser import shot
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env, say
 from tests.hubstub import Hub, Repo, repo_from_dir
 from tests.media import png
@@ -354,7 +359,7 @@ def test_bake_stage_ships_the_prepared_model(hub: Hub, prepare_image: str) -> No
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
 
 
-def test_tiny_vision_model_with_projector(project: Project) -> None:
+def test_tiny_vision_model_with_projector(project: Project, browser: webdriver.Chrome, tmp_path: Path) -> None:
     r = prepare(project, "test/tiny-gemma3-vision", "--ram", "8G", "--quant", "Q4_K_M")
     (ARTIFACTS / "prepare-tiny-gemma3-vision.log").write_text(r.stdout + r.stderr)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -400,3 +405,19 @@ def test_tiny_vision_model_with_projector(project: Project) -> None:
                 messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
             )
         assert project.health() == 200
+    # and in the chat page: the header says the model sees images, an attached image gets an answer
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{project.url}/")
+    wait.until(ec.visibility_of_element_located((By.ID, "key-dialog")))
+    browser.find_element(By.ID, "key-input").send_keys(project.stored_key())
+    browser.find_element(By.ID, "key-save").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "info"), "sees images"))
+    picture = tmp_path / "gradient.png"
+    picture.write_bytes(png(300, 200))
+    browser.find_element(By.ID, "attach-input").send_keys(str(picture))
+    browser.find_element(By.ID, "prompt").send_keys("What is in the image?")
+    browser.find_element(By.ID, "send").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "stats"), "tokens/s"))
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg.user img"), "the attached image is shown in the chat"
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error")
+    shot(browser, "vision")
