@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -195,7 +194,3 @@ def verify(model: Path, mmproj: Path | None = None, embedding: bool = False, tim
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def free_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free

@@ -118,17 +118,27 @@ def inspect(repo_id: str, revision: str | None = None, token: str | None = None)
     return RemoteModel(repo_id, sha, config, n_params, files, bool(getattr(info, "gated", False)))
 
 
+def tree_size(path: Path) -> int:
+    """Bytes of the files under `path` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def require_disk(where: Path, need: int, what: str, have_in: Path | None = None) -> None:
+    """PrepareError unless the filesystem of `where` can take `need` bytes, less what `have_in` already holds
+    (the part of an interrupted run that is already on disk)."""
+    missing = need - (tree_size(have_in) if have_in is not None else 0)
+    free = shutil.disk_usage(where).free
+    if missing > free:
+        raise PrepareError(
+            f"not enough disk for {what} in {where}: {missing / 1e9:.2f} GB more needed, {free / 1e9:.2f} GB free"
+        )
+
+
 def download(model: RemoteModel, dest: Path, token: str | None = None) -> Path:
     """Download the files a conversion needs into `dest` (resumable: an interrupted run continues where it
     stopped), after checking the free disk. Returns `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
-    have = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-    need = model.download_bytes - have
-    free = shutil.disk_usage(dest).free
-    if need > free:
-        raise PrepareError(
-            f"not enough disk for the download: {need / 1e9:.2f} GB needed in {dest}, {free / 1e9:.2f} GB free"
-        )
+    require_disk(dest, model.download_bytes, "the download", have_in=dest)
     try:
         snapshot_download(
             model.repo_id,

@@ -28,10 +28,6 @@ def is_embedding(arch: str) -> bool:
     return arch.endswith(EMBEDDING_ARCH_SUFFIXES) and not arch.endswith(("ForCausalLM", "LMHeadModel"))
 
 
-def _tree_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -120,13 +116,7 @@ def run(
     work.mkdir(exist_ok=True)
 
     need = model.download_bytes + 2 * model.n_params + p.chosen.size
-    have = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
-    free = convert.free_bytes(out_dir)
-    if need - have > free:
-        raise hub.PrepareError(
-            f"not enough disk in {out_dir}: download + f16 intermediate + {q} need about "
-            f"{(need - have) / 1e9:.2f} GB more, {free / 1e9:.2f} GB free"
-        )
+    hub.require_disk(out_dir, need, f"the download, the f16 intermediate and {q}", have_in=work)
     timings: dict[str, float] = {}
     clock = time.monotonic()
 
@@ -149,7 +139,7 @@ def run(
         say(f"quantizing to {q}")
         quantized = convert.quantize(f16, work / f"model.{q}.gguf", q)
     step("quantize_s")
-    peak_disk = _tree_size(work)  # download + f16 + quantized: the most the pipeline holds at once
+    peak_disk = hub.tree_size(work)  # download + f16 + quantized: the most the pipeline holds at once
     say("verifying with llama-server")
     check = convert.verify(quantized, mmproj, embedding=embedding)
     step("verify_s")
@@ -166,7 +156,7 @@ def run(
         final=final,
         final_mmproj=final_mmproj,
         n_params=model.n_params,
-        n_ctx_train=shape_from_config(model.config, model.n_params).n_ctx_train,
+        n_ctx_train=p.shape.n_ctx_train,
         planned={"memory": memory, "source": memory_source, "context": n_ctx, "estimated_memory": p.chosen.needed},
         verified=check,
         extra={"pipeline": {**timings, "peak_disk_bytes": peak_disk}},
@@ -232,10 +222,7 @@ def run_prebuilt(
     work = out_dir / f".prepare-{preset.gguf_repo.replace('/', '--')}-{(info.sha or 'main')[:12]}"
     wanted = [by_quant[chosen.quant]] + ([preset.mmproj] if preset.mmproj else [])
     need = sum(files[f] for f in wanted)
-    if need > convert.free_bytes(out_dir):
-        raise hub.PrepareError(
-            f"not enough disk in {out_dir}: {need / 1e9:.2f} GB needed, {convert.free_bytes(out_dir) / 1e9:.2f} GB free"
-        )
+    hub.require_disk(out_dir, need, ", ".join(wanted))
     got: list[Path] = []
     for f in wanted:
         say(f"downloading {f} ({files[f] / 1e9:.2f} GB)")

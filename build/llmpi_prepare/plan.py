@@ -45,6 +45,7 @@ class Plan:
     budget: int
     memory_source: str
     n_ctx: int
+    shape: fit.ModelShape
 
     def report(self) -> str:
         m = self.model
@@ -76,4 +77,4 @@ def make_plan(
         raise fit.FitError(
             f"{model.repo_id} does not fit in {fit.fmt_bytes(memory)} ({memory_source}): {e}\n{table}"
         ) from None
-    return Plan(model, rows, chosen, memory, budget, memory_source, n_ctx)
+    return Plan(model, rows, chosen, memory, budget, memory_source, n_ctx, shape)
