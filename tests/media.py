@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+
+from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def image_message(url: str, text: str | None = None) -> list[ChatCompletionMessageParam]:
+    """One user turn with an image (and a question), as the recipe's listing 11.2 sends it."""
+    parts: list[ChatCompletionContentPartParam] = [{"type": "text", "text": text}] if text else []
+    parts.append({"type": "image_url", "image_url": {"url": url}})
+    return [{"role": "user", "content": parts}]
+
 
 def png(width: int, height: int) -> bytes:
     """A real PNG (RGB gradient), without an imaging library."""

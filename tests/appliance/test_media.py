@@ -3,33 +3,20 @@ missing" moment), not the 500 that llama-server gives at the pin (fixed in build
 
 from __future__ import annotations
 
-import base64
-
 import openai
 import pytest
 
 from tests.compose_helpers import Project
-from tests.media import png
+from tests.media import data_url, image_message, png
 
 pytestmark = pytest.mark.vision
 
 
 def test_image_to_a_text_only_model_is_400_with_the_hint(appliance: Project, api_key: str) -> None:
     client = openai.OpenAI(base_url=f"{appliance.url}/v1", api_key=api_key, max_retries=0, timeout=60)
-    image = "data:image/png;base64," + base64.b64encode(png(32, 32)).decode()
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(
-            model="gpt-4-vision-preview",
-            max_tokens=4,
-            messages=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "What is this?"},
-                        {"type": "image_url", "image_url": {"url": image}},
-                    ],
-                }
-            ],
+            model="gpt-4-vision-preview", max_tokens=4, messages=image_message(data_url(png(32, 32)), "What is this?")
         )
     assert e.value.status_code == 400
     assert "image input is not supported" in str(e.value) and "mmproj" in str(e.value)

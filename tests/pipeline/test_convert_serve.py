@@ -3,7 +3,6 @@ appliance serving the result with one variable (LLMPI_MODEL)."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import math
@@ -26,7 +25,7 @@ from llmpi.gguf import read_gguf
 from tests.browser import shot
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env, say
 from tests.hubstub import Hub, Repo, repo_from_dir
-from tests.media import png
+from tests.media import data_url, image_message, png
 
 pytestmark = pytest.mark.pipeline
 HERE = Path(__file__).resolve().parent
@@ -376,33 +375,24 @@ def test_tiny_vision_model_with_projector(project: Project, browser: webdriver.C
     text_only = client.chat.completions.create(
         model="gpt-4-vision-preview", max_tokens=2, messages=[{"role": "user", "content": "What is in the image?"}]
     )
-    image = "data:image/png;base64," + base64.b64encode(png(64, 64)).decode()
     with_image = client.chat.completions.create(
         model="gpt-4-vision-preview",
         max_tokens=2,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "What is in the image?"},
-                    {"type": "image_url", "image_url": {"url": image}},
-                ],
-            }
-        ],
+        messages=image_message(data_url(png(64, 64)), "What is in the image?"),
     )
     assert text_only.usage is not None and with_image.usage is not None
     # the image became tokens of the prompt (4 image tokens plus the begin/end markers)
     assert with_image.usage.prompt_tokens >= text_only.usage.prompt_tokens + 4
     # bytes that are not an image, and a data URL that is not base64: the client's error, and the server lives on
     for url in [
-        "data:image/png;base64," + base64.b64encode(b"this is not an image at all").decode(),
+        data_url(b"this is not an image at all"),
         "data:image/png;base64,@@@not-base64@@@",
     ]:
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(
                 model="x",
                 max_tokens=2,
-                messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+                messages=image_message(url),
             )
         assert project.health() == 200
     # and in the chat page: the header says the model sees images, an attached image gets an answer
