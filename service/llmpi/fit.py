@@ -152,7 +152,7 @@ def compute_bytes(shape: ModelShape, n_ubatch: int = DEFAULT_UBATCH, n_seq: int 
     """
     mask = n_ctx * n_ubatch * 2
     activations = n_ubatch * 4 * 8 * shape.n_embd
-    logits = shape.n_vocab * 4 * 8 * max(1, n_seq) // 4
+    logits = shape.n_vocab * 8 * max(1, n_seq)
     return mask + activations + logits
 
 
