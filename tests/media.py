@@ -18,18 +18,30 @@ def image_message(url: str, text: str | None = None) -> list[ChatCompletionMessa
     return [{"role": "user", "content": parts}]
 
 
-def png(width: int, height: int) -> bytes:
-    """A real PNG (RGB gradient), without an imaging library."""
+def png(width: int, height: int, fill: str = "gradient") -> bytes:
+    """A real PNG without an imaging library. fill: "gradient" (RGB), "flat" (black: compresses about 1000:1, so
+    a huge image is a small file, the decompression bomb) or "noise" (random: does not compress)."""
+    import os
     import struct
     import zlib
 
-    rows = b"".join(
-        b"\x00" + b"".join(bytes((x * 255 // width, y * 255 // height, 128)) for x in range(width))
-        for y in range(height)
-    )
+    comp = zlib.compressobj(9)
+    red = bytes(x * 255 // width for x in range(width))
+    parts = []
+    for y in range(height):
+        if fill == "noise":
+            row = bytearray(os.urandom(3 * width))
+        else:
+            row = bytearray(3 * width)
+            if fill == "gradient":
+                row[0::3] = red
+                row[1::3] = bytes([y * 255 // height]) * width
+                row[2::3] = b"\x80" * width
+        parts.append(comp.compress(b"\x00" + bytes(row)))
+    parts.append(comp.flush())
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")

@@ -21,6 +21,12 @@ from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, get, ge
 from .gguf import GGUFError, GGUFInfo, read_gguf
 
 DEFAULT_PARALLEL = 4
+# image cost control (vision models only). 256 tokens: a 512 px image on Qwen3-VL (32 px a token), 448 px on
+# Qwen2/2.5-VL (28 px), and what Gemma 3 uses for every image. Only dynamic-resolution models obey it.
+DEFAULT_IMAGE_MAX_TOKENS = 256
+DEFAULT_IMAGE_MAX_PIXELS = 50_000_000  # an 8000 x 6000 phone photo; over that, refused from the header, never decoded
+DEFAULT_MEDIA_MAX_BYTES = "20M"  # OpenAI's own per-image limit
+C_INT_MAX = 2**31 - 1
 DEFAULT_MODEL = "/opt/llmpi/models/default.gguf"  # a link to the embedded model, in the `appliance` image
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the chat page, served by llama-server at /
 SERVER = "llama-server"
@@ -110,6 +116,29 @@ def _mmproj(env: Mapping[str, str], model: Path, manifest: dict[str, object]) ->
     return path
 
 
+def _image_flags(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(LLAMA_ARG_* name, flag, value) for the image limits: tokens per image, pixels and bytes per file."""
+    max_tokens = get_int(env, "LLMPI_IMAGE_MAX_TOKENS", DEFAULT_IMAGE_MAX_TOKENS)
+    min_tokens = get_int(env, "LLMPI_IMAGE_MIN_TOKENS", None)
+    if max_tokens is not None and min_tokens is not None and min_tokens > max_tokens:
+        raise ConfigError(f"LLMPI_IMAGE_MIN_TOKENS={min_tokens} is more than LLMPI_IMAGE_MAX_TOKENS={max_tokens}")
+    max_pixels = get_int(env, "LLMPI_IMAGE_MAX_PIXELS", DEFAULT_IMAGE_MAX_PIXELS)
+    raw_bytes = get(env, "LLMPI_MEDIA_MAX_BYTES", DEFAULT_MEDIA_MAX_BYTES)
+    try:
+        max_bytes = fit.parse_size(raw_bytes)
+    except ValueError as e:
+        raise ConfigError(f"LLMPI_MEDIA_MAX_BYTES: {e}") from None
+    for name, value in (("LLMPI_IMAGE_MAX_PIXELS", max_pixels), ("LLMPI_MEDIA_MAX_BYTES", max_bytes)):
+        if value is not None and not 1 <= value <= C_INT_MAX:
+            raise ConfigError(f"{name}={value} is out of range (1 to {C_INT_MAX})")
+    flags = [("LLAMA_ARG_IMAGE_MAX_TOKENS", "--image-max-tokens", str(max_tokens))]
+    if min_tokens is not None:
+        flags.append(("LLAMA_ARG_IMAGE_MIN_TOKENS", "--image-min-tokens", str(min_tokens)))
+    flags.append(("LLAMA_ARG_IMAGE_MAX_PIXELS", "--image-max-pixels", str(max_pixels)))
+    flags.append(("LLAMA_ARG_MEDIA_MAX_BYTES", "--media-max-bytes", str(max_bytes)))
+    return flags
+
+
 def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Plan:
     notes: list[str] = []
     model_path = get(env, "LLAMA_ARG_MODEL") or get(env, "LLMPI_MODEL")
@@ -172,6 +201,8 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
         _flag(argv, env, notes, "LLAMA_ARG_CHAT_TEMPLATE", "--chat-template", template)
     if mmproj is not None:
         _flag(argv, env, notes, "LLAMA_ARG_MMPROJ", "--mmproj", str(mmproj))
+        for env_name, flag, value in _image_flags(env):
+            _flag(argv, env, notes, env_name, flag, value)
     if embeddings:
         _flag(argv, env, notes, "LLAMA_ARG_EMBEDDINGS", "--embeddings")
     level = get(env, "LLMPI_LOG_LEVEL", "info").lower()

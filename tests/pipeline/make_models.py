@@ -17,6 +17,8 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlamaTokenizer,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
     SiglipVisionConfig,
 )
 
@@ -185,6 +187,71 @@ def tiny_gemma3_vision(out: Path) -> None:
     )
 
 
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def tiny_qwen2_vl(out: Path) -> None:
+    """Qwen2-VL: dynamic resolution, one token per 28 x 28 px (14 px patches, 2 x 2 merged), 8 to 4096 tokens an
+    image unless capped; the kind of model that --image-max-tokens acts on."""
+    out.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(out, seed=(3, 5), bos_id=1, eos_id=2, unk_id=0, pad_id=-1, user_defined_symbols=QWEN_SPECIALS)
+    tok = LlamaTokenizer(vocab_file=str(out / "tokenizer.model"), legacy=False)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(out)
+    (out / "tokenizer.vocab").unlink(missing_ok=True)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    text = {
+        "vocab_size": tok.vocab_size,
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 32768,
+        "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]},  # sums to head_dim / 2 = 32
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tie_word_embeddings": False,
+    }
+    vision = {
+        "depth": 2,
+        "embed_dim": 64,
+        "hidden_size": 256,  # the merger's output: the text model's width
+        "mlp_ratio": 2,
+        "num_heads": 2,
+        "in_channels": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    cfg = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        **text,
+    )
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(cfg).to(torch.float16).save_pretrained(out, safe_serialization=True)
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "processor_class": "Qwen2VLProcessor",
+                "min_pixels": 8 * 28 * 28,
+                "max_pixels": 4096 * 28 * 28,
+                "patch_size": 14,
+                "merge_size": 2,
+                "temporal_patch_size": 2,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+            }
+        )
+    )
+
+
 def unsupported(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(
@@ -209,4 +276,5 @@ if __name__ == "__main__":
     tiny_llama(root / "tiny-llama")
     unsupported(root / "unsupported")
     tiny_gemma3_vision(root / "tiny-gemma3-vision")
+    tiny_qwen2_vl(root / "tiny-qwen2-vl")
     print("made:", ", ".join(sorted(p.name for p in root.iterdir())))

