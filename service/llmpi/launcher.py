@@ -18,9 +18,11 @@ from typing import TextIO
 
 from . import fit, hardware, keys
 from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, get, get_bool, get_int
+from .config import runtime_dir as config_runtime_dir
 from .gguf import GGUFError, GGUFInfo, read_gguf
 
 DEFAULT_PARALLEL = 4
+DEFAULT_EMBEDDING_PARALLEL = 2
 # image cost control (vision models only). 256 tokens: a 512 px image on Qwen3-VL (32 px a token), 448 px on
 # Qwen2/2.5-VL (28 px), and what Gemma 3 uses for every image. Only dynamic-resolution models obey it.
 DEFAULT_IMAGE_MAX_TOKENS = 256
@@ -139,6 +141,57 @@ def _image_flags(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     return flags
 
 
+Option = tuple[str, str, str | None]  # (LLAMA_ARG_* variable, flag, value; None for a bare flag)
+
+
+def _render_argv(argv: list[str], env: Mapping[str, str], notes: list[str], opts: list[Option]) -> None:
+    for env_name, flag, value in opts:
+        _flag(argv, env, notes, env_name, flag, *([] if value is None else [value]))
+
+
+def _render_ini(name: str, env: Mapping[str, str], notes: list[str], opts: list[Option]) -> str:
+    """One section of llama-server's --models-preset file (keys are the long flags without dashes)."""
+    lines = [f"[{name}]"]
+    for env_name, flag, value in opts:
+        if env.get(env_name, "") != "":
+            notes.append(f"{env_name}={env[env_name]!r} given; not passing {flag} to {name}")
+            continue
+        if "\n" in (value or "") or "\r" in (value or ""):
+            raise ConfigError(f"{flag} for {name}: a value with a line break cannot go into the models preset")
+        lines.append(f"{flag.lstrip('-')} = {'true' if value is None else value}")
+    lines.append("load-on-startup = true")
+    return "\n".join(lines) + "\n"
+
+
+def _embedding_model(env: Mapping[str, str], threads: int) -> tuple[str, list[Option], fit.Estimate] | None:
+    """LLMPI_EMBEDDING_MODEL: a second model, for /v1/embeddings, served beside the chat model (router mode)."""
+    path = get(env, "LLMPI_EMBEDDING_MODEL")
+    if not path:
+        return None
+    try:
+        info = check_model(path)
+    except ConfigError as e:
+        raise ConfigError(f"LLMPI_EMBEDDING_MODEL: {e}") from None
+    shape = fit.ModelShape.from_gguf(info)
+    # an embedding model sees each input whole (non-causal): one slot holds its trained context, in one micro-batch
+    n_ctx = min(shape.n_ctx_train or fit.MIN_CONTEXT, fit.DEFAULT_CONTEXT_CAP)
+    parallel = get_int(env, "LLMPI_EMBEDDING_PARALLEL", DEFAULT_EMBEDDING_PARALLEL) or 1
+    est = fit.estimate(shape, n_ctx * parallel, parallel, n_ubatch=n_ctx)
+    alias = get(env, "LLMPI_EMBEDDING_ALIAS") or model_alias({}, info.path)
+    opts: list[Option] = [
+        ("LLAMA_ARG_MODEL", "--model", str(info.path)),
+        ("LLAMA_ARG_EMBEDDINGS", "--embeddings", None),
+        ("LLAMA_ARG_CTX_SIZE", "--ctx-size", str(n_ctx * parallel)),
+        ("LLAMA_ARG_N_PARALLEL", "--parallel", str(parallel)),
+        ("LLAMA_ARG_KV_UNIFIED", "--no-kv-unified", None),
+        ("LLAMA_ARG_BATCH", "--batch-size", str(n_ctx)),
+        ("LLAMA_ARG_UBATCH", "--ubatch-size", str(n_ctx)),
+        ("LLAMA_ARG_THREADS", "--threads", str(threads)),
+        ("LLAMA_ARG_THREADS_BATCH", "--threads-batch", str(threads)),
+    ]
+    return alias, opts, est
+
+
 def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Plan:
     notes: list[str] = []
     model_path = get(env, "LLAMA_ARG_MODEL") or get(env, "LLMPI_MODEL")
@@ -148,7 +201,7 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
     mmproj = _mmproj(env, info.path, manifest)
     embeddings = get_bool(env, "LLMPI_EMBEDDINGS", manifest.get("kind") == "embedding")
 
-    threads = get_int(env, "LLMPI_THREADS", hw.physical_cores)
+    threads = get_int(env, "LLMPI_THREADS", hw.physical_cores) or 1
     parallel = get_int(env, "LLMPI_PARALLEL", DEFAULT_PARALLEL)
     requested_ctx = get_int(env, "LLAMA_ARG_CTX_SIZE", None, minimum=0) or get_int(
         env, "LLMPI_CTX_SIZE", None, minimum=fit.MIN_CONTEXT
@@ -162,30 +215,33 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
         raise ConfigError(f"LLMPI_MEMORY_LIMIT/LLMPI_MEMORY_RESERVE: {e}") from None
     source = "LLMPI_MEMORY_LIMIT" if limit_text else hw.memory.source
     budget = memory - reserve
+    second = _embedding_model(env, threads)
+    budget_source = f"{fit.fmt_bytes(memory)} {source} minus a reserve of {fit.fmt_bytes(reserve)}"
+    extra = mmproj.stat().st_size if mmproj else 0
+    if second is not None:
+        # the embedding model's own process, and the router's (a llama-server without a model)
+        second_total = second[2].total + fit.RUNTIME_OVERHEAD
+        extra += second_total
+        budget_source += f", of which the embedding model and the router take {fit.fmt_bytes(second_total)}"
     try:
         est = fit.choose_context(
-            shape,
-            budget,
-            requested_ctx,
-            n_seq=parallel or 1,
-            extra=mmproj.stat().st_size if mmproj else 0,
-            budget_source=f"{fit.fmt_bytes(memory)} {source} minus a reserve of {fit.fmt_bytes(reserve)}",
+            shape, budget, requested_ctx, n_seq=parallel or 1, extra=extra, budget_source=budget_source
         )
     except fit.FitError as e:
         raise ConfigError(str(e)) from None
 
     auth = keys.resolve(env, Path(get(env, "LLMPI_DATA_DIR", "/data")), out=out)
 
-    argv = [SERVER]
-    _flag(argv, env, notes, "LLAMA_ARG_MODEL", "--model", str(info.path))
-    _flag(argv, env, notes, "LLAMA_ARG_ALIAS", "--alias", model_alias(env, info.path))
-    _flag(argv, env, notes, "LLAMA_ARG_HOST", "--host", get(env, "LLMPI_HOST", "0.0.0.0"))
-    _flag(argv, env, notes, "LLAMA_ARG_PORT", "--port", str(get_int(env, "LLMPI_PORT", 8080)))
-    _flag(argv, env, notes, "LLAMA_ARG_THREADS", "--threads", str(threads))
-    _flag(argv, env, notes, "LLAMA_ARG_THREADS_BATCH", "--threads-batch", str(threads))
-    _flag(argv, env, notes, "LLAMA_ARG_CTX_SIZE", "--ctx-size", str(est.n_ctx))
-    _flag(argv, env, notes, "LLAMA_ARG_N_PARALLEL", "--parallel", str(parallel))
-    _flag(argv, env, notes, "LLAMA_ARG_KV_UNIFIED", "--kv-unified")
+    alias = model_alias(env, info.path)
+    model: list[Option] = [
+        ("LLAMA_ARG_MODEL", "--model", str(info.path)),
+        ("LLAMA_ARG_ALIAS", "--alias", alias),
+        ("LLAMA_ARG_THREADS", "--threads", str(threads)),
+        ("LLAMA_ARG_THREADS_BATCH", "--threads-batch", str(threads)),
+        ("LLAMA_ARG_CTX_SIZE", "--ctx-size", str(est.n_ctx)),
+        ("LLAMA_ARG_N_PARALLEL", "--parallel", str(parallel)),
+        ("LLAMA_ARG_KV_UNIFIED", "--kv-unified", None),
+    ]
     template_file = get(env, "LLMPI_CHAT_TEMPLATE_FILE")
     template = get(env, "LLMPI_CHAT_TEMPLATE")
     if template and template_file:
@@ -196,25 +252,52 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
     if template_file:
         if not Path(template_file).is_file():
             raise ConfigError(f"the chat template file {template_file} does not exist (LLMPI_CHAT_TEMPLATE_FILE)")
-        _flag(argv, env, notes, "LLAMA_ARG_CHAT_TEMPLATE_FILE", "--chat-template-file", template_file)
+        model.append(("LLAMA_ARG_CHAT_TEMPLATE_FILE", "--chat-template-file", template_file))
     elif template:
-        _flag(argv, env, notes, "LLAMA_ARG_CHAT_TEMPLATE", "--chat-template", template)
+        model.append(("LLAMA_ARG_CHAT_TEMPLATE", "--chat-template", template))
     if mmproj is not None:
-        _flag(argv, env, notes, "LLAMA_ARG_MMPROJ", "--mmproj", str(mmproj))
-        for env_name, flag, value in _image_flags(env):
-            _flag(argv, env, notes, env_name, flag, value)
+        model.append(("LLAMA_ARG_MMPROJ", "--mmproj", str(mmproj)))
+        model.extend(_image_flags(env))
     if embeddings:
-        _flag(argv, env, notes, "LLAMA_ARG_EMBEDDINGS", "--embeddings")
+        model.append(("LLAMA_ARG_EMBEDDINGS", "--embeddings", None))
+
     level = get(env, "LLMPI_LOG_LEVEL", "info").lower()
     if level not in LOG_LEVELS:
         raise ConfigError(f"LLMPI_LOG_LEVEL={level!r}: use one of {', '.join(LOG_LEVELS)}")
-    _flag(argv, env, notes, "LLAMA_ARG_LOG_VERBOSITY", "--log-verbosity", str(LOG_LEVELS[level]))
+    server: list[Option] = [
+        ("LLAMA_ARG_HOST", "--host", get(env, "LLMPI_HOST", "0.0.0.0")),
+        ("LLAMA_ARG_PORT", "--port", str(get_int(env, "LLMPI_PORT", 8080))),
+        ("LLAMA_ARG_LOG_VERBOSITY", "--log-verbosity", str(LOG_LEVELS[level])),
+    ]
     if get_bool(env, "LLMPI_WEBUI", True) and (WEB_DIR / "index.html").is_file():
-        _flag(argv, env, notes, "LLAMA_ARG_STATIC_PATH", "--path", str(WEB_DIR))
+        server.append(("LLAMA_ARG_STATIC_PATH", "--path", str(WEB_DIR)))
     if get_bool(env, "LLMPI_METRICS", True):
-        _flag(argv, env, notes, "LLAMA_ARG_ENDPOINT_METRICS", "--metrics")
+        server.append(("LLAMA_ARG_ENDPOINT_METRICS", "--metrics", None))
+
+    argv = [SERVER]
+    health: dict[str, object] = {"models": [], "key_file": str(auth.key_file) if auth.key_file else None}
+    if second is None:
+        _render_argv(argv, env, notes, model)
+    else:
+        # router mode: one llama-server on the port routes by the request's "model" to one child llama-server per
+        # model; everything model-specific goes into the preset (the router's own flags would override it)
+        second_alias, second_opts, _ = second
+        if second_alias == alias:
+            raise ConfigError(f"the chat and the embedding model are both called {alias!r}: set LLMPI_EMBEDDING_ALIAS")
+        preset = config_runtime_dir() / "models.ini"
+        preset.write_text(
+            "version = 1\n\n"
+            + _render_ini(alias, env, notes, [o for o in model if o[0] != "LLAMA_ARG_ALIAS"])
+            + "\n"
+            + _render_ini(second_alias, env, notes, second_opts)
+        )
+        argv.extend(["--models-preset", str(preset), "--models-max", "2"])
+        health["models"] = [alias, second_alias]
+        notes.append(f"serving two models by name: {alias!r} (chat) and {second_alias!r} (embeddings); {preset}")
+    _render_argv(argv, env, notes, server)
     if auth.key_file is not None:
         argv.extend(["--api-key-file", str(auth.key_file)])
+    (config_runtime_dir() / "health.json").write_text(json.dumps(health))
 
     child_env = {k: v for k, v in env.items() if not k.startswith("LLMPI_API_KEY")}
     notes.insert(
@@ -226,6 +309,8 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
             f"{threads} threads ({hw.physical_cores} physical cores, {hw.cpus} CPUs), {parallel} slots"
         ),
     )
+    if second is not None:
+        notes.insert(1, f"embedding model {second[0]}: {second[2].breakdown()}")
     return Plan(argv=argv, env=child_env, notes=notes, auth=auth)
 
 

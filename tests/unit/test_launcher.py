@@ -358,3 +358,39 @@ def test_bad_image_limits_are_refused(env: dict[str, str], tmp_path: Path, name:
     env[name] = value
     with pytest.raises(ConfigError, match=message):
         launcher.plan(env, HW, out=io.StringIO())
+
+
+def test_embedding_model_beside_the_chat_model_is_router_mode(env: dict[str, str], tmp_path: Path) -> None:
+    env["LLMPI_EMBEDDING_MODEL"] = str(llama_like(tmp_path / "minilm.F16.gguf", n_ctx_train=512))
+    p = launcher.plan(env, HW, out=io.StringIO())
+    f = flags(p.argv)
+    assert "--model" not in f and "--ctx-size" not in f  # model settings go to the preset, not the router
+    assert f["--models-max"] == "2" and f["--port"] == "8080" and "--api-key-file" in f
+    preset = Path(str(f["--models-preset"])).read_text()
+    sections = dict(
+        (block.splitlines()[0].strip("[]"), dict(line.split(" = ") for line in block.splitlines()[1:]))
+        for block in preset.split("\n\n")[1:]
+    )
+    chat, emb = sections["tiny-chat.Q4_K_M"], sections["minilm.F16"]
+    assert chat["model"] == env["LLMPI_MODEL"] and chat["kv-unified"] == "true" and chat["parallel"] == "4"
+    assert emb["embeddings"] == "true" and emb["no-kv-unified"] == "true"
+    assert (emb["ctx-size"], emb["parallel"], emb["ubatch-size"]) == ("1024", "2", "512")  # 2 slots of 512
+    assert chat["load-on-startup"] == emb["load-on-startup"] == "true"
+    health = json.loads((Path(os.environ["LLMPI_RUNTIME_DIR"]) / "health.json").read_text())
+    assert health["models"] == ["tiny-chat.Q4_K_M", "minilm.F16"]
+    env["LLMPI_EMBEDDING_ALIAS"] = "tiny-chat.Q4_K_M"
+    with pytest.raises(ConfigError, match="both called"):
+        launcher.plan(env, HW, out=io.StringIO())
+
+
+def test_fit_check_counts_both_models(env: dict[str, str], tmp_path: Path) -> None:
+    env["LLMPI_MEMORY_LIMIT"] = "600M"  # 344 MiB usable: the chat model alone fits
+    launcher.plan(env, HW, out=io.StringIO())
+    big = llama_like(tmp_path / "big-embedder.gguf", n_layer=8, n_embd=1024, n_ctx_train=8192)
+    env["LLMPI_EMBEDDING_MODEL"] = str(big)
+    with pytest.raises(ConfigError) as e:
+        launcher.plan(env, HW, out=io.StringIO())
+    assert "does not fit in memory" in str(e.value) and "the embedding model and the router take" in str(e.value)
+    env["LLMPI_EMBEDDING_MODEL"] = str(tmp_path / "nope.gguf")
+    with pytest.raises(ConfigError, match="LLMPI_EMBEDDING_MODEL: the model file .*nope.gguf does not exist"):
+        launcher.plan(env, HW, out=io.StringIO())
