@@ -392,5 +392,5 @@ def test_fit_check_counts_both_models(env: dict[str, str], tmp_path: Path) -> No
         launcher.plan(env, HW, out=io.StringIO())
     assert "does not fit in memory" in str(e.value) and "the embedding model and the router take" in str(e.value)
     env["LLMPI_EMBEDDING_MODEL"] = str(tmp_path / "nope.gguf")
-    with pytest.raises(ConfigError, match="LLMPI_EMBEDDING_MODEL: the model file .*nope.gguf does not exist"):
+    with pytest.raises(ConfigError, match=r"LLMPI_EMBEDDING_MODEL: the model file .*nope\.gguf does not exist"):
         launcher.plan(env, HW, out=io.StringIO())
