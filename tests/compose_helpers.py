@@ -18,6 +18,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 ARTIFACTS = ROOT / "artifacts"
+PREPARE_IMAGE = os.environ.get("LLMPI_PREPARE_IMAGE", "llmpi-prepare:latest")
+PIPELINE_OVERRIDE = ROOT / "tests" / "pipeline" / "compose.pipeline.yaml"
 KEY_RE = re.compile(r"API key:\s+(sk-llmpi-[A-Za-z0-9_\-]+)")
 # every test project binds to loopback on a random free port
 TEST_ENV = {"LLMPI_BIND_ADDRESS": "127.0.0.1", "LLMPI_HOST_PORT": ""}

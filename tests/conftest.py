@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import browser  # noqa: F401  (a shared fixture)
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env, say
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, PREPARE_IMAGE, Project, compose_env, say
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,23 @@ def appliance_image(pytestconfig: pytest.Config) -> str:
             check=True,
         )
     return image
+
+
+@pytest.fixture(scope="session")
+def prepare_image(pytestconfig: pytest.Config, appliance_image: str) -> str:
+    """The model pipeline's image (compose's `prepare` service), built once per session."""
+    if not os.environ.get("LLMPI_TEST_SKIP_BUILD"):
+        say(pytestconfig, "\nbuilding the prepare image (torch from Debian; a few minutes the first time)")
+        ARTIFACTS.mkdir(exist_ok=True)
+        with (ARTIFACTS / "build-prepare.log").open("w") as log:
+            subprocess.run(
+                ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", "prepare", "build", "prepare"],
+                env=compose_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
+    return PREPARE_IMAGE
 
 
 # --- pytest-docker: the session's main appliance, started once with the defaults a user gets -----------------

@@ -23,13 +23,12 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from llmpi.gguf import read_gguf
 from tests.browser import shot
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, compose_env, say
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, PREPARE_IMAGE, Project, say
 from tests.hubstub import Hub, Repo, repo_from_dir
 from tests.media import data_url, image_message, png
 
 pytestmark = pytest.mark.pipeline
 HERE = Path(__file__).resolve().parent
-PREPARE_IMAGE = os.environ.get("LLMPI_PREPARE_IMAGE", "llmpi-prepare:latest")
 SENTENCES = [
     "A Raspberry Pi can serve a small language model.",
     "The capybara is the largest living rodent.",
@@ -37,22 +36,6 @@ SENTENCES = [
     "It is raining in Lisbon today.",
     "Docker compose starts the appliance with one command.",
 ]
-
-
-@pytest.fixture(scope="module")
-def prepare_image(pytestconfig: pytest.Config, appliance_image: str) -> str:
-    if not os.environ.get("LLMPI_TEST_SKIP_BUILD"):
-        say(pytestconfig, "\nbuilding the prepare image (torch from Debian; a few minutes the first time)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        with (ARTIFACTS / "build-prepare.log").open("w") as log:
-            subprocess.run(
-                ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", "prepare", "build", "prepare"],
-                env=compose_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=True,
-            )
-    return PREPARE_IMAGE
 
 
 def _in_prepare(image: str, args: list[str], mounts: dict[str, str], **kw: object) -> str:
