@@ -214,7 +214,7 @@ def tiny_qwen2_vl(out: Path) -> None:
         "tie_word_embeddings": False,
     }
     vision = {
-        "depth": 2,
+        "depth": 3,  # the converter's name map for merger.mlp.{0,2} is built from the block indices: 3 at least
         "embed_dim": 64,
         "hidden_size": 256,  # the merger's output: the text model's width
         "mlp_ratio": 2,
@@ -235,6 +235,10 @@ def tiny_qwen2_vl(out: Path) -> None:
     )
     torch.manual_seed(0)
     Qwen2VLForConditionalGeneration(cfg).to(torch.float16).save_pretrained(out, safe_serialization=True)
+    # as in Qwen's repos; this transformers' Qwen2VLConfig leaves it out of config.json
+    saved = json.loads((out / "config.json").read_text())
+    saved["architectures"] = ["Qwen2VLForConditionalGeneration"]
+    (out / "config.json").write_text(json.dumps(saved, indent=2))
     (out / "preprocessor_config.json").write_text(
         json.dumps(
             {

@@ -7,7 +7,9 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from llmpi.gguf import read_gguf
 from tests.browser import shot
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, PREPARE_IMAGE, Project, say
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, PREPARE_IMAGE, ROOT, Project, say
 from tests.hubstub import Hub, Repo, repo_from_dir
 from tests.media import data_url, image_message, png
 
@@ -369,6 +371,11 @@ def test_tiny_vision_model_with_projector(project: Project, browser: webdriver.C
     assert text_only.usage is not None and with_image.usage is not None
     # the image became tokens of the prompt (4 image tokens plus the begin/end markers)
     assert with_image.usage.prompt_tokens >= text_only.usage.prompt_tokens + 4
+    # a fixed-resolution model: every image is resized to the model's size, so its cost does not depend on the
+    # picture, and the token cap (for dynamic-resolution models) changes nothing
+    costs = _image_costs(client, "What is in the image?")
+    (ARTIFACTS / "image-tokens-gemma3.json").write_text(json.dumps(costs, indent=2))
+    assert len({c["image_tokens"] for c in costs.values()}) == 1, costs
     # bytes that are not an image, and a data URL that is not base64: the client's error, and the server lives on
     for url in [
         data_url(b"this is not an image at all"),
@@ -381,6 +388,20 @@ def test_tiny_vision_model_with_projector(project: Project, browser: webdriver.C
                 messages=image_message(url),
             )
         assert project.health() == 200
+    # the recipe's listing 11.2 as a program (scripts/clients/vision.py): the picture goes in, an answer comes out
+    picture = tmp_path / "gradient.png"
+    picture.write_bytes(png(300, 200))
+    env = {**os.environ, "OPENAI_BASE_URL": f"{project.url}/v1", "OPENAI_API_KEY": project.stored_key()}
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "clients" / "vision.py"), str(picture), "What?", "--max-tokens", "8"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    used = re.search(r"\[(.+): (\d+) prompt tokens with the image\]", r.stderr)
+    assert used and int(used.group(2)) >= text_only.usage.prompt_tokens + 4, r.stderr
     # and in the chat page: the header says the model sees images, an attached image gets an answer
     wait = WebDriverWait(browser, 120)
     browser.get(f"{project.url}/")
@@ -388,8 +409,6 @@ def test_tiny_vision_model_with_projector(project: Project, browser: webdriver.C
     browser.find_element(By.ID, "key-input").send_keys(project.stored_key())
     browser.find_element(By.ID, "key-save").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "info"), "sees images"))
-    picture = tmp_path / "gradient.png"
-    picture.write_bytes(png(300, 200))
     browser.find_element(By.ID, "attach-input").send_keys(str(picture))
     browser.find_element(By.ID, "prompt").send_keys("What is in the image?")
     browser.find_element(By.ID, "send").click()
@@ -448,17 +467,22 @@ def test_image_cap_and_limits_on_a_dynamic_resolution_model(pytestconfig: pytest
         (ARTIFACTS / "image-tokens.json").write_text(json.dumps(results, indent=2))
         say(pytestconfig, "\nimage tokens / prompt ms by side (tiny Qwen2-VL): " + json.dumps(results))
         capped, uncapped = results["capped (default 256)"], results["uncapped (model's 4096)"]
-        # 336 px = 12 x 12 tokens (+ the vision start/end markers), under the cap: the same either way
-        assert capped[336]["image_tokens"] == uncapped[336]["image_tokens"] == 144 + 2
-        assert uncapped[1344]["image_tokens"] == 48 * 48 + 2
-        assert uncapped[4000]["image_tokens"] > 2000  # the model's own limit, 4096, is all that holds a photo back
+        # tokens = (side / 28)^2 image embeddings, plus a constant for the vision markers and the message layout
+        overhead = capped[336]["image_tokens"] - 12 * 12
+        assert 0 <= overhead < 64
+        assert uncapped[336]["image_tokens"] == capped[336]["image_tokens"]  # 336 px: under the cap either way
+        assert uncapped[672]["image_tokens"] == 24 * 24 + overhead
+        assert uncapped[1344]["image_tokens"] == 48 * 48 + overhead
+        assert uncapped[4000]["image_tokens"] == 4096 + overhead  # only the model's own limit held it back
         for side in (672, 1344, 4000):
-            assert 144 + 2 < capped[side]["image_tokens"] <= 256 + 2
+            assert capped[side]["image_tokens"] == 256 + overhead
 
-        # limits, on the uncapped server: a 4.3 MB file (over LLMPI_MEDIA_MAX_BYTES=2M) and a 20000 x 20000 PNG of
-        # 1.2 MB that would decode to 1.2 GB (over LLMPI_IMAGE_MAX_PIXELS=50M): refused, with the reason
+        # limits, on the uncapped server: a 4.3 MB file (over LLMPI_MEDIA_MAX_BYTES=2M); decompression bombs over
+        # LLMPI_IMAGE_MAX_PIXELS=50M: a 0.7 MB PNG that stb_image would decode to 768 MB, and one of 1.2 GB that it
+        # gives up on without saying why; refused from their headers, with the reason
         for picture, reason in (
             (png(1200, 1200, fill="noise"), "media file too large"),
+            (png(16000, 16000, fill="flat"), "image too large: 16000x16000 = 256000000 pixels"),
             (png(20000, 20000, fill="flat"), "image too large: 20000x20000 = 400000000 pixels"),
         ):
             with pytest.raises(openai.BadRequestError) as e:
