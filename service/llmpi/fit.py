@@ -22,6 +22,7 @@ from .gguf import GGUFInfo
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
+ROUTER_OVERHEAD = 16 * MiB  # llama-server in router mode, holding no model: 14.5 MiB RSS measured (docs/memory.md)
 RUNTIME_OVERHEAD = 8 * MiB  # llama-server's own heap, threads and the libraries' touched pages (docs/memory.md)
 DEFAULT_RESERVE = 256 * MiB  # left to the OS and everything else in the container/board
 DEFAULT_UBATCH = 512
@@ -107,7 +108,8 @@ class Estimate:
     kv_cache: int
     compute: int
     overhead: int
-    extra: int = 0  # e.g. a vision projector
+    extra: int = 0  # what else must fit beside this model (a vision projector, a second model)
+    extra_label: str = "projector"
     n_ctx: int = 0
 
     @property
@@ -122,7 +124,7 @@ class Estimate:
             f"runtime {fmt_bytes(self.overhead)}",
         ]
         if self.extra:
-            parts.append(f"projector {fmt_bytes(self.extra)}")
+            parts.append(f"{self.extra_label} {fmt_bytes(self.extra)}")
         return " + ".join(parts) + f" = {fmt_bytes(self.total)}"
 
 
@@ -161,13 +163,21 @@ def runtime_overhead(shape: ModelShape) -> int:
     return RUNTIME_OVERHEAD + shape.n_vocab * 64
 
 
-def estimate(shape: ModelShape, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFAULT_UBATCH, extra: int = 0) -> Estimate:
+def estimate(
+    shape: ModelShape,
+    n_ctx: int,
+    n_seq: int = 1,
+    n_ubatch: int = DEFAULT_UBATCH,
+    extra: int = 0,
+    extra_label: str = "projector",
+) -> Estimate:
     return Estimate(
         weights=shape.weights_bytes,
         kv_cache=kv_cache_bytes(shape, n_ctx, n_seq, n_ubatch),
         compute=compute_bytes(shape, n_ubatch, n_seq, n_ctx),
         overhead=runtime_overhead(shape),
         extra=extra,
+        extra_label=extra_label,
         n_ctx=n_ctx,
     )
 
@@ -180,6 +190,7 @@ def choose_context(
     cap: int = DEFAULT_CONTEXT_CAP,
     extra: int = 0,
     budget_source: str = "available",
+    extra_label: str = "projector",
 ) -> Estimate:
     """The estimate for the context to run with.
 
@@ -187,14 +198,14 @@ def choose_context(
     requested=N: exactly N. Raises FitError with the numbers when it does not fit.
     """
     if requested is not None:
-        est = estimate(shape, requested, n_seq, extra=extra)
+        est = estimate(shape, requested, n_seq, extra=extra, extra_label=extra_label)
         if est.total > budget:
             raise FitError(_too_big(est, budget, budget_source, f"the requested context of {requested} tokens"))
         return est
     top = min(cap, shape.n_ctx_train) if shape.n_ctx_train else cap
     n_ctx = 1 << max(top, MIN_CONTEXT).bit_length() - 1
     while True:
-        est = estimate(shape, n_ctx, n_seq, extra=extra)
+        est = estimate(shape, n_ctx, n_seq, extra=extra, extra_label=extra_label)
         if est.total <= budget:
             return est
         if n_ctx <= MIN_CONTEXT:

@@ -217,16 +217,19 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
     budget = memory - reserve
     second = _embedding_model(env, threads)
     budget_source = f"{fit.fmt_bytes(memory)} {source} minus a reserve of {fit.fmt_bytes(reserve)}"
-    extra = mmproj.stat().st_size if mmproj else 0
+    projector = mmproj.stat().st_size if mmproj else 0
+    extra, extra_label = projector, "projector"
     if second is not None:
-        # the embedding model's own process, and the router's (a llama-server without a model)
-        second_total = second[2].total + fit.RUNTIME_OVERHEAD
+        # the embedding model's own llama-server, and the router (a llama-server without a model)
+        second_total = second[2].total + fit.ROUTER_OVERHEAD
         extra += second_total
-        budget_source += f", of which the embedding model and the router take {fit.fmt_bytes(second_total)}"
+        extra_label = ("projector + " if projector else "") + "embedding model and router"
+        budget_source += f"; the embedding model and the router take {fit.fmt_bytes(second_total)} of it"
     try:
         est = fit.choose_context(
-            shape, budget, requested_ctx, n_seq=parallel or 1, extra=extra, budget_source=budget_source
-        )
+            shape, budget, requested_ctx, n_seq=parallel or 1, extra=extra, budget_source=budget_source,
+            extra_label=extra_label,
+        )  # fmt: skip
     except fit.FitError as e:
         raise ConfigError(str(e)) from None
 
