@@ -268,3 +268,27 @@ def test_image_to_the_router_is_the_same_clear_400(client: openai.OpenAI, chat_m
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=chat_model, max_tokens=4, messages=image_message(data_url(png(32, 32))))
     assert "image input is not supported" in str(e.value)
+
+
+@pytest.mark.webui
+def test_chat_page_talks_to_the_chat_model(two_models: Project, key: str, chat_model: str, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser import shot
+
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{two_models.url}/")
+    browser.execute_script("localStorage.clear()")
+    browser.get(f"{two_models.url}/")
+    wait.until(ec.visibility_of_element_located((By.ID, "key-dialog")))
+    browser.find_element(By.ID, "key-input").send_keys(key)
+    browser.find_element(By.ID, "key-save").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "info"), chat_model))  # not the embedding model
+    assert "context 2048" in browser.find_element(By.ID, "info").text
+    browser.find_element(By.ID, "prompt").send_keys("Name a fruit.")
+    browser.find_element(By.ID, "send").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "stats"), "tokens/s"))
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error")
+    shot(browser, "router-chat")
