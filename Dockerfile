@@ -51,6 +51,27 @@ RUN set -eu; cd /src/llama.cpp; \
     for p in /src/patches/*.patch; do echo "applying $(basename "$p")"; patch -p1 --forward --quiet <"$p"; done
 
 # ---------------------------------------------------------------------------------------------------------------
+# peer: llama-cpp-python's own OpenAI server, built from the same pinned, hash-checked sdist, so its llama.cpp is the
+# same code as the appliance's (compiled for this machine: GGML_NATIVE). Only for scripts/bench
+# (`docker compose --profile bench build peer`); never part of the appliance.
+FROM tools AS peer
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake ninja-build ccache g++ python3-venv python3-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY build/llama.cpp.pin /src/llama.cpp.pin
+RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache/ccache,id=llmpi-peer-ccache \
+    set -eu; . /src/llama.cpp.pin; \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
+    echo "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION} --hash=sha256:${LLAMA_CPP_PYTHON_SHA256}" >/tmp/req.txt; \
+    pip download --quiet --no-deps --no-binary llama-cpp-python --require-hashes -r /tmp/req.txt -d /tmp/sdist; \
+    python3 -m venv /opt/peer; \
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      /opt/peer/bin/pip install --quiet "/tmp/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz[server]"; \
+    rm -rf /tmp/sdist /tmp/req.txt
+ENTRYPOINT ["/opt/peer/bin/python3", "-m", "llama_cpp.server"]
+
+# ---------------------------------------------------------------------------------------------------------------
 FROM --platform=$BUILDPLATFORM ${DEBIAN_IMAGE} AS llama
 ARG TARGETARCH
 ARG BUILDARCH

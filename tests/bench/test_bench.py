@@ -1,0 +1,78 @@
+"""scripts/bench at its smallest setting (issue 7): it runs all of its parts and writes a well-formed record.
+The speed targets themselves are benchmark results (docs/benchmarks.md), not asserted here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, compose_env, say
+
+pytestmark = pytest.mark.bench
+
+
+@pytest.fixture(scope="module")
+def peer_image(pytestconfig: pytest.Config, appliance_image: str) -> str:
+    if not os.environ.get("LLMPI_TEST_SKIP_BUILD"):
+        say(pytestconfig, "\nbuilding the benchmark's peer image (llama-cpp-python from the pinned sdist; minutes)")
+        ARTIFACTS.mkdir(exist_ok=True)
+        with (ARTIFACTS / "build-peer.log").open("w") as log:
+            subprocess.run(
+                ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", "bench", "build", "peer"],
+                env=compose_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
+    return "llmpi-peer:latest"
+
+
+def _positive_numbers(value: Any, path: str = "") -> list[str]:
+    """Paths of the numbers in a record that are not positive (ratios and differences excepted)."""
+    bad: list[str] = []
+    if isinstance(value, bool):
+        return bad
+    if isinstance(value, int | float):
+        return [] if value > 0 else [path]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if path.endswith("ratios") and k == "ttft_minus_hand_ms":
+                continue  # a difference: may be negative
+            bad += _positive_numbers(v, f"{path}.{k}")
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            bad += _positive_numbers(v, f"{path}[{i}]")
+    return bad
+
+
+def test_bench_smoke(peer_image: str, tmp_path: Path) -> None:
+    results = tmp_path / "bench.jsonl"
+    r = subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "--quick", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=compose_env(),
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "bench-smoke.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stdout + r.stderr
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(records) == 1
+    rec = records[0]
+    assert set(rec["servers"]) == {"appliance", "llama-server by hand", "llama-cpp-python"}
+    for server in rec["servers"].values():
+        assert set(server["single"]) == {"ttft_ms", "gen_tps", "complete"}
+        assert set(server["concurrent"]) == {"2"}
+        assert server["single"]["complete"] and server["concurrent"]["2"]["complete"], server
+    assert {"pp32_tps", "tg16_tps"} == set(rec["llama_bench"])
+    assert rec["commit"] and rec["machine"]["cpus"] and rec["date"]
+    assert set(rec["image_mib"]) == {"runtime (no model)", "appliance"}
+    assert not _positive_numbers({k: v for k, v in rec.items() if k != "ratios"}), _positive_numbers(rec)
+    assert rec["ratios"]["single_vs_hand"] > 0 and rec["ratios"]["x2_vs_peer"] > 0
+    assert "llama-server by hand" in r.stdout and "ratios:" in r.stdout  # the printed table
