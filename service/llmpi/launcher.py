@@ -21,7 +21,7 @@ from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, get, ge
 from .config import runtime_dir as config_runtime_dir
 from .gguf import GGUFError, GGUFInfo, read_gguf
 
-DEFAULT_PARALLEL = 4
+DEFAULT_PARALLEL = 8  # docs/benchmarks.md: +33% aggregate at 8 clients over 4 slots, single stream unchanged
 DEFAULT_EMBEDDING_PARALLEL = 2
 # image cost control (vision models only). 256 tokens: a 512 px image on Qwen3-VL (32 px a token), 448 px on
 # Qwen2/2.5-VL (28 px), and what Gemma 3 uses for every image. Only dynamic-resolution models obey it.

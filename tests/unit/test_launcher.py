@@ -48,7 +48,7 @@ def test_defaults(env: dict[str, str]) -> None:
     assert f["--model"] == env["LLMPI_MODEL"]
     assert f["--alias"] == "tiny-chat.Q4_K_M"
     assert f["--threads"] == "4" and f["--threads-batch"] == "4"  # physical cores, not SMT siblings
-    assert f["--parallel"] == "4" and "--kv-unified" in f
+    assert f["--parallel"] == "8" and "--kv-unified" in f
     assert f["--ctx-size"] == "4096"  # trained context of the test model (< the 8192 cap), fits easily
     assert (f["--host"], f["--port"]) == ("0.0.0.0", "8080")
     assert "--metrics" in f
@@ -372,7 +372,7 @@ def test_embedding_model_beside_the_chat_model_is_router_mode(env: dict[str, str
         for block in preset.split("\n\n")[1:]
     )
     chat, emb = sections["tiny-chat.Q4_K_M"], sections["minilm.F16"]
-    assert chat["model"] == env["LLMPI_MODEL"] and chat["kv-unified"] == "true" and chat["parallel"] == "4"
+    assert chat["model"] == env["LLMPI_MODEL"] and chat["kv-unified"] == "true" and chat["parallel"] == "8"
     assert emb["embeddings"] == "true" and emb["no-kv-unified"] == "true"
     assert (emb["ctx-size"], emb["parallel"], emb["ubatch-size"]) == ("1024", "2", "512")  # 2 slots of 512
     assert chat["load-on-startup"] == emb["load-on-startup"] == "true"
