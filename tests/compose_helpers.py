@@ -122,6 +122,23 @@ class Project:
         return int(code), out.decode(errors="replace")
 
 
+def build_profile_service(config: pytest.Config, service: str, profile: str, why: str) -> None:
+    """Build one of compose.yaml's profile services (`prepare`, `peer`) once, its log in artifacts/build-<service>.log;
+    skipped with LLMPI_TEST_SKIP_BUILD=1."""
+    if os.environ.get("LLMPI_TEST_SKIP_BUILD"):
+        return
+    say(config, f"\nbuilding the {service} image ({why})")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / f"build-{service}.log").open("w") as log:
+        subprocess.run(
+            ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", profile, "build", service],
+            env=compose_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+
+
 def say(config: pytest.Config, text: str) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from tests.browser import browser  # noqa: F401  (a shared fixture)
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, PREPARE_IMAGE, Project, compose_env, say
+from tests.compose_helpers import (
+    ARTIFACTS,
+    COMPOSE_FILE,
+    PREPARE_IMAGE,
+    Project,
+    build_profile_service,
+    compose_env,
+    say,
+)
 
 
 @pytest.fixture(scope="session")
@@ -37,17 +45,7 @@ def appliance_image(pytestconfig: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def prepare_image(pytestconfig: pytest.Config, appliance_image: str) -> str:
     """The model pipeline's image (compose's `prepare` service), built once per session."""
-    if not os.environ.get("LLMPI_TEST_SKIP_BUILD"):
-        say(pytestconfig, "\nbuilding the prepare image (torch from Debian; a few minutes the first time)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        with (ARTIFACTS / "build-prepare.log").open("w") as log:
-            subprocess.run(
-                ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", "prepare", "build", "prepare"],
-                env=compose_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=True,
-            )
+    build_profile_service(pytestconfig, "prepare", "prepare", "torch from Debian; a few minutes the first time")
     return PREPARE_IMAGE
 
 

@@ -4,31 +4,22 @@ The speed targets themselves are benchmark results (docs/benchmarks.md), not ass
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, compose_env, say
+from tests.compose_helpers import ARTIFACTS, ROOT, build_profile_service, compose_env
 
 pytestmark = pytest.mark.bench
 
 
 @pytest.fixture(scope="module")
 def peer_image(pytestconfig: pytest.Config, appliance_image: str) -> str:
-    if not os.environ.get("LLMPI_TEST_SKIP_BUILD"):
-        say(pytestconfig, "\nbuilding the benchmark's peer image (llama-cpp-python from the pinned sdist; minutes)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        with (ARTIFACTS / "build-peer.log").open("w") as log:
-            subprocess.run(
-                ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", "bench", "build", "peer"],
-                env=compose_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=True,
-            )
+    build_profile_service(
+        pytestconfig, "peer", "bench", "llama-cpp-python from the pinned sdist; minutes the first time"
+    )
     return "llmpi-peer:latest"
 
 
