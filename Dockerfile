@@ -179,9 +179,16 @@ CMD ["--help"]
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM ${DEBIAN_TARGET_IMAGE} AS runtime
+# python3 (supervisor, the launcher) minus what nothing here runs: Python's own tests and test modules, its IDE and
+# docs, supervisor's tests (docs/benchmarks.md: runtime image 149.0 MB)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 supervisor libgomp1 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
+ && rm -rf /usr/lib/python3.*/test /usr/lib/python3.*/pydoc_data /usr/lib/python3.*/ensurepip \
+           /usr/lib/python3.*/idlelib /usr/lib/python3.*/turtledemo /usr/lib/python3.*/lib2to3 \
+           /usr/lib/python3.*/tkinter /usr/lib/python3.*/lib-dynload/_test*.so /usr/lib/python3.*/lib-dynload/xx*.so \
+           /usr/lib/python3.*/lib-dynload/_ctypes_test*.so /usr/lib/python3.*/lib-dynload/_xxtestfuzz*.so \
+           /usr/lib/python3/dist-packages/supervisor/tests /usr/share/doc/* /usr/share/man/* \
  && groupadd --system --gid 10001 llmpi \
  && useradd --system --uid 10001 --gid llmpi --home-dir /data --no-create-home --shell /usr/sbin/nologin llmpi \
  && mkdir -p /data /opt/llmpi/models \
@@ -201,7 +208,8 @@ EXPOSE 8080
 # minutes, so failures in the first 10 minutes do not count.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10m --retries=3 \
     CMD ["python3", "-m", "llmpi.healthcheck"]
-ENTRYPOINT ["supervisord", "--configuration", "/opt/llmpi/service/supervisord.conf"]
+# supervisord itself, minus its up-front import of pkg_resources (service/llmpi/supervisord.py)
+ENTRYPOINT ["python3", "-m", "llmpi.supervisord", "--configuration", "/opt/llmpi/service/supervisord.conf"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # bake: run the model pipeline at build time (build platform) and ship the result in the image instead of the

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from .markers import config_error_path, runtime_dir_path
 
 CONFIG_ERROR_EXIT = 78  # EX_CONFIG: a setting is wrong; restarting will not help until it is fixed
 
@@ -15,14 +16,15 @@ class ConfigError(Exception):
 
 def runtime_dir() -> Path:
     """A private per-container scratch directory (not on the data volume)."""
-    d = Path(os.environ.get("LLMPI_RUNTIME_DIR", "/tmp/llmpi"))
+    d = Path(runtime_dir_path())
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     return d
 
 
 def config_error_marker() -> Path:
     """Written by the launcher when it refuses to start; read by the health check and the FATAL listener."""
-    return runtime_dir() / "config-error"
+    runtime_dir()
+    return Path(config_error_path())
 
 
 def get(env: Mapping[str, str], name: str, default: str = "") -> str:

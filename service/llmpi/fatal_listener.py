@@ -15,9 +15,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING
 
-from .config import config_error_marker
+if TYPE_CHECKING:
+    from typing import TextIO
+
+from .markers import config_error_path
 
 
 def parse_header(line: str) -> dict[str, str]:
@@ -30,10 +33,12 @@ def handle(event: str, payload: str, log: TextIO) -> bool:
         return False
     fields = parse_header(payload.splitlines()[0] if payload else "")
     name = fields.get("processname", "?")
-    marker = config_error_marker()
-    if marker.exists():
+    marker = config_error_path()
+    if os.path.exists(marker):
+        with open(marker) as f:
+            reason = f.read().strip()
         print(
-            f"llmpi: {name} will not start until the configuration is fixed: {marker.read_text().strip()} "
+            f"llmpi: {name} will not start until the configuration is fixed: {reason} "
             "(the container stays up and reports unhealthy; fix the setting, then `docker compose up -d`)",
             file=log,
             flush=True,

@@ -394,3 +394,20 @@ def test_fit_check_counts_both_models(env: dict[str, str], tmp_path: Path) -> No
     env["LLMPI_EMBEDDING_MODEL"] = str(tmp_path / "nope.gguf")
     with pytest.raises(ConfigError, match=r"LLMPI_EMBEDDING_MODEL: the model file .*nope\.gguf does not exist"):
         launcher.plan(env, HW, out=io.StringIO())
+
+
+def test_lazy_pkg_resources_imports_the_real_module_on_first_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sys
+
+    from llmpi import supervisord
+
+    (tmp_path / "pkg_resources.py").write_text(
+        "class EntryPoint:\n    pass\n"
+    )  # the real one, as far as this test goes
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stand_in = supervisord._LazyPkgResources("pkg_resources")
+    monkeypatch.setitem(sys.modules, "pkg_resources", stand_in)
+    assert getattr(stand_in.EntryPoint, "__name__", None) == "EntryPoint"  # first use: the real module answers
+    assert sys.modules["pkg_resources"] is not stand_in and hasattr(sys.modules["pkg_resources"], "EntryPoint")
