@@ -396,18 +396,21 @@ def test_fit_check_counts_both_models(env: dict[str, str], tmp_path: Path) -> No
         launcher.plan(env, HW, out=io.StringIO())
 
 
-def test_lazy_pkg_resources_imports_the_real_module_on_first_use(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_pkg_resources_stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os.path
     import sys
 
     from llmpi import supervisord
 
-    (tmp_path / "pkg_resources.py").write_text(
-        "class EntryPoint:\n    pass\n"
-    )  # the real one, as far as this test goes
+    stand_in = supervisord._PkgResources("pkg_resources")
+    # what supervisor does with it: an event listener's default result handler, a "module:attr" spec
+    assert stand_in.EntryPoint.parse("x=os.path:join").resolve() is os.path.join
+    assert stand_in.EntryPoint.parse("x=os:path.join").resolve() is os.path.join
+    with pytest.raises(ValueError):
+        stand_in.EntryPoint.parse("x=")
+    # any other use imports the real module
+    (tmp_path / "pkg_resources.py").write_text("def working_set():\n    return []\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    stand_in = supervisord._LazyPkgResources("pkg_resources")
     monkeypatch.setitem(sys.modules, "pkg_resources", stand_in)
-    assert getattr(stand_in.EntryPoint, "__name__", None) == "EntryPoint"  # first use: the real module answers
-    assert sys.modules["pkg_resources"] is not stand_in and hasattr(sys.modules["pkg_resources"], "EntryPoint")
+    assert callable(stand_in.working_set)
+    assert sys.modules["pkg_resources"] is not stand_in
