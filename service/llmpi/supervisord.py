@@ -49,9 +49,29 @@ class _PkgResources(types.ModuleType):
         return getattr(real, name)
 
 
+def start_without_waiting() -> None:
+    """supervisord starts its programs only after its main loop's first poll, which waits up to 1 s for events that
+    cannot have come yet: the container was healthy 1 s later than it could be. The first poll returns at once."""
+    from supervisor import poller
+
+    cls = poller.Poller
+    original = cls.poll
+    first = [True]
+
+    def poll(self: object, timeout: float) -> object:
+        if first[0]:
+            first[0] = False
+            timeout = 0
+        return original(self, timeout)
+
+    cls.poll = poll
+
+
 def main() -> None:
     sys.modules.setdefault("pkg_resources", _PkgResources("pkg_resources"))
     from supervisor import supervisord
+
+    start_without_waiting()
 
     sys.argv[0] = "supervisord"
     supervisord.main()

@@ -414,3 +414,30 @@ def test_pkg_resources_stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setitem(sys.modules, "pkg_resources", stand_in)
     assert callable(stand_in.working_set)
     assert sys.modules["pkg_resources"] is not stand_in
+
+
+def test_supervisord_first_poll_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from llmpi import supervisord
+
+    waited: list[float] = []
+
+    class Poller:
+        def poll(self, timeout: float) -> tuple[list[int], list[int]]:
+            waited.append(timeout)
+            return [], []
+
+    fake = types.ModuleType("supervisor.poller")
+    fake.Poller = Poller  # type: ignore[attr-defined]
+    package = types.ModuleType("supervisor")
+    package.poller = fake  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "supervisor", package)
+    monkeypatch.setitem(sys.modules, "supervisor.poller", fake)
+    supervisord.start_without_waiting()
+    p = Poller()
+    p.poll(1)
+    p.poll(1)
+    p.poll(1)
+    assert waited == [0, 1, 1]  # only the first poll, before anything can have happened, skips the wait
