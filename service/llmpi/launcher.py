@@ -14,11 +14,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from . import fit, hardware, keys
-from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, get, get_bool, get_int
-from .config import runtime_dir as config_runtime_dir
+from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, get, get_bool, get_int, runtime_dir
 from .gguf import GGUFError, GGUFInfo, read_gguf
 
 DEFAULT_PARALLEL = 8  # docs/benchmarks.md: +33% aggregate at 8 clients over 4 slots, single stream unchanged
@@ -44,14 +43,6 @@ class Plan:
     env: dict[str, str]
     notes: list[str] = field(default_factory=list)
     auth: keys.Auth | None = None
-
-
-def _flag(argv: list[str], env: Mapping[str, str], notes: list[str], env_name: str, *args: str) -> None:
-    """Add a flag unless the user set the matching LLAMA_ARG_* variable, which then wins."""
-    if env.get(env_name, "") != "":
-        notes.append(f"{env_name}={env[env_name]!r} given; not passing {args[0]}")
-        return
-    argv.extend(args)
 
 
 def model_alias(env: Mapping[str, str], model: Path) -> str:
@@ -118,7 +109,10 @@ def _mmproj(env: Mapping[str, str], model: Path, manifest: dict[str, object]) ->
     return path
 
 
-def _image_flags(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
+Option = tuple[str, str, str | None]  # (LLAMA_ARG_* variable, flag, value; None for a bare flag)
+
+
+def _image_flags(env: Mapping[str, str]) -> list[Option]:
     """(LLAMA_ARG_* name, flag, value) for the image limits: tokens per image, pixels and bytes per file."""
     max_tokens = get_int(env, "LLMPI_IMAGE_MAX_TOKENS", DEFAULT_IMAGE_MAX_TOKENS)
     min_tokens = get_int(env, "LLMPI_IMAGE_MIN_TOKENS", None)
@@ -133,7 +127,7 @@ def _image_flags(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     for name, value in (("LLMPI_IMAGE_MAX_PIXELS", max_pixels), ("LLMPI_MEDIA_MAX_BYTES", max_bytes)):
         if value is not None and not 1 <= value <= C_INT_MAX:
             raise ConfigError(f"{name}={value} is out of range (1 to {C_INT_MAX})")
-    flags = [("LLAMA_ARG_IMAGE_MAX_TOKENS", "--image-max-tokens", str(max_tokens))]
+    flags: list[Option] = [("LLAMA_ARG_IMAGE_MAX_TOKENS", "--image-max-tokens", str(max_tokens))]
     if min_tokens is not None:
         flags.append(("LLAMA_ARG_IMAGE_MIN_TOKENS", "--image-min-tokens", str(min_tokens)))
     flags.append(("LLAMA_ARG_IMAGE_MAX_PIXELS", "--image-max-pixels", str(max_pixels)))
@@ -141,21 +135,26 @@ def _image_flags(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     return flags
 
 
-Option = tuple[str, str, str | None]  # (LLAMA_ARG_* variable, flag, value; None for a bare flag)
+def _not_overridden(env: Mapping[str, str], notes: list[str], opts: list[Option], where: str = "") -> list[Option]:
+    """The options whose LLAMA_ARG_* variable the user did not set; a set one wins (llama-server reads it)."""
+    kept = []
+    for opt in opts:
+        env_name, flag, _ = opt
+        if env.get(env_name, "") != "":
+            notes.append(f"{env_name}={env[env_name]!r} given; not passing {flag}{where}")
+        else:
+            kept.append(opt)
+    return kept
 
 
-def _render_argv(argv: list[str], env: Mapping[str, str], notes: list[str], opts: list[Option]) -> None:
-    for env_name, flag, value in opts:
-        _flag(argv, env, notes, env_name, flag, *([] if value is None else [value]))
+def _render_argv(opts: list[Option]) -> list[str]:
+    return [arg for _, flag, value in opts for arg in ([flag] if value is None else [flag, value])]
 
 
-def _render_ini(name: str, env: Mapping[str, str], notes: list[str], opts: list[Option]) -> str:
+def _render_ini(name: str, opts: list[Option]) -> str:
     """One section of llama-server's --models-preset file (keys are the long flags without dashes)."""
     lines = [f"[{name}]"]
-    for env_name, flag, value in opts:
-        if env.get(env_name, "") != "":
-            notes.append(f"{env_name}={env[env_name]!r} given; not passing {flag} to {name}")
-            continue
+    for _, flag, value in opts:
         if "\n" in (value or "") or "\r" in (value or ""):
             raise ConfigError(f"{flag} for {name}: a value with a line break cannot go into the models preset")
         lines.append(f"{flag.lstrip('-')} = {'true' if value is None else value}")
@@ -163,7 +162,13 @@ def _render_ini(name: str, env: Mapping[str, str], notes: list[str], opts: list[
     return "\n".join(lines) + "\n"
 
 
-def _embedding_model(env: Mapping[str, str], threads: int) -> tuple[str, list[Option], fit.Estimate] | None:
+class SecondModel(NamedTuple):
+    alias: str
+    options: list[Option]
+    estimate: fit.Estimate
+
+
+def _embedding_model(env: Mapping[str, str], threads: int) -> SecondModel | None:
     """LLMPI_EMBEDDING_MODEL: a second model, for /v1/embeddings, served beside the chat model (router mode)."""
     path = get(env, "LLMPI_EMBEDDING_MODEL")
     if not path:
@@ -189,7 +194,7 @@ def _embedding_model(env: Mapping[str, str], threads: int) -> tuple[str, list[Op
         ("LLAMA_ARG_THREADS", "--threads", str(threads)),
         ("LLAMA_ARG_THREADS_BATCH", "--threads-batch", str(threads)),
     ]
-    return alias, opts, est
+    return SecondModel(alias, opts, est)
 
 
 def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Plan:
@@ -221,7 +226,7 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
     extra, extra_label = projector, "projector"
     if second is not None:
         # the embedding model's own llama-server, and the router (a llama-server without a model)
-        second_total = second[2].total + fit.ROUTER_OVERHEAD
+        second_total = second.estimate.total + fit.ROUTER_OVERHEAD
         extra += second_total
         extra_label = ("projector + " if projector else "") + "embedding model and router"
         budget_source += f"; the embedding model and the router take {fit.fmt_bytes(second_total)} of it"
@@ -280,27 +285,27 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
     argv = [SERVER]
     health: dict[str, object] = {"models": [], "key_file": str(auth.key_file) if auth.key_file else None}
     if second is None:
-        _render_argv(argv, env, notes, model)
+        argv += _render_argv(_not_overridden(env, notes, model))
     else:
         # router mode: one llama-server on the port routes by the request's "model" to one child llama-server per
         # model; everything model-specific goes into the preset (the router's own flags would override it)
-        second_alias, second_opts, _ = second
-        if second_alias == alias:
+        if second.alias == alias:
             raise ConfigError(f"the chat and the embedding model are both called {alias!r}: set LLMPI_EMBEDDING_ALIAS")
-        preset = config_runtime_dir() / "models.ini"
+        chat = [o for o in model if o[0] != "LLAMA_ARG_ALIAS"]
+        preset = runtime_dir() / "models.ini"
         preset.write_text(
             "version = 1\n\n"
-            + _render_ini(alias, env, notes, [o for o in model if o[0] != "LLAMA_ARG_ALIAS"])
+            + _render_ini(alias, _not_overridden(env, notes, chat, f" to {alias}"))
             + "\n"
-            + _render_ini(second_alias, env, notes, second_opts)
+            + _render_ini(second.alias, _not_overridden(env, notes, second.options, f" to {second.alias}"))
         )
         argv.extend(["--models-preset", str(preset), "--models-max", "2"])
-        health["models"] = [alias, second_alias]
-        notes.append(f"serving two models by name: {alias!r} (chat) and {second_alias!r} (embeddings); {preset}")
-    _render_argv(argv, env, notes, server)
+        health["models"] = [alias, second.alias]
+        notes.append(f"serving two models by name: {alias!r} (chat) and {second.alias!r} (embeddings); {preset}")
+    argv += _render_argv(_not_overridden(env, notes, server))
     if auth.key_file is not None:
         argv.extend(["--api-key-file", str(auth.key_file)])
-    (config_runtime_dir() / "health.json").write_text(json.dumps(health))
+    (runtime_dir() / "health.json").write_text(json.dumps(health))
 
     child_env = {k: v for k, v in env.items() if not k.startswith("LLMPI_API_KEY")}
     notes.insert(
@@ -313,7 +318,7 @@ def plan(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout
         ),
     )
     if second is not None:
-        notes.insert(1, f"embedding model {second[0]}: {second[2].breakdown()}")
+        notes.insert(1, f"embedding model {second.alias}: {second.estimate.breakdown()}")
     return Plan(argv=argv, env=child_env, notes=notes, auth=auth)
 
 
