@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 import torch
@@ -79,13 +80,21 @@ def train_tokenizer(out: Path, seed: tuple[int, int], **ids: object) -> None:
     )
 
 
-def tiny_llama(out: Path) -> None:
+def tokenizer(out: Path, kind: type, template: str, seed: tuple[int, int], **ids: object) -> Any:
+    """Train the SentencePiece model into `out`, wrap it as a transformers tokenizer of `kind` with the chat
+    template, and save it the way a hub repo has it (no trainer's .vocab file)."""
     out.mkdir(parents=True, exist_ok=True)
-    train_tokenizer(out, seed=(7, 3), bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
-    tok = LlamaTokenizer(vocab_file=str(out / "tokenizer.model"), legacy=False)
-    tok.chat_template = CHAT_TEMPLATE
+    train_tokenizer(out, seed=seed, **ids)
+    extra = {"legacy": False} if kind is LlamaTokenizer else {}
+    tok = kind(vocab_file=str(out / "tokenizer.model"), **extra)
+    tok.chat_template = template
     tok.save_pretrained(out)
     (out / "tokenizer.vocab").unlink(missing_ok=True)
+    return tok
+
+
+def tiny_llama(out: Path) -> None:
+    tok = tokenizer(out, LlamaTokenizer, CHAT_TEMPLATE, (7, 3), bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
     # hidden 256: wide enough that K-quants really apply (at 64 llama.cpp falls back to q5_0)
     cfg = LlamaConfig(
         vocab_size=tok.vocab_size,
@@ -115,10 +124,11 @@ GEMMA_SPECIALS = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_
 
 def tiny_gemma3_vision(out: Path) -> None:
     """Gemma 3 with a SigLIP vision tower: 64 px images, 16 px patches, 4 image tokens."""
-    out.mkdir(parents=True, exist_ok=True)
-    train_tokenizer(
+    tok = tokenizer(
         out,
-        seed=(5, 7),
+        GemmaTokenizer,
+        GEMMA_TEMPLATE,
+        (5, 7),
         pad_id=0,
         eos_id=1,
         bos_id=2,
@@ -129,10 +139,6 @@ def tiny_gemma3_vision(out: Path) -> None:
         unk_piece="<unk>",
         user_defined_symbols=GEMMA_SPECIALS,
     )
-    tok = GemmaTokenizer(vocab_file=str(out / "tokenizer.model"))
-    tok.chat_template = GEMMA_TEMPLATE
-    tok.save_pretrained(out)
-    (out / "tokenizer.vocab").unlink(missing_ok=True)
     ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA_SPECIALS}
     text = Gemma3TextConfig(
         vocab_size=tok.vocab_size,
@@ -193,12 +199,10 @@ QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end
 def tiny_qwen2_vl(out: Path) -> None:
     """Qwen2-VL: dynamic resolution, one token per 28 x 28 px (14 px patches, 2 x 2 merged), 8 to 4096 tokens an
     image unless capped; the kind of model that --image-max-tokens acts on."""
-    out.mkdir(parents=True, exist_ok=True)
-    train_tokenizer(out, seed=(3, 5), bos_id=1, eos_id=2, unk_id=0, pad_id=-1, user_defined_symbols=QWEN_SPECIALS)
-    tok = LlamaTokenizer(vocab_file=str(out / "tokenizer.model"), legacy=False)
-    tok.chat_template = CHAT_TEMPLATE
-    tok.save_pretrained(out)
-    (out / "tokenizer.vocab").unlink(missing_ok=True)
+    tok = tokenizer(
+        out, LlamaTokenizer, CHAT_TEMPLATE, (3, 5), bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+        user_defined_symbols=QWEN_SPECIALS,
+    )  # fmt: skip
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     text = {
         "vocab_size": tok.vocab_size,
