@@ -32,12 +32,10 @@ def client(args: argparse.Namespace) -> openai.OpenAI:
 
 
 def is_embedding_model(entry: object) -> bool:
-    """llama-server lists a model's flags (router mode) or its capabilities; an embedding model has --embeddings."""
+    """In router mode llama-server lists each model's command line; an embedding model's has --embeddings (the
+    chat page tells them apart the same way). With one model there is nothing to tell apart."""
     extra = getattr(entry, "model_extra", None) or {}
-    status = extra.get("status") or {}
-    args = status.get("args") or []
-    meta = extra.get("meta") or {}
-    return "--embeddings" in args or bool(meta.get("pooling_type")) or "embedding" in str(extra.get("capabilities", ""))
+    return "--embeddings" in ((extra.get("status") or {}).get("args") or [])
 
 
 def pick_model(c: openai.OpenAI, wanted: str, embedding: bool) -> str:
