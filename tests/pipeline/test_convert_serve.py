@@ -25,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from llmpi.gguf import read_gguf
 from tests.browser import shot
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, PREPARE_IMAGE, ROOT, Project, say
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, PIPELINE_OVERRIDE, PREPARE_IMAGE, ROOT, Project, say
 from tests.hubstub import Hub, Repo, repo_from_dir
 from tests.media import data_url, image_message, png
 
@@ -80,7 +80,7 @@ def project(hub: Hub, prepare_image: str) -> Iterator[Project]:
     p = Project(
         f"llmpi-pipeline-{os.getpid()}",
         env={"HF_ENDPOINT": hub.url},
-        files=[COMPOSE_FILE, HERE / "compose.pipeline.yaml"],
+        files=[COMPOSE_FILE, PIPELINE_OVERRIDE],
     )
     yield p
     p.down()
