@@ -5,7 +5,9 @@
 #
 # Stages:
 #   tools    build platform: python3 + pip, to fetch pinned sources from PyPI
-#   source   build platform: llama.cpp from the pinned llama-cpp-python sdist, sha256-checked, patched
+#   sdist    build platform: the pinned llama-cpp-python sdist from PyPI, sha256-checked (one check for all users)
+#   source   build platform: llama.cpp from that sdist (its vendor/llama.cpp), patched
+#   peer     build platform: llama-cpp-python's own server from that sdist, for scripts/bench only
 #   llama    build platform: compiles llama.cpp for $TARGETARCH (cross toolchain when they differ)
 #   model    build platform: the embedded default model (Gemma 3 270M Q4_K_M), sha256-checked
 #   prepare  build platform: the model pipeline image (llmpi-prepare: hub -> convert -> quantize -> verify)
@@ -34,17 +36,24 @@ RUN apt-get update \
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore PIP_DEFAULT_TIMEOUT=120
 
 # ---------------------------------------------------------------------------------------------------------------
-FROM tools AS source
+FROM tools AS sdist
 COPY build/llama.cpp.pin /src/llama.cpp.pin
 RUN --mount=type=secret,id=cacert \
     set -eu; . /src/llama.cpp.pin; \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
     echo "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION} --hash=sha256:${LLAMA_CPP_PYTHON_SHA256}" >/tmp/req.txt; \
-    pip download --quiet --no-deps --no-binary llama-cpp-python --require-hashes -r /tmp/req.txt -d /tmp/sdist; \
-    echo "${LLAMA_CPP_PYTHON_SHA256}  /tmp/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz" | sha256sum -c -; \
-    tar -xzf /tmp/sdist/*.tar.gz -C /tmp; \
+    pip download --quiet --no-deps --no-binary llama-cpp-python --require-hashes -r /tmp/req.txt -d /sdist; \
+    echo "${LLAMA_CPP_PYTHON_SHA256}  /sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz" | sha256sum -c -; \
+    rm /tmp/req.txt
+
+# ---------------------------------------------------------------------------------------------------------------
+FROM tools AS source
+COPY build/llama.cpp.pin /src/llama.cpp.pin
+RUN --mount=type=bind,from=sdist,source=/sdist,target=/tmp/sdist \
+    set -eu; . /src/llama.cpp.pin; \
+    tar -xzf /tmp/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz -C /tmp; \
     mv /tmp/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp /src/llama.cpp; \
-    rm -rf /tmp/sdist /tmp/llama_cpp_python-* /tmp/req.txt; \
+    rm -rf /tmp/llama_cpp_python-*; \
     test -f /src/llama.cpp/tools/server/server.cpp && test -f /src/llama.cpp/convert_hf_to_gguf.py
 COPY build/patches/ /src/patches/
 RUN set -eu; cd /src/llama.cpp; \
@@ -59,16 +68,15 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake ninja-build ccache g++ python3-venv python3-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY build/llama.cpp.pin /src/llama.cpp.pin
-RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache/ccache,id=llmpi-peer-ccache \
+# the sdist checked in the `sdist` stage; pip still reaches PyPI for the server's own dependencies
+RUN --mount=type=bind,from=sdist,source=/sdist,target=/tmp/sdist \
+    --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache/ccache,id=llmpi-peer-ccache \
     set -eu; . /src/llama.cpp.pin; \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
-    echo "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION} --hash=sha256:${LLAMA_CPP_PYTHON_SHA256}" >/tmp/req.txt; \
-    pip download --quiet --no-deps --no-binary llama-cpp-python --require-hashes -r /tmp/req.txt -d /tmp/sdist; \
     python3 -m venv /opt/peer; \
     CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache" \
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-      /opt/peer/bin/pip install --quiet "/tmp/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz[server]"; \
-    rm -rf /tmp/sdist /tmp/req.txt
+      /opt/peer/bin/pip install --quiet "/tmp/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz[server]"
 ENTRYPOINT ["/opt/peer/bin/python3", "-m", "llama_cpp.server"]
 
 # ---------------------------------------------------------------------------------------------------------------
