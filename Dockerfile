@@ -203,7 +203,7 @@ RUN apt-get update \
  && chown llmpi:llmpi /data && chmod 0700 /data
 COPY --from=llama /opt/llama/bin/ /opt/llama/bin/
 COPY service/ /opt/llmpi/service/
-ENV PATH=/opt/llama/bin:$PATH \
+ENV PATH=/opt/llmpi/service/bin:/opt/llama/bin:$PATH \
     PYTHONPATH=/opt/llmpi/service \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -212,9 +212,10 @@ USER llmpi
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8080
-# /health is 503 while the model loads and 200 once it serves; a Pi loading a 4 GB model from an SD card needs
-# minutes, so failures in the first 10 minutes do not count.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=10m --retries=3 \
+# /health is 503 while the model loads and 200 once it serves. A Pi loading a 4 GB model from an SD card needs
+# minutes: the check itself waits while the server is loading (up to 20 minutes, llmpi.healthcheck.LOAD_WAIT), so
+# Docker shows `starting` that long without a long start period, and a refusal is `unhealthy` within about 30 s.
+HEALTHCHECK --interval=10s --timeout=21m --start-period=5s --retries=3 \
     CMD ["python3", "-m", "llmpi.healthcheck"]
 # supervisord itself, minus its up-front import of pkg_resources (service/llmpi/supervisord.py)
 ENTRYPOINT ["python3", "-m", "llmpi.supervisord", "--configuration", "/opt/llmpi/service/supervisord.conf"]

@@ -1,54 +1,94 @@
-"""supervisord event listener for PROCESS_STATE_FATAL.
+"""supervisord event listener: keeps llama-server's last words and gives the verdict when supervisord gives up.
 
-A program that supervisord gave up on leaves a container that looks up but serves nothing. This listener ends
-supervisord instead, so the container exits and Docker's restart policy starts it afresh (with its back-off).
-Exception: when the launcher refused to start because of a setting (it wrote the config-error marker), a restart
-cannot help; the container then stays up, unhealthy, with the reason in its log and its health status, instead of
-looping.
+Nothing here ever stops the container: a program that cannot start leaves "container up, unhealthy, reason in the
+health log and the container log" (the one failure state), never a Docker restart loop.
+
+* PROCESS_LOG_STDERR: llama-server logs everything to stderr; the last lines are kept in memory.
+* PROCESS_STATE_EXITED (unexpected) / BACKOFF: those lines are written to the last-words file, which the launcher
+  names as the reason when llama-server has stopped too often without ever serving (launcher.MAX_START_ATTEMPTS).
+* PROCESS_STATE_FATAL: supervisord will not start the program again; the reason is logged (the launcher's refusal
+  marker, or the last words), and the health check reports it.
 
 The event protocol: write READY, read a header line and a payload of `len` bytes, answer RESULT 2\\nOK.
-Logging goes to stderr; stdout belongs to the protocol.
+Logging goes to stderr; stdout belongs to the protocol. Standard library `os` only (resident for the container's
+whole life).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import TextIO
 
-from .markers import config_error_path
+from .markers import config_error_path, last_words_path
+
+KEEP_LINES = 12
 
 
 def parse_header(line: str) -> dict[str, str]:
     return dict(token.split(":", 1) for token in line.split())
 
 
-def handle(event: str, payload: str, log: TextIO) -> bool:
-    """Return True when supervisord should be stopped."""
-    if event != "PROCESS_STATE_FATAL":
-        return False
-    fields = parse_header(payload.splitlines()[0] if payload else "")
-    name = fields.get("processname", "?")
-    marker = config_error_path()
-    if os.path.exists(marker):
-        with open(marker) as f:
-            reason = f.read().strip()
+class Listener:
+    def __init__(self, log: TextIO) -> None:
+        self.log = log
+        self.lines: list[str] = []
+        self.partial = ""
+
+    def handle(self, event: str, payload: str) -> None:
+        head, _, body = payload.partition("\n")
+        fields = parse_header(head)
+        if event == "PROCESS_LOG_STDERR":
+            self.keep(body)
+        elif event in ("PROCESS_STATE_EXITED", "PROCESS_STATE_BACKOFF"):
+            if event == "PROCESS_STATE_BACKOFF" or fields.get("expected") == "0":
+                self.save_last_words()
+        elif event == "PROCESS_STATE_FATAL":
+            self.verdict(fields.get("processname", "?"))
+
+    def keep(self, text: str) -> None:
+        chunk = self.partial + text
+        *complete, self.partial = chunk.split("\n")
+        self.lines.extend(line.rstrip() for line in complete if line.strip())
+        del self.lines[:-KEEP_LINES]
+
+    def last_words(self) -> str:
+        lines = [*self.lines, self.partial.strip()] if self.partial.strip() else self.lines
+        # the error lines say why; without any, the last lines
+        errors = [line for line in lines if " E " in f" {line} " or "error" in line.lower() or "failed" in line]
+        return " | ".join((errors or lines)[-4:])[-1500:]
+
+    def save_last_words(self) -> None:
+        words = self.last_words()
+        if not words:
+            return
+        try:
+            os.makedirs(os.path.dirname(last_words_path()), mode=0o700, exist_ok=True)
+            with open(last_words_path(), "w") as f:
+                f.write(words + "\n")
+        except OSError as e:
+            print(f"llmpi: cannot keep llama-server's last words: {e}", file=self.log, flush=True)
+
+    def verdict(self, name: str) -> None:
+        marker = config_error_path()
+        reason = ""
+        if os.path.exists(marker):
+            with open(marker) as f:
+                reason = f.read().strip()
+        reason = reason or self.last_words() or "see the lines above"
         print(
-            f"llmpi: {name} will not start until the configuration is fixed: {reason} "
-            "(the container stays up and reports unhealthy; fix the setting, then `docker compose up -d`)",
-            file=log,
+            f"llmpi: {name} will not be started again until the problem is fixed: {reason} "
+            "(the container stays up and reports unhealthy; fix it, then `docker compose up -d --force-recreate`)",
+            file=self.log,
             flush=True,
         )
-        return False
-    print(f"llmpi: {name} keeps failing (FATAL); stopping the container so Docker restarts it", file=log, flush=True)
-    return True
 
 
 def main(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, log: TextIO = sys.stderr) -> int:
+    listener = Listener(log)
     while True:
         stdout.write("READY\n")
         stdout.flush()
@@ -57,11 +97,12 @@ def main(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, log: TextIO = s
             return 0
         header = parse_header(line)
         payload = stdin.read(int(header.get("len", "0")))
-        stop = handle(header.get("eventname", ""), payload, log)
+        try:
+            listener.handle(header.get("eventname", ""), payload)
+        except Exception as e:  # a bad event must not end the listener
+            print(f"llmpi: event listener: {type(e).__name__}: {e}", file=log, flush=True)
         stdout.write("RESULT 2\nOK")
         stdout.flush()
-        if stop:
-            os.kill(os.getppid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

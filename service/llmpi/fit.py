@@ -15,7 +15,7 @@ start-up and for the model pipeline's choice of quantization before a download.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .gguf import GGUFInfo
 
@@ -28,6 +28,13 @@ DEFAULT_RESERVE = 256 * MiB  # left to the OS and everything else in the contain
 DEFAULT_UBATCH = 512
 MIN_CONTEXT = 512
 DEFAULT_CONTEXT_CAP = 8192
+# serving: each request (slot) gets its own share of the KV pool (--kv-unified-per-slot), so the pool is slots x
+# per-request context. Auto picks up to 4096 tokens a request; below 2048 it halves the slots first (docs/hardening.md)
+SLOT_CONTEXT_CAP = 4096
+SLOT_CONTEXT_FLOOR = 2048
+MAX_SLOTS = 8
+# the prompt cache (llama-server --cache-ram) is sized in MiB; under this much room it is left off
+MIN_PROMPT_CACHE = 16 * MiB
 
 # architectures whose sliding-window layers follow a fixed pattern: every Nth layer is global (full context)
 SWA_GLOBAL_EVERY = {"gemma3": 6, "gemma3n": 5}
@@ -110,19 +117,28 @@ class Estimate:
     overhead: int
     extra: int = 0  # what else must fit beside this model (a vision projector, a second model)
     extra_label: str = "projector"
-    n_ctx: int = 0
+    n_ctx: int = 0  # the whole KV pool
+    n_seq: int = 1  # slots sharing it, each limited to n_ctx // n_seq
+    prompt_cache: int = 0  # host-RAM copies of idle slots' prompts (llama-server --cache-ram)
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.compute + self.overhead + self.extra
+        return self.weights + self.kv_cache + self.compute + self.overhead + self.extra + self.prompt_cache
+
+    @property
+    def slot_ctx(self) -> int:
+        return self.n_ctx // max(1, self.n_seq)
 
     def breakdown(self) -> str:
         parts = [
             f"weights {fmt_bytes(self.weights)}",
-            f"KV cache {fmt_bytes(self.kv_cache)} ({self.n_ctx} tokens)",
+            f"KV cache {fmt_bytes(self.kv_cache)} ({self.n_ctx} tokens"
+            + (f": {self.n_seq} slots x {self.slot_ctx})" if self.n_seq > 1 else ")"),
             f"compute buffers {fmt_bytes(self.compute)}",
             f"runtime {fmt_bytes(self.overhead)}",
         ]
+        if self.prompt_cache:
+            parts.append(f"prompt cache {fmt_bytes(self.prompt_cache)}")
         if self.extra:
             parts.append(f"{self.extra_label} {fmt_bytes(self.extra)}")
         return " + ".join(parts) + f" = {fmt_bytes(self.total)}"
@@ -179,6 +195,7 @@ def estimate(
         extra=extra,
         extra_label=extra_label,
         n_ctx=n_ctx,
+        n_seq=n_seq,
     )
 
 
@@ -211,6 +228,56 @@ def choose_context(
         if n_ctx <= MIN_CONTEXT:
             raise FitError(_too_big(est, budget, budget_source, f"even the smallest context ({MIN_CONTEXT} tokens)"))
         n_ctx //= 2
+
+
+def choose_slots(
+    shape: ModelShape,
+    budget: int,
+    slot_ctx: int | None,
+    slots: int | None,
+    extra: int = 0,
+    budget_source: str = "available",
+    extra_label: str = "projector",
+) -> Estimate:
+    """Slots and per-request context for serving, each slot with its own share of the KV pool.
+
+    Given values are kept. Auto context: the largest power of two up to min(SLOT_CONTEXT_CAP, trained context);
+    auto slots: MAX_SLOTS. When both are auto and the context would drop under SLOT_CONTEXT_FLOOR, the slots are
+    halved first (one user's longer answer is worth more than an eighth concurrent user on a small board).
+    """
+    top = min(SLOT_CONTEXT_CAP, shape.n_ctx_train) if shape.n_ctx_train else SLOT_CONTEXT_CAP
+    top = 1 << max(top, MIN_CONTEXT).bit_length() - 1
+    contexts = [slot_ctx] if slot_ctx else [c for c in (top >> i for i in range(8)) if c >= MIN_CONTEXT]
+    counts = [slots] if slots else [n for n in (MAX_SLOTS >> i for i in range(4)) if n >= 1]
+    floor = SLOT_CONTEXT_FLOOR if not slot_ctx and not slots else MIN_CONTEXT
+    candidates = [(n, c) for n in counts for c in contexts if c >= min(floor, top)]
+    candidates += [(counts[-1], c) for c in contexts if c < min(floor, top)]
+    est = None
+    for n, c in candidates:
+        est = estimate(shape, n * c, n, extra=extra, extra_label=extra_label)
+        if est.total <= budget:
+            return est
+    assert est is not None
+    what = f"{est.n_seq} slots of {est.slot_ctx} tokens" if est.n_seq > 1 else f"a context of {est.n_ctx} tokens"
+    raise FitError(_too_big(est, budget, budget_source, what))
+
+
+def with_prompt_cache(est: Estimate, budget: int, requested: int | None, budget_source: str) -> Estimate:
+    """Add the prompt cache. Auto: as large as the KV pool (a second copy of every slot's context; at least
+    MIN_PROMPT_CACHE), at most what the budget has left, off when less than MIN_PROMPT_CACHE is left. A requested
+    size must fit."""
+    if requested is None:
+        room = budget - est.total
+        size = min(room, max(est.kv_cache, MIN_PROMPT_CACHE))
+        size = size // MiB * MiB if size >= MIN_PROMPT_CACHE else 0
+    else:
+        size = requested // MiB * MiB
+    out = replace(est, prompt_cache=size)
+    if out.total > budget:
+        raise FitError(
+            _too_big(out, budget, budget_source, f"a prompt cache of {fmt_bytes(size)} (LLMPI_PROMPT_CACHE)")
+        )
+    return out
 
 
 def _too_big(est: Estimate, budget: int, source: str, what: str) -> str:

@@ -1,20 +1,30 @@
 """Docker HEALTHCHECK: healthy only when llama-server answers /health with 200 (model loaded, serving) and, with
 two models (router mode), when /models says that each of them is loaded.
 
+While the server is still starting (launcher running, model loading: connection refused or /health 503 "Loading
+model"), the check waits, up to LOAD_WAIT seconds, instead of failing: Docker then shows `starting` for a slow
+load however long it takes, and needs no long start period — so a real failure is reported within about 30 s: a
+refusal (the launcher's marker: a wrong setting, a model llama-server could not load) fails at once with the reason,
+which `docker inspect --format '{{json .State.Health}}'` shows. A server that is up but refuses work (503 while it
+drains on stop) fails at once too.
+
 /health is public, so no key is needed; /models is not, so the check reads the key file that llama-server reads.
-When the launcher refused to start, the reason is printed, so that
-`docker inspect --format '{{json .State.Health}}'` shows why the container is unhealthy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
 from .config import config_error_marker, runtime_dir
+from .markers import start_attempts_path
+
+LOAD_WAIT = 20 * 60  # below the Dockerfile's HEALTHCHECK --timeout
 
 
 def models_not_loaded(base: str) -> list[str]:
@@ -36,29 +46,50 @@ def models_not_loaded(base: str) -> list[str]:
     return [f"{m} ({status.get(m, 'missing')})" for m in wanted if status.get(m) != "loaded"]
 
 
-def main() -> int:
+def probe(base: str) -> tuple[str, str]:
+    """One look: ("ok" | "starting" | "failed", what was seen)."""
     marker = config_error_marker()
     if marker.exists():
-        print(f"llmpi refused to start: {marker.read_text().strip()}")
-        return 1
-    port = os.environ.get("LLAMA_ARG_PORT") or os.environ.get("LLMPI_PORT") or "8080"
-    base = f"http://127.0.0.1:{port}"
+        return "failed", f"llmpi refused to start: {marker.read_text().strip()}"
     url = f"{base}/health"
     try:
         with urllib.request.urlopen(url, timeout=4) as resp:
-            print(f"{url}: {resp.status}")
             if resp.status != 200:
-                return 1
+                return "failed", f"{url}: {resp.status}"
         waiting = models_not_loaded(base)
         if waiting:
-            print("not loaded yet: " + ", ".join(waiting))
-            return 1
-        return 0
+            return "starting", "not loaded yet: " + ", ".join(waiting)
+        return "ok", f"{url}: 200"
     except urllib.error.HTTPError as e:
-        print(f"{url}: {e.code} ({'loading the model' if e.code == 503 else e.reason})")
-    except OSError as e:
-        print(f"{url}: not answering ({e})")
-    return 1
+        body = e.read(2000).decode(errors="replace")
+        if e.code == 503 and "loading" in body.lower():
+            return "starting", f"{url}: 503 (loading the model)"
+        return "failed", f"{url}: {e.code} {body.strip()[:300]}"
+    except (ConnectionRefusedError, ConnectionResetError) as e:
+        return "starting", f"{url}: not answering yet ({e})"
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ConnectionRefusedError | ConnectionResetError):
+            return "starting", f"{url}: not answering yet ({e.reason})"
+        return "failed", f"{url}: {e.reason}"
+    except OSError as e:  # a timeout: up, but not answering
+        return "failed", f"{url}: {e}"
+
+
+def main(wait: float = LOAD_WAIT) -> int:
+    port = os.environ.get("LLAMA_ARG_PORT") or os.environ.get("LLMPI_PORT") or "8080"
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait
+    while True:
+        state, seen = probe(base)
+        if state == "ok":
+            with contextlib.suppress(OSError):
+                os.unlink(start_attempts_path())  # it served: a later crash gets its own attempts
+            print(seen)
+            return 0
+        if state == "failed" or time.monotonic() >= deadline:
+            print(seen if state == "failed" else f"still starting after {wait:.0f} s: {seen}")
+            return 1
+        time.sleep(1)
 
 
 if __name__ == "__main__":

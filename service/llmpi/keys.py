@@ -1,55 +1,71 @@
 """API keys: inference is never open without one.
 
-* LLMPI_API_KEY or LLMPI_API_KEY_FILE: the user's key(s) (one per line in the file, or comma-separated).
-* neither: a key is generated at first start, stored on the data volume with mode 0600, printed once, and
-  reused after restarts.
+Where keys come from:
+* LLMPI_API_KEY or LLMPI_API_KEY_FILE: the user's key(s) (one per line in the file, or comma-separated);
+* neither: a key is generated at first start and stored on the data volume (/data/api_key, mode 0600), reused after
+  restarts; it is never printed to the log (`llmpi keys show` prints it);
+* named keys, one per device, added and revoked while the server runs (`llmpi keys add phone`), stored in
+  /data/keys as `name key` lines;
 * LLMPI_AUTH=off: no key at all, only when asked for explicitly, with a warning at every start.
+
+llama-server reads one file (`--api-key-file`), re-read when it changes: `server_keys_file()`, one key a line,
+written here and only here (`write_server_keys`), so its rules (one key a line, no commas, no CR) always hold.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import string
-import sys
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-from .config import ConfigError, file_env, get_bool, runtime_dir
+from .config import ConfigError, runtime_dir
 
-KEY_FILE_NAME = "api_key"
+KEY_FILE_NAME = "api_key"  # the generated key, on the data volume
+NAMED_KEYS_FILE_NAME = "keys"  # named keys, on the data volume
+SERVER_KEYS_FILE_NAME = "api_keys"  # what llama-server reads, in the runtime directory
+ADMIN_KEYS_FILE_NAME = "admin_keys"
 ALLOWED = set(string.ascii_letters + string.digits + "-_.~+/=:")
 MIN_LENGTH = 8
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 
 @dataclass(frozen=True)
 class Auth:
-    key_file: Path | None  # what llama-server gets as --api-key-file; None = no authentication
+    enabled: bool
     generated: bool = False  # True on the start that created the key
-    source: str = ""
+    source: str = ""  # "LLMPI_API_KEY", "LLMPI_API_KEY_FILE", "stored", "generated" or "disabled"
+    keys: tuple[str, ...] = ()  # the configured or stored keys (named keys come from the data volume)
 
 
 def generate_key() -> str:
     return "sk-llmpi-" + secrets.token_urlsafe(32)
 
 
-def _parse_keys(raw: str, origin: str) -> list[str]:
-    keys = [k.strip() for line in raw.splitlines() if not line.lstrip().startswith("#") for k in line.split(",")]
-    keys = [k for k in keys if k]
-    if not keys:
+def parse_keys(raw: str, origin: str) -> list[str]:
+    """Keys from text: one a line or comma-separated; blank lines and `#` comments skipped; whitespace and CR trimmed.
+    Every key is checked: at least MIN_LENGTH characters, none that HTTP clients mangle."""
+    found = [k.strip() for line in raw.splitlines() if not line.lstrip().startswith("#") for k in line.split(",")]
+    found = [k for k in found if k]
+    if not found:
         raise ConfigError(f"{origin} holds no key")
-    for k in keys:
-        bad = sorted(set(k) - ALLOWED)
-        if bad:
-            raise ConfigError(f"{origin}: a key contains characters that HTTP clients mangle: {''.join(bad)!r}")
-        if len(k) < MIN_LENGTH:
-            raise ConfigError(f"{origin}: a key of {len(k)} characters is too easy to guess (at least {MIN_LENGTH})")
-    return keys
+    for k in found:
+        check_key(k, origin)
+    return found
 
 
-def _write_private(path: Path, text: str) -> None:
+def check_key(key: str, origin: str) -> None:
+    bad = sorted(set(key) - ALLOWED)
+    if bad:
+        raise ConfigError(f"{origin}: a key contains characters that HTTP clients mangle: {''.join(bad)!r}")
+    if len(key) < MIN_LENGTH:
+        raise ConfigError(f"{origin}: a key of {len(key)} characters is too easy to guess (at least {MIN_LENGTH})")
+
+
+def write_private(path: Path, text: str) -> None:
     """Write `text` to `path` with mode 0600, atomically (temp file + rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -64,45 +80,106 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
-def resolve(env: Mapping[str, str], data_dir: Path, out: TextIO = sys.stdout) -> Auth:
-    if not get_bool(env, "LLMPI_AUTH", True):
-        if file_env(env, "LLMPI_API_KEY") is not None:
-            raise ConfigError("LLMPI_AUTH=off and an API key are both set; remove one of them")
-        print(
-            "llmpi: WARNING: LLMPI_AUTH=off: the API is open to anyone who can reach this port, "
-            "with no key. Only do this on a network you fully trust.",
-            file=out,
-            flush=True,
-        )
-        return Auth(key_file=None, source="disabled")
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is damaged (not text); delete it to generate a new key, or fix it") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
 
-    raw = file_env(env, "LLMPI_API_KEY")
-    if raw is not None:
-        origin = "LLMPI_API_KEY_FILE" if env.get("LLMPI_API_KEY_FILE", "").strip() else "LLMPI_API_KEY"
-        keys = _parse_keys(raw, origin)
-        key_file = runtime_dir() / "api_keys"
-        _write_private(key_file, "\n".join(keys) + "\n")
-        return Auth(key_file=key_file, source=origin)
 
+def resolve(auth_on: bool, configured: str | None, origin: str, data_dir: Path) -> Auth:
+    """Which keys protect the API. Generates and stores a key when none is configured or stored (a side effect, on
+    the data volume: the caller is the launcher at start)."""
+    if not auth_on:
+        return Auth(enabled=False, source="disabled")
+    if configured is not None:
+        return Auth(enabled=True, source=origin, keys=tuple(parse_keys(configured, origin)))
     stored = data_dir / KEY_FILE_NAME
     if stored.exists():
-        try:
-            keys = _parse_keys(stored.read_text(), str(stored))
-        except OSError as e:
-            raise ConfigError(f"cannot read the stored API key {stored}: {e.strerror}") from None
-        if stored.stat().st_mode & 0o077:
-            os.chmod(stored, 0o600)
-            print(f"llmpi: {stored} was readable by others; its mode is now 0600", file=out, flush=True)
-        print(f"llmpi: using the API key stored in {stored} (generated at first start)", file=out, flush=True)
-        return Auth(key_file=stored, source="stored")
-
+        keys = parse_keys(_read_text(stored), str(stored))
+        return Auth(enabled=True, source="stored", keys=tuple(keys))
     key = generate_key()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        _write_private(stored, key + "\n")
+        write_private(stored, key + "\n")
     except OSError as e:
         raise ConfigError(
             f"no API key is set and the generated one cannot be stored in {data_dir} ({e.strerror}); "
             "mount the data volume writable, or set LLMPI_API_KEY"
         ) from None
-    return Auth(key_file=stored, generated=True, source="generated")
+    return Auth(enabled=True, generated=True, source="generated", keys=(key,))
+
+
+def tighten_mode(path: Path) -> bool:
+    """Make a key file on the volume private (0600); True when it was not."""
+    if path.exists() and path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+        return True
+    return False
+
+
+# --- named keys -------------------------------------------------------------------------------------------------
+
+
+def read_named_keys(data_dir: Path) -> dict[str, str]:
+    """/data/keys: `name key` a line; `#` comments and blank lines skipped. A bad line is an error naming it."""
+    path = data_dir / NAMED_KEYS_FILE_NAME
+    if not path.exists():
+        return {}
+    named: dict[str, str] = {}
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split()
+        where = f"{path} line {number}"
+        if len(parts) != 2 or not NAME_RE.match(parts[0]):
+            raise ConfigError(
+                f"{where}: expected `name key` (a name of letters, digits, . _ -), found {len(parts)} words"
+            )
+        check_key(parts[1], where)
+        named[parts[0]] = parts[1]
+    return named
+
+
+def write_named_keys(data_dir: Path, named: dict[str, str]) -> None:
+    lines = ["# llmpi: named API keys, `name key` a line; manage with `llmpi keys`"]
+    lines += [f"{name} {key}" for name, key in named.items()]
+    write_private(data_dir / NAMED_KEYS_FILE_NAME, "\n".join(lines) + "\n")
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"{name!r} is not a key name: use up to 32 letters, digits, '.', '_' or '-'")
+
+
+# --- what llama-server reads --------------------------------------------------------------------------------------
+
+
+def server_keys_file() -> Path:
+    return runtime_dir() / SERVER_KEYS_FILE_NAME
+
+
+def admin_keys_file() -> Path:
+    return runtime_dir() / ADMIN_KEYS_FILE_NAME
+
+
+def canonical(keys: Iterable[str]) -> str:
+    """llama-server's key file: one key a line, each once, in order."""
+    return "".join(f"{k}\n" for k in dict.fromkeys(keys))
+
+
+def write_server_keys(auth: Auth, data_dir: Path) -> Path:
+    """Write the keys llama-server accepts (the configured or stored ones plus the named ones); it re-reads the file
+    when it changes, so this also applies `llmpi keys add/revoke` to a running server."""
+    path = server_keys_file()
+    write_private(path, canonical([*auth.keys, *read_named_keys(data_dir).values()]))
+    return path
+
+
+def write_admin_keys(raw: str) -> Path:
+    path = admin_keys_file()
+    write_private(path, canonical(parse_keys(raw, "LLMPI_ADMIN_KEY")))
+    return path

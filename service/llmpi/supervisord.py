@@ -68,6 +68,9 @@ def start_without_waiting() -> None:
 
 
 def main() -> None:
+    from .markers import clear_state
+
+    clear_state()  # a new container start: no refusal or failed attempts from a start before
     sys.modules.setdefault("pkg_resources", _PkgResources("pkg_resources"))
     from supervisor import supervisord
 

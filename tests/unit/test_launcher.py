@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llmpi import fatal_listener, fit, hardware, keys, launcher
-from llmpi.config import ConfigError, config_error_marker, file_env
+from llmpi import cli, fatal_listener, fit, hardware, keys, launcher, markers
+from llmpi.config import ConfigError, config_error_marker, file_env, runtime_dir
+from llmpi.settings import Settings
 from tests.ggufmaker import llama_like
 
 pytestmark = pytest.mark.unit
@@ -42,19 +43,25 @@ def flags(argv: list[str]) -> dict[str, str | None]:
 
 
 def test_defaults(env: dict[str, str]) -> None:
-    p = launcher.plan(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO())
     f = flags(p.argv)
     assert p.argv[0] == "llama-server"
     assert f["--model"] == env["LLMPI_MODEL"]
     assert f["--alias"] == "tiny-chat.Q4_K_M"
     assert f["--threads"] == "4" and f["--threads-batch"] == "4"  # physical cores, not SMT siblings
-    assert f["--parallel"] == "8" and "--kv-unified" in f
-    assert f["--ctx-size"] == "4096"  # trained context of the test model (< the 8192 cap), fits easily
+    # 8 slots, each with its own 4096 tokens (the test model's trained context) of one pool
+    assert f["--parallel"] == "8" and "--kv-unified" in f and f["--kv-unified-per-slot"] == "4096"
+    assert f["--ctx-size"] == str(8 * 4096)
+    assert f["--max-tokens"] == "1024" and f["--queue-max"] == "8" and "--no-remote-media" in f
+    assert f["--drain-timeout"] == "25"
+    assert int(str(f["--cache-ram"])) > 0  # the prompt cache, sized from the budget
     assert (f["--host"], f["--port"]) == ("0.0.0.0", "8080")
     assert "--metrics" in f
     assert f["--log-verbosity"] == "3"
     assert f["--path"] is not None and f["--path"].endswith("service/web")
-    assert f["--api-key-file"] == str(Path(env["LLMPI_DATA_DIR"]) / "api_key")
+    key_file = Path(str(f["--api-key-file"]))
+    assert key_file == Path(os.environ["LLMPI_RUNTIME_DIR"]) / "api_keys"
+    assert key_file.read_text() == (Path(env["LLMPI_DATA_DIR"]) / "api_key").read_text()
 
 
 def test_settings_become_flags(env: dict[str, str], tmp_path: Path) -> None:
@@ -71,12 +78,12 @@ def test_settings_become_flags(env: dict[str, str], tmp_path: Path) -> None:
         LLMPI_CHAT_TEMPLATE_FILE=str(template),
         LLMPI_API_KEY="sk-test-0123456789",
     )
-    p = launcher.plan(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO())
     f = flags(p.argv)
     assert (f["--threads"], f["--parallel"], f["--ctx-size"], f["--port"], f["--host"], f["--alias"]) == (
         "3",
         "2",
-        "1024",
+        "2048",  # 2 slots of 1024
         "9000",
         "127.0.0.1",
         "my-model",
@@ -96,17 +103,17 @@ def test_template_next_to_the_model_and_links(env: dict[str, str], tmp_path: Pat
     link = tmp_path / "default.gguf"
     link.symlink_to(model.name)
     env["LLMPI_MODEL"] = str(link)
-    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
     assert f["--alias"] == "tiny-chat.Q4_K_M"  # the real file's name, not the link's
     assert f["--chat-template-file"] == str(model.with_name("tiny-chat.Q4_K_M.jinja"))
     env["LLMPI_CHAT_TEMPLATE"] = "chatml"  # a configured template wins over the file next to the model
-    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
     assert f["--chat-template"] == "chatml" and "--chat-template-file" not in f
 
 
 def test_llama_arg_variables_win(env: dict[str, str]) -> None:
     env.update(LLAMA_ARG_THREADS="7", LLAMA_ARG_CTX_SIZE="2048")
-    p = launcher.plan(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO())
     f = flags(p.argv)
     assert "--threads" not in f and "--ctx-size" not in f
     assert p.env["LLAMA_ARG_THREADS"] == "7"
@@ -128,25 +135,25 @@ def test_llama_arg_variables_win(env: dict[str, str]) -> None:
 def test_bad_settings_are_refused(env: dict[str, str], name: str, value: str, message: str) -> None:
     env[name] = value
     with pytest.raises(ConfigError, match=message):
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
 
 
 def test_missing_and_truncated_models(env: dict[str, str], tmp_path: Path) -> None:
     env["LLMPI_MODEL"] = str(tmp_path / "nope.gguf")
     with pytest.raises(ConfigError, match="does not exist"):
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
     env["LLMPI_MODEL"] = str(llama_like(tmp_path / "cut.gguf", truncate=4096))
     with pytest.raises(ConfigError, match="truncated"):
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
     env["LLMPI_MODEL"] = ""
     with pytest.raises(ConfigError, match="LLMPI_MODEL is not set and this image has no embedded model"):
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
 
 
 def test_model_too_big_is_refused_with_numbers(env: dict[str, str]) -> None:
     env["LLMPI_MEMORY_LIMIT"] = "260M"  # minus the 256 MiB reserve leaves 4 MiB; the runtime alone needs 8
     with pytest.raises(ConfigError) as e:
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
     assert "does not fit in memory" in str(e.value)
     assert "260 MiB LLMPI_MEMORY_LIMIT minus a reserve of 256 MiB" in str(e.value)
     # and no key was generated for a server that cannot start
@@ -167,48 +174,81 @@ def test_main_writes_marker_and_exits_78(
 # --- keys -----------------------------------------------------------------------------------------------------
 
 
+def _keys(env: dict[str, str], data: Path, out: io.StringIO | None = None) -> keys.Auth:
+    """What the launcher does with keys at start: read the settings, then apply them (files written)."""
+    settings = Settings.read({**env, "LLMPI_DATA_DIR": str(data)})
+    return launcher.apply_keys(settings, out or io.StringIO())
+
+
+def _server_keys() -> list[str]:
+    return keys.server_keys_file().read_text().splitlines()
+
+
 def test_key_is_generated_once_stored_0600_and_reused(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    out = io.StringIO()
-    first = keys.resolve({}, data, out=out)
-    assert first.generated and first.key_file == data / "api_key"
+    first = _keys({}, data)
+    assert first.generated and first.source == "generated"
     key = (data / "api_key").read_text().strip()
     assert key.startswith("sk-llmpi-") and len(key) > 40
     assert stat.S_IMODE((data / "api_key").stat().st_mode) == 0o600
-    second = keys.resolve({}, data, out=out)
+    assert _server_keys() == [key] and stat.S_IMODE(keys.server_keys_file().stat().st_mode) == 0o600
+    second = _keys({}, data)
     assert not second.generated and (data / "api_key").read_text().strip() == key
 
 
+def test_the_generated_key_is_never_logged(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(os, "execvpe", lambda *a: None)
+    launcher.main([])
+    out = capsys.readouterr()
+    key = (Path(env["LLMPI_DATA_DIR"]) / "api_key").read_text().strip()
+    assert "a new API key was generated" in out.out and "llmpi keys show" in out.out
+    assert key not in out.out + out.err
+
+
 def test_empty_key_does_not_mean_no_auth(tmp_path: Path) -> None:
-    auth = keys.resolve({"LLMPI_API_KEY": "", "LLMPI_API_KEY_FILE": ""}, tmp_path, out=io.StringIO())
-    assert auth.generated and auth.key_file is not None
+    auth = _keys({"LLMPI_API_KEY": "", "LLMPI_API_KEY_FILE": ""}, tmp_path)
+    assert auth.enabled and auth.generated
 
 
 def test_auth_off_is_explicit_and_loud(tmp_path: Path) -> None:
     out = io.StringIO()
-    auth = keys.resolve({"LLMPI_AUTH": "off"}, tmp_path, out=out)
-    assert auth.key_file is None
+    auth = _keys({"LLMPI_AUTH": "off"}, tmp_path, out)
+    assert not auth.enabled
     assert "WARNING" in out.getvalue() and "open to anyone" in out.getvalue()
     with pytest.raises(ConfigError, match="remove one"):
-        keys.resolve({"LLMPI_AUTH": "off", "LLMPI_API_KEY": "sk-0123456789"}, tmp_path, out=out)
+        _keys({"LLMPI_AUTH": "off", "LLMPI_API_KEY": "sk-0123456789"}, tmp_path)
 
 
 def test_stored_key_with_loose_mode_is_tightened(tmp_path: Path) -> None:
     (tmp_path / "api_key").write_text("sk-llmpi-existing-key\n")
     os.chmod(tmp_path / "api_key", 0o644)
     out = io.StringIO()
-    auth = keys.resolve({}, tmp_path, out=out)
+    auth = _keys({}, tmp_path, out)
     assert not auth.generated
     assert stat.S_IMODE((tmp_path / "api_key").stat().st_mode) == 0o600
     assert "mode is now 0600" in out.getvalue()
 
 
+def test_hand_edited_key_files_reach_the_server_one_key_a_line(tmp_path: Path) -> None:
+    """Commas, CRLF, comments and blank lines in a key file: the server's file has one clean key a line."""
+    (tmp_path / "api_key").write_bytes(b"# mine\r\nsk-first-key-123, sk-second-key-456\r\n\r\n")
+    _keys({}, tmp_path)
+    assert _server_keys() == ["sk-first-key-123", "sk-second-key-456"]
+    (tmp_path / "api_key").write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ConfigError, match="is damaged"):
+        _keys({}, tmp_path)
+
+
 def test_key_file_variants(tmp_path: Path) -> None:
     f = tmp_path / "secret"
     f.write_text("# my keys\nsk-first-key-123\nsk-second-key-456\n")
-    auth = keys.resolve({"LLMPI_API_KEY_FILE": str(f)}, tmp_path / "data", out=io.StringIO())
-    assert auth.key_file is not None
-    assert auth.key_file.read_text() == "sk-first-key-123\nsk-second-key-456\n"
+    auth = _keys({"LLMPI_API_KEY_FILE": str(f)}, tmp_path / "data")
+    assert auth.source == "LLMPI_API_KEY_FILE"
+    assert keys.server_keys_file().read_text() == "sk-first-key-123\nsk-second-key-456\n"
     assert not (tmp_path / "data" / "api_key").exists()
     with pytest.raises(ConfigError, match="both LLMPI_API_KEY and LLMPI_API_KEY_FILE"):
         file_env({"LLMPI_API_KEY": "a", "LLMPI_API_KEY_FILE": str(f)}, "LLMPI_API_KEY")
@@ -221,14 +261,40 @@ def test_key_file_variants(tmp_path: Path) -> None:
 )
 def test_bad_keys_are_refused(tmp_path: Path, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        keys.resolve({"LLMPI_API_KEY": value}, tmp_path, out=io.StringIO())
+        _keys({"LLMPI_API_KEY": value}, tmp_path)
 
 
 def test_unwritable_data_dir(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "data"
     not_a_dir.write_text("a file where the volume should be")  # fails for root too, unlike a chmod
     with pytest.raises(ConfigError, match=r"cannot be stored in .*set LLMPI_API_KEY"):
-        keys.resolve({}, not_a_dir, out=io.StringIO())
+        _keys({}, not_a_dir)
+
+
+def test_named_keys_add_show_revoke(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LLMPI_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LLMPI_API_KEY", "sk-configured-key-1")
+    _keys({"LLMPI_API_KEY": "sk-configured-key-1"}, tmp_path)
+    assert cli.main(["keys", "add", "phone"]) == 0
+    phone = capsys.readouterr().out.strip()
+    assert phone.startswith("sk-llmpi-") and _server_keys() == ["sk-configured-key-1", phone]
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o600
+    assert cli.main(["keys", "add", "phone"]) == 2 and "exists already" in capsys.readouterr().err
+    assert cli.main(["keys", "add", "bad name!"]) == 2 and "not a key name" in capsys.readouterr().err
+    assert cli.main(["keys", "show", "phone"]) == 0 and capsys.readouterr().out.strip() == phone
+    assert cli.main(["keys", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "phone" in listing and phone not in listing  # shortened
+    assert cli.main(["keys", "show"]) == 2 and "set by you" in capsys.readouterr().err
+    assert cli.main(["keys", "revoke", "phone"]) == 0
+    assert _server_keys() == ["sk-configured-key-1"]
+    assert cli.main(["keys", "revoke", "phone"]) == 2
+    # the launcher at the next start keeps named keys and refuses a damaged line with its number
+    (tmp_path / "keys").write_text("tv sk-tv-key-0123\nlaptop\n")
+    with pytest.raises(ConfigError, match="keys line 2"):
+        _keys({"LLMPI_API_KEY": "sk-configured-key-1"}, tmp_path)
 
 
 # --- hardware ---------------------------------------------------------------------------------------------------
@@ -289,15 +355,58 @@ def test_detect_on_this_machine() -> None:
 # --- FATAL listener -------------------------------------------------------------------------------------------
 
 
-def test_listener_stops_supervisord_on_fatal_unless_config_error() -> None:
+def test_listener_keeps_last_words_and_never_stops_supervisord() -> None:
     log = io.StringIO()
-    payload = "processname:llama-server groupname:llama-server from_state:BACKOFF"
-    assert fatal_listener.handle("PROCESS_STATE_FATAL", payload, log)
-    assert "stopping the container" in log.getvalue()
-    assert not fatal_listener.handle("PROCESS_STATE_RUNNING", payload, log)
+    listener = fatal_listener.Listener(log)
+    lines = "".join(f"main: line {i}\n" for i in range(30))
+    listener.handle("PROCESS_LOG_STDERR", "processname:llama-server channel:stderr len:9\n" + lines)
+    listener.handle(
+        "PROCESS_LOG_STDERR",
+        "processname:llama-server len:9\nllama_model_load: error loading model: unknown model architecture: 'x'\n"
+        "main: exiting due to model loading error\n",
+    )
+    assert len(listener.lines) == fatal_listener.KEEP_LINES
+    listener.handle("PROCESS_STATE_EXITED", "processname:llama-server from_state:RUNNING expected:0 pid:7")
+    words = Path(markers.last_words_path()).read_text()
+    assert "unknown model architecture" in words and "line 3" not in words  # the error lines, not the chatter
+    listener.handle("PROCESS_STATE_FATAL", "processname:llama-server groupname:llama-server from_state:BACKOFF")
+    assert "will not be started again" in log.getvalue() and "unknown model architecture" in log.getvalue()
     config_error_marker().write_text("the model file /x does not exist\n")
-    assert not fatal_listener.handle("PROCESS_STATE_FATAL", payload, log)
-    assert "will not start until the configuration is fixed: the model file /x does not exist" in log.getvalue()
+    listener.handle("PROCESS_STATE_FATAL", "processname:llama-server groupname:llama-server from_state:BACKOFF")
+    assert "until the problem is fixed: the model file /x does not exist" in log.getvalue()
+
+
+def test_repeated_start_failures_become_a_refusal(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    execs: list[str] = []
+    monkeypatch.setattr(os, "execvpe", lambda *a: execs.append(a[0]))
+    runtime_dir()
+    Path(markers.last_words_path()).write_text("error loading model: unknown model architecture: 'x'\n")
+    for _ in range(launcher.MAX_START_ATTEMPTS):
+        assert launcher.main([]) == 0  # exec'd (here: recorded)
+    assert len(execs) == launcher.MAX_START_ATTEMPTS
+    assert launcher.main([]) == 78
+    reason = config_error_marker().read_text()
+    assert "stopped 3 times before it could serve" in reason and "unknown model architecture" in reason
+    # the health check saw it serve: a later crash gets its attempts again
+    Path(markers.start_attempts_path()).unlink()
+    assert launcher.main([]) == 0 and not config_error_marker().exists()
+
+
+def test_unexpected_launcher_errors_are_refusals_too(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    def unreadable() -> hardware.Hardware:
+        raise PermissionError(13, "Permission denied", "/sys/fs/cgroup/memory.max")
+
+    monkeypatch.setattr(hardware, "detect", unreadable)  # not a ConfigError: a bug or a strange host
+    assert launcher.main([]) == 78
+    assert "the launcher failed: PermissionError" in config_error_marker().read_text()
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_listener_speaks_the_protocol() -> None:
@@ -314,30 +423,30 @@ def test_manifest_next_to_the_model_adds_projector_and_embeddings(env: dict[str,
     model = Path(env["LLMPI_MODEL"])
     projector = llama_like(tmp_path / "tiny-chat.Q4_K_M.mmproj.gguf")
     model.with_suffix(".json").write_text(json.dumps({"kind": "embedding", "mmproj": {"file": projector.name}}))
-    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
     assert f["--mmproj"] == str(projector)
     assert "--embeddings" in f
     env["LLMPI_EMBEDDINGS"] = "off"
-    assert "--embeddings" not in flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    assert "--embeddings" not in flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
     projector.write_bytes(projector.read_bytes()[:-100])
     with pytest.raises(ConfigError, match=r"cannot use the vision projector: .* is truncated"):
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
     env["LLMPI_MMPROJ"] = str(tmp_path / "nope.gguf")
     with pytest.raises(ConfigError, match=r"vision projector .*nope.gguf does not exist \(LLMPI_MMPROJ\)"):
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
 
 
 def test_image_limits_with_a_projector(env: dict[str, str], tmp_path: Path) -> None:
-    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
     assert "--image-max-tokens" not in f and "--image-max-pixels" not in f  # a text-only model: nothing to limit
     env["LLMPI_MMPROJ"] = str(llama_like(tmp_path / "projector.gguf"))
-    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
     assert f["--image-max-tokens"] == "256" and "--image-min-tokens" not in f
     assert f["--image-max-pixels"] == "50000000"
     assert f["--media-max-bytes"] == str(20 * 1024 * 1024)
     env.update(LLMPI_IMAGE_MAX_TOKENS="1024", LLMPI_IMAGE_MIN_TOKENS="64", LLMPI_MEDIA_MAX_BYTES="5M")
     env["LLAMA_ARG_IMAGE_MAX_PIXELS"] = "1000"
-    f = flags(launcher.plan(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
     assert (f["--image-max-tokens"], f["--image-min-tokens"]) == ("1024", "64")
     assert f["--media-max-bytes"] == str(5 * 1024 * 1024)
     assert "--image-max-pixels" not in f  # the LLAMA_ARG_* variable wins
@@ -357,12 +466,12 @@ def test_bad_image_limits_are_refused(env: dict[str, str], tmp_path: Path, name:
     env["LLMPI_MMPROJ"] = str(llama_like(tmp_path / "projector.gguf"))
     env[name] = value
     with pytest.raises(ConfigError, match=message):
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
 
 
 def test_embedding_model_beside_the_chat_model_is_router_mode(env: dict[str, str], tmp_path: Path) -> None:
     env["LLMPI_EMBEDDING_MODEL"] = str(llama_like(tmp_path / "minilm.F16.gguf", n_ctx_train=512))
-    p = launcher.plan(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO())
     f = flags(p.argv)
     assert "--model" not in f and "--ctx-size" not in f  # model settings go to the preset, not the router
     assert f["--models-max"] == "2" and f["--port"] == "8080" and "--api-key-file" in f
@@ -380,20 +489,20 @@ def test_embedding_model_beside_the_chat_model_is_router_mode(env: dict[str, str
     assert health["models"] == ["tiny-chat.Q4_K_M", "minilm.F16"]
     env["LLMPI_EMBEDDING_ALIAS"] = "tiny-chat.Q4_K_M"
     with pytest.raises(ConfigError, match="both called"):
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
 
 
 def test_fit_check_counts_both_models(env: dict[str, str], tmp_path: Path) -> None:
     env["LLMPI_MEMORY_LIMIT"] = "600M"  # 344 MiB usable: the chat model alone fits
-    launcher.plan(env, HW, out=io.StringIO())
+    launcher.prepare(env, HW, out=io.StringIO())
     big = llama_like(tmp_path / "big-embedder.gguf", n_layer=8, n_embd=1024, n_ctx_train=8192)
     env["LLMPI_EMBEDDING_MODEL"] = str(big)
     with pytest.raises(ConfigError) as e:
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
     assert "does not fit in memory" in str(e.value) and "the embedding model and the router take" in str(e.value)
     env["LLMPI_EMBEDDING_MODEL"] = str(tmp_path / "nope.gguf")
     with pytest.raises(ConfigError, match=r"LLMPI_EMBEDDING_MODEL: the model file .*nope\.gguf does not exist"):
-        launcher.plan(env, HW, out=io.StringIO())
+        launcher.prepare(env, HW, out=io.StringIO())
 
 
 def test_pkg_resources_stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,0 +1,197 @@
+"""Every LLMPI_* setting, read from the environment and validated once, into one typed object.
+
+The rest of the launcher takes a `Settings` and never reads the environment itself. `SETTINGS` lists each
+variable with its default as the README's settings table shows it; a unit test keeps that table, this list,
+compose.yaml and .env.example in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import fit
+from .config import ConfigError, file_env, get, get_bool, get_int
+
+C_INT_MAX = 2**31 - 1
+DEFAULT_PARALLEL = 8  # docs/benchmarks.md: +33% aggregate at 8 clients over 4 slots, single stream unchanged
+DEFAULT_EMBEDDING_PARALLEL = 2
+# a reply of up to ~750 English words; a looping or babbling generation costs at most this many tokens of a slot
+# (about 3.5 minutes at 5 tokens/s, a 4B Q4 model on a Pi 5); docs/hardening.md
+DEFAULT_MAX_TOKENS = 1024
+# image cost control (vision models only). 256 tokens: a 512 px image on Qwen3-VL (32 px a token), 448 px on
+# Qwen2/2.5-VL (28 px), and what Gemma 3 uses for every image. Only dynamic-resolution models obey it.
+DEFAULT_IMAGE_MAX_TOKENS = 256
+DEFAULT_IMAGE_MAX_PIXELS = 50_000_000  # an 8000 x 6000 phone photo; over that, refused from the header, never decoded
+DEFAULT_MEDIA_MAX_BYTES = "20M"  # OpenAI's own per-image limit
+# below supervisord's stopwaitsecs (30 s), itself below compose's stop_grace_period (45 s)
+DRAIN_SECONDS = 25
+LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "trace": 4, "debug": 5}
+
+# name -> the default as the README table shows it. Settings that only compose reads (ports, image names) are in
+# COMPOSE_SETTINGS.
+SETTINGS: dict[str, str] = {
+    "LLMPI_API_KEY": "generated",
+    "LLMPI_API_KEY_FILE": "—",
+    "LLMPI_AUTH": "on",
+    "LLMPI_ADMIN_KEY": "—",
+    "LLMPI_ADMIN_KEY_FILE": "—",
+    "LLMPI_MODEL": "embedded Gemma 3 270M",
+    "LLMPI_MODEL_ALIAS": "file name",
+    "LLMPI_CHAT_TEMPLATE_FILE": "<model>.jinja",
+    "LLMPI_CHAT_TEMPLATE": "—",
+    "LLMPI_MMPROJ": "from the manifest",
+    "LLMPI_EMBEDDINGS": "from the manifest",
+    "LLMPI_CTX_SIZE": "auto",
+    "LLMPI_THREADS": "auto",
+    "LLMPI_PARALLEL": "auto",
+    "LLMPI_MAX_TOKENS": str(DEFAULT_MAX_TOKENS),
+    "LLMPI_QUEUE_MAX": "auto",
+    "LLMPI_PROMPT_CACHE": "auto",
+    "LLMPI_MEMORY_LIMIT": "auto",
+    "LLMPI_MEMORY_RESERVE": "256M",
+    "LLMPI_METRICS": "on",
+    "LLMPI_LOG_LEVEL": "info",
+    "LLMPI_REMOTE_MEDIA": "off",
+    "LLMPI_IMAGE_MAX_TOKENS": str(DEFAULT_IMAGE_MAX_TOKENS),
+    "LLMPI_IMAGE_MIN_TOKENS": "model's",
+    "LLMPI_IMAGE_MAX_PIXELS": str(DEFAULT_IMAGE_MAX_PIXELS),
+    "LLMPI_MEDIA_MAX_BYTES": DEFAULT_MEDIA_MAX_BYTES,
+    "LLMPI_EMBEDDING_MODEL": "—",
+    "LLMPI_EMBEDDING_ALIAS": "file name",
+    "LLMPI_EMBEDDING_PARALLEL": str(DEFAULT_EMBEDDING_PARALLEL),
+    "LLMPI_WEBUI": "on",
+    "LLMPI_HOST": "0.0.0.0",
+    "LLMPI_PORT": "8080",
+    "LLMPI_HOST_PORT": "8080",
+}
+COMPOSE_SETTINGS = ("LLMPI_BIND_ADDRESS", "LLMPI_IMAGE", "LLMPI_BUILD_CA_BUNDLE", "LLMPI_DEBIAN_IMAGE")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user asked for; `None` means "auto" / not set, decided later from the model and the hardware."""
+
+    model: str  # a path; "" = the embedded model
+    model_alias: str
+    chat_template: str
+    chat_template_file: str
+    mmproj: str
+    embeddings: bool | None
+    api_keys: str | None  # LLMPI_API_KEY or the contents of LLMPI_API_KEY_FILE
+    api_keys_origin: str
+    auth: bool
+    admin_keys: str | None
+    ctx_size: int | None  # tokens per request (slot)
+    trained_ctx: bool  # LLAMA_ARG_CTX_SIZE=0: the model's trained context for the whole pool
+    pool_ctx: int | None  # LLAMA_ARG_CTX_SIZE=N: the user sized the pool itself
+    threads: int | None
+    parallel: int | None
+    max_tokens: int  # 0 = no cap
+    queue_max: int | None  # None = auto (as many as slots); 0 = unbounded
+    prompt_cache: int | None  # bytes; None = auto
+    memory_limit: int | None
+    memory_reserve: int
+    metrics: bool
+    log_level: str
+    remote_media: bool
+    image_max_tokens: int
+    image_min_tokens: int | None
+    image_max_pixels: int
+    media_max_bytes: int
+    embedding_model: str
+    embedding_alias: str
+    embedding_parallel: int
+    webui: bool
+    host: str
+    port: int
+    host_port: str
+    data_dir: Path
+    llama_args: Mapping[str, str]  # LLAMA_ARG_* variables the user set: each wins over the launcher's choice
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> Settings:
+        image_max_tokens = get_int(env, "LLMPI_IMAGE_MAX_TOKENS", DEFAULT_IMAGE_MAX_TOKENS) or 1
+        image_min_tokens = get_int(env, "LLMPI_IMAGE_MIN_TOKENS", None)
+        if image_min_tokens is not None and image_min_tokens > image_max_tokens:
+            raise ConfigError(
+                f"LLMPI_IMAGE_MIN_TOKENS={image_min_tokens} is more than LLMPI_IMAGE_MAX_TOKENS={image_max_tokens}"
+            )
+        level = get(env, "LLMPI_LOG_LEVEL", "info").lower()
+        if level not in LOG_LEVELS:
+            raise ConfigError(f"LLMPI_LOG_LEVEL={level!r}: use one of {', '.join(LOG_LEVELS)}")
+        template, template_file = get(env, "LLMPI_CHAT_TEMPLATE"), get(env, "LLMPI_CHAT_TEMPLATE_FILE")
+        if template and template_file:
+            raise ConfigError("set LLMPI_CHAT_TEMPLATE or LLMPI_CHAT_TEMPLATE_FILE, not both")
+        llama_args = {k: v for k, v in env.items() if k.startswith("LLAMA_ARG_") and v != ""}
+        pool = get_int(env, "LLAMA_ARG_CTX_SIZE", None, minimum=0)
+        auth = get_bool(env, "LLMPI_AUTH", True)
+        api_keys = file_env(env, "LLMPI_API_KEY")
+        if not auth and api_keys is not None:
+            raise ConfigError("LLMPI_AUTH=off and an API key are both set; remove one of them")
+        embeddings = get(env, "LLMPI_EMBEDDINGS")
+        return cls(
+            model=get(env, "LLAMA_ARG_MODEL") or get(env, "LLMPI_MODEL"),
+            model_alias=get(env, "LLMPI_MODEL_ALIAS"),
+            chat_template=template,
+            chat_template_file=template_file,
+            mmproj=get(env, "LLMPI_MMPROJ"),
+            embeddings=get_bool(env, "LLMPI_EMBEDDINGS", False) if embeddings else None,
+            api_keys=api_keys,
+            api_keys_origin="LLMPI_API_KEY_FILE" if get(env, "LLMPI_API_KEY_FILE") else "LLMPI_API_KEY",
+            auth=auth,
+            admin_keys=file_env(env, "LLMPI_ADMIN_KEY"),
+            ctx_size=get_int(env, "LLMPI_CTX_SIZE", None, minimum=fit.MIN_CONTEXT),
+            trained_ctx=pool == 0,
+            pool_ctx=pool or None,
+            threads=get_int(env, "LLMPI_THREADS", None),
+            parallel=get_int(env, "LLMPI_PARALLEL", None),
+            max_tokens=_ranged(env, "LLMPI_MAX_TOKENS", DEFAULT_MAX_TOKENS, minimum=0),
+            queue_max=get_int(env, "LLMPI_QUEUE_MAX", None, minimum=0),
+            prompt_cache=_size(env, "LLMPI_PROMPT_CACHE", None),
+            memory_limit=_size(env, "LLMPI_MEMORY_LIMIT", None),
+            memory_reserve=_size(env, "LLMPI_MEMORY_RESERVE", fit.DEFAULT_RESERVE) or 0,
+            metrics=get_bool(env, "LLMPI_METRICS", True),
+            log_level=level,
+            remote_media=get_bool(env, "LLMPI_REMOTE_MEDIA", False),
+            image_max_tokens=image_max_tokens,
+            image_min_tokens=image_min_tokens,
+            image_max_pixels=_ranged(env, "LLMPI_IMAGE_MAX_PIXELS", DEFAULT_IMAGE_MAX_PIXELS),
+            media_max_bytes=_ranged_size(env, "LLMPI_MEDIA_MAX_BYTES", DEFAULT_MEDIA_MAX_BYTES),
+            embedding_model=get(env, "LLMPI_EMBEDDING_MODEL"),
+            embedding_alias=get(env, "LLMPI_EMBEDDING_ALIAS"),
+            embedding_parallel=get_int(env, "LLMPI_EMBEDDING_PARALLEL", DEFAULT_EMBEDDING_PARALLEL) or 1,
+            webui=get_bool(env, "LLMPI_WEBUI", True),
+            host=get(env, "LLMPI_HOST", "0.0.0.0"),
+            port=_ranged(env, "LLMPI_PORT", 8080, maximum=65535),
+            host_port=get(env, "LLMPI_HOST_PORT") or get(env, "LLMPI_PORT", "8080"),
+            data_dir=Path(get(env, "LLMPI_DATA_DIR", "/data")),
+            llama_args=llama_args,
+        )
+
+
+def _size(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = get(env, name)
+    if not raw or raw.lower() == "auto":
+        return default
+    try:
+        return fit.parse_size(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def _ranged(env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int = C_INT_MAX) -> int:
+    value = get_int(env, name, default, minimum=minimum)
+    assert value is not None
+    if value > maximum:
+        raise ConfigError(f"{name}={value} is out of range ({minimum} to {maximum})")
+    return value
+
+
+def _ranged_size(env: Mapping[str, str], name: str, default: str) -> int:
+    value = _size(env, name, fit.parse_size(default))
+    assert value is not None
+    if not 1 <= value <= C_INT_MAX:
+        raise ConfigError(f"{name}={value} is out of range (1 to {C_INT_MAX})")
+    return value
