@@ -20,7 +20,7 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 ARTIFACTS = ROOT / "artifacts"
 PREPARE_IMAGE = os.environ.get("LLMPI_PREPARE_IMAGE", "llmpi-prepare:latest")
 PIPELINE_OVERRIDE = ROOT / "tests" / "pipeline" / "compose.pipeline.yaml"
-KEY_RE = re.compile(r"API key:\s+(sk-llmpi-[A-Za-z0-9_\-]+)")
+KEY_RE = re.compile(r"sk-llmpi-[A-Za-z0-9_\-]+")
 # every test project binds to loopback on a random free port
 TEST_ENV = {"LLMPI_BIND_ADDRESS": "127.0.0.1", "LLMPI_HOST_PORT": ""}
 
@@ -107,9 +107,16 @@ class Project:
         return str(c.attrs["State"].get("Health", {}).get("Status", "none"))
 
     def generated_key(self) -> str:
-        keys = KEY_RE.findall(self.logs())
-        assert len(keys) == 1, f"expected the generated key printed exactly once, found {len(keys)}"
-        return str(keys[0])
+        """The key generated at first start: announced once in the log (never the key itself), shown by
+        `llmpi keys show` in the container."""
+        logs = self.logs()
+        assert logs.count("a new API key was generated") == 1, "expected the new key announced exactly once"
+        code, out = self.exec(["llmpi", "keys", "show"])
+        assert code == 0, out
+        key = out.strip()
+        assert KEY_RE.fullmatch(key), key
+        assert key not in logs, "the key must never be in the container's log"
+        return key
 
     def stored_key(self) -> str:
         """The key the appliance generated and stored on its volume (whichever start generated it)."""

@@ -67,6 +67,7 @@ SETTINGS: dict[str, str] = {
     "LLMPI_HOST_PORT": "8080",
 }
 COMPOSE_SETTINGS = ("LLMPI_BIND_ADDRESS", "LLMPI_IMAGE", "LLMPI_BUILD_CA_BUNDLE", "LLMPI_DEBIAN_IMAGE")
+INTERNAL_SETTINGS = ("LLMPI_DATA_DIR",)  # set by the image, not by users
 
 
 @dataclass(frozen=True)
