@@ -3,7 +3,8 @@
 Nothing here ever stops the container: a program that cannot start leaves "container up, unhealthy, reason in the
 health log and the container log" (the one failure state), never a Docker restart loop.
 
-* PROCESS_LOG_STDERR: llama-server logs everything to stderr; the last lines are kept in memory.
+* PROCESS_LOG_STDERR: llama-server logs everything to stderr; the last lines of its latest start
+  (PROCESS_STATE_STARTING) are kept in memory.
 * PROCESS_STATE_EXITED (unexpected) / BACKOFF: those lines are written to the last-words file, which the launcher
   names as the reason when llama-server has stopped too often without ever serving (launcher.MAX_START_ATTEMPTS).
 * PROCESS_STATE_FATAL: supervisord will not start the program again; the reason is logged (the launcher's refusal
@@ -43,6 +44,8 @@ class Listener:
         fields = parse_header(head)
         if event == "PROCESS_LOG_STDERR":
             self.keep(body)
+        elif event == "PROCESS_STATE_STARTING":
+            self.lines, self.partial = [], ""  # a new attempt: its own last words
         elif event in ("PROCESS_STATE_EXITED", "PROCESS_STATE_BACKOFF"):
             if event == "PROCESS_STATE_BACKOFF" or fields.get("expected") == "0":
                 self.save_last_words()

@@ -374,6 +374,8 @@ def test_listener_keeps_last_words_and_never_stops_supervisord() -> None:
     config_error_marker().write_text("the model file /x does not exist\n")
     listener.handle("PROCESS_STATE_FATAL", "processname:llama-server groupname:llama-server from_state:BACKOFF")
     assert "until the problem is fixed: the model file /x does not exist" in log.getvalue()
+    listener.handle("PROCESS_STATE_STARTING", "processname:llama-server from_state:BACKOFF tries:1")
+    assert listener.last_words() == ""  # each start has its own last words
 
 
 def test_repeated_start_failures_become_a_refusal(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
