@@ -552,3 +552,33 @@ def test_supervisord_first_poll_does_not_wait(monkeypatch: pytest.MonkeyPatch) -
     p.poll(1)
     p.poll(1)
     assert waited == [0, 1, 1]  # only the first poll, before anything can have happened, skips the wait
+
+
+def test_trained_context_from_llama_arg_is_fitted_too(env: dict[str, str]) -> None:
+    """LLAMA_ARG_CTX_SIZE=0 asks llama-server for the model's trained context: the fit covers that pool."""
+    env["LLAMA_ARG_CTX_SIZE"] = "0"
+    p = launcher.prepare(env, HW, out=io.StringIO())
+    f = flags(p.argv)
+    assert "--ctx-size" not in f and f["--kv-unified-per-slot"] == str(4096 // 8)  # 8 slots share 4096
+    env["LLMPI_MEMORY_LIMIT"] = "262M"  # 6 MiB usable: the trained pool does not fit
+    with pytest.raises(ConfigError, match=r"LLAMA_ARG_CTX_SIZE=0"):
+        launcher.prepare(env, HW, out=io.StringIO())
+
+
+def test_slots_halve_before_contexts_get_short(env: dict[str, str], tmp_path: Path) -> None:
+    big = llama_like(tmp_path / "wide.gguf", n_layer=16, n_embd=1024, n_ctx_train=8192)
+    env.update(LLMPI_MODEL=str(big), LLMPI_MEMORY_LIMIT="600M", LLMPI_PROMPT_CACHE="0")
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    slots, per_slot = int(str(f["--parallel"])), int(str(f["--kv-unified-per-slot"]))
+    assert per_slot >= fit.SLOT_CONTEXT_FLOOR and slots < 8 and f["--ctx-size"] == str(slots * per_slot)
+    env["LLMPI_PARALLEL"] = "8"  # asked for: the context shrinks instead
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    assert f["--parallel"] == "8" and int(str(f["--kv-unified-per-slot"])) < fit.SLOT_CONTEXT_FLOOR
+
+
+def test_prompt_cache_is_counted_in_the_fit(env: dict[str, str]) -> None:
+    env.update(LLMPI_MEMORY_LIMIT="300M", LLMPI_PROMPT_CACHE="1G")
+    with pytest.raises(ConfigError, match=r"prompt cache of 1.00 GiB"):
+        launcher.prepare(env, HW, out=io.StringIO())
+    env["LLMPI_PROMPT_CACHE"] = "0"
+    assert flags(launcher.prepare(env, HW, out=io.StringIO()).argv)["--cache-ram"] == "0"
