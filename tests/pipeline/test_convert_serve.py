@@ -489,6 +489,12 @@ def test_image_cap_and_limits_on_a_dynamic_resolution_model(pytestconfig: pytest
                 client.chat.completions.create(model="x", max_tokens=1, messages=image_message(data_url(picture)))
             assert e.value.status_code == 400 and reason in str(e.value), str(e.value)
             assert project.health() == 200
+        # an image by URL: the Pi fetches nothing for a key holder (LLMPI_REMOTE_MEDIA=off); the reply says how
+        for url in ("http://192.0.2.1/cat.png", "https://example.invalid/cat.jpg", ""):
+            with pytest.raises(openai.BadRequestError) as e:
+                client.chat.completions.create(model="x", max_tokens=1, messages=image_message(url))
+            assert e.value.status_code == 400 and "data:image/jpeg;base64," in str(e.value), str(e.value)
+            assert project.health() == 200
     finally:
         for name in ("LLMPI_IMAGE_MAX_TOKENS", "LLMPI_CTX_SIZE", "LLMPI_MEDIA_MAX_BYTES"):
             project.env.pop(name, None)
