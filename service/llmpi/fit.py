@@ -28,8 +28,8 @@ DEFAULT_RESERVE = 256 * MiB  # left to the OS and everything else in the contain
 DEFAULT_UBATCH = 512
 MIN_CONTEXT = 512
 DEFAULT_CONTEXT_CAP = 8192
-# serving: each request (slot) gets its own share of the KV pool (--kv-unified-per-slot), so the pool is slots x
-# per-request context. Auto picks up to 4096 tokens a request; below 2048 it halves the slots first (docs/hardening.md)
+# serving: each request (slot) has a KV cache of its own (--no-kv-unified), so the cache is slots x per-request
+# context. Auto picks up to 4096 tokens a request; below 2048 it halves the slots first (docs/hardening.md)
 SLOT_CONTEXT_CAP = 4096
 SLOT_CONTEXT_FLOOR = 2048
 MAX_SLOTS = 8
@@ -145,14 +145,25 @@ class Estimate:
 
 
 def kv_cache_bytes(
-    shape: ModelShape, n_ctx: int, n_seq: int = 1, n_ubatch: int = DEFAULT_UBATCH, bytes_per_elem: float = 2.0
+    shape: ModelShape,
+    n_ctx: int,
+    n_seq: int = 1,
+    n_ubatch: int = DEFAULT_UBATCH,
+    bytes_per_elem: float = 2.0,
+    unified: bool = True,
 ) -> int:
+    """`unified`: one cache shared by the n_seq sequences; else one per sequence (n_ctx / n_seq tokens each), and
+    each keeps its own sliding window (llama.cpp's iSWA cache: window x (n_seq if unified else 1) + ubatch)."""
     per_layer_token = (shape.k_width + shape.v_width) * bytes_per_elem
     every = SWA_GLOBAL_EVERY.get(shape.architecture, 0)
     if shape.sliding_window and every:
         n_global = shape.n_layer // every
         n_swa = shape.n_layer - n_global
-        swa_ctx = min(n_ctx, _pad(shape.sliding_window * n_seq + n_ubatch, 256))
+        if unified:
+            swa_ctx = min(n_ctx, _pad(shape.sliding_window * n_seq + n_ubatch, 256))
+        else:
+            per_seq = n_ctx // max(1, n_seq)
+            swa_ctx = n_seq * min(per_seq, _pad(shape.sliding_window + n_ubatch, 256))
         return int(per_layer_token * (n_global * n_ctx + n_swa * swa_ctx))
     return int(per_layer_token * shape.n_layer * n_ctx)
 
@@ -186,10 +197,11 @@ def estimate(
     n_ubatch: int = DEFAULT_UBATCH,
     extra: int = 0,
     extra_label: str = "projector",
+    unified: bool = True,
 ) -> Estimate:
     return Estimate(
         weights=shape.weights_bytes,
-        kv_cache=kv_cache_bytes(shape, n_ctx, n_seq, n_ubatch),
+        kv_cache=kv_cache_bytes(shape, n_ctx, n_seq, n_ubatch, unified=unified),
         compute=compute_bytes(shape, n_ubatch, n_seq, n_ctx),
         overhead=runtime_overhead(shape),
         extra=extra,
@@ -239,7 +251,7 @@ def choose_slots(
     budget_source: str = "available",
     extra_label: str = "projector",
 ) -> Estimate:
-    """Slots and per-request context for serving, each slot with its own share of the KV pool.
+    """Slots and per-request context for serving, each slot with a KV cache of its own.
 
     Given values are kept. Auto context: the largest power of two up to min(SLOT_CONTEXT_CAP, trained context);
     auto slots: MAX_SLOTS. When both are auto and the context would drop under SLOT_CONTEXT_FLOOR, the slots are
@@ -254,7 +266,7 @@ def choose_slots(
     candidates += [(counts[-1], c) for c in contexts if c < min(floor, top)]
     est = None
     for n, c in candidates:
-        est = estimate(shape, n * c, n, extra=extra, extra_label=extra_label)
+        est = estimate(shape, n * c, n, extra=extra, extra_label=extra_label, unified=False)
         if est.total <= budget:
             return est
     assert est is not None

@@ -191,7 +191,7 @@ def fit_memory(s: Settings, model: Model, second: SecondModel | None, budget: in
             # LLAMA_ARG_CTX_SIZE sizes the whole pool (0: the model's trained context); the fit covers it too
             pool = s.pool_ctx or model.shape.n_ctx_train or fit.MIN_CONTEXT
             n_seq = s.parallel or fit.MAX_SLOTS
-            est = fit.estimate(model.shape, pool, n_seq, extra=extra, extra_label=label)
+            est = fit.estimate(model.shape, pool, n_seq, extra=extra, extra_label=label, unified=False)
             if est.total > budget:
                 raise fit.FitError(fit._too_big(est, budget, source, f"LLAMA_ARG_CTX_SIZE={s.pool_ctx or 0}"))
         else:
@@ -221,9 +221,9 @@ def model_options(s: Settings, model: Model, est: fit.Estimate, threads: int) ->
         ("LLAMA_ARG_THREADS_BATCH", "--threads-batch", str(threads)),
         ("LLAMA_ARG_CTX_SIZE", "--ctx-size", str(est.n_ctx)),
         ("LLAMA_ARG_N_PARALLEL", "--parallel", str(est.n_seq)),
-        # one pool, each request limited to its share: one request can never exhaust the others' context
-        ("LLAMA_ARG_KV_UNIFIED", "--kv-unified", None),
-        ("LLAMA_ARG_KV_UNIFIED_PER_SLOT", "--kv-unified-per-slot", str(est.slot_ctx)),
+        # a KV cache of its own for each slot (ctx-size / parallel tokens): one request can never use up another's
+        # context, and attention runs over a slot's own cells only (docs/hardening.md)
+        ("LLAMA_ARG_KV_UNIFIED", "--no-kv-unified", None),
         ("LLAMA_ARG_CACHE_RAM", "--cache-ram", str(est.prompt_cache // fit.MiB)),
         ("LLAMA_ARG_MAX_TOKENS", "--max-tokens", str(s.max_tokens)),
         ("LLAMA_ARG_QUEUE_MAX", "--queue-max", str(queue)),

@@ -49,8 +49,8 @@ def test_defaults(env: dict[str, str]) -> None:
     assert f["--model"] == env["LLMPI_MODEL"]
     assert f["--alias"] == "tiny-chat.Q4_K_M"
     assert f["--threads"] == "4" and f["--threads-batch"] == "4"  # physical cores, not SMT siblings
-    # 8 slots, each with its own 4096 tokens (the test model's trained context) of one pool
-    assert f["--parallel"] == "8" and "--kv-unified" in f and f["--kv-unified-per-slot"] == "4096"
+    # 8 slots, each with a cache of its own 4096 tokens (the test model's trained context)
+    assert f["--parallel"] == "8" and "--no-kv-unified" in f and "--kv-unified" not in f
     assert f["--ctx-size"] == str(8 * 4096)
     assert f["--max-tokens"] == "1024" and f["--queue-max"] == "8" and "--no-remote-media" in f
     assert f["--drain-timeout"] == "25"
@@ -483,7 +483,7 @@ def test_embedding_model_beside_the_chat_model_is_router_mode(env: dict[str, str
         for block in preset.split("\n\n")[1:]
     )
     chat, emb = sections["tiny-chat.Q4_K_M"], sections["minilm.F16"]
-    assert chat["model"] == env["LLMPI_MODEL"] and chat["kv-unified"] == "true" and chat["parallel"] == "8"
+    assert chat["model"] == env["LLMPI_MODEL"] and chat["no-kv-unified"] == "true" and chat["parallel"] == "8"
     assert emb["embeddings"] == "true" and emb["no-kv-unified"] == "true"
     assert (emb["ctx-size"], emb["parallel"], emb["ubatch-size"]) == ("1024", "2", "512")  # 2 slots of 512
     assert chat["load-on-startup"] == emb["load-on-startup"] == "true"
@@ -559,7 +559,7 @@ def test_trained_context_from_llama_arg_is_fitted_too(env: dict[str, str]) -> No
     env["LLAMA_ARG_CTX_SIZE"] = "0"
     p = launcher.prepare(env, HW, out=io.StringIO())
     f = flags(p.argv)
-    assert "--ctx-size" not in f and f["--kv-unified-per-slot"] == str(4096 // 8)  # 8 slots share 4096
+    assert "--ctx-size" not in f and f["--parallel"] == "8"  # 8 slots of 4096 / 8
     env["LLMPI_MEMORY_LIMIT"] = "262M"  # 6 MiB usable: the trained pool does not fit
     with pytest.raises(ConfigError, match=r"LLAMA_ARG_CTX_SIZE=0"):
         launcher.prepare(env, HW, out=io.StringIO())
@@ -569,11 +569,12 @@ def test_slots_halve_before_contexts_get_short(env: dict[str, str], tmp_path: Pa
     big = llama_like(tmp_path / "wide.gguf", n_layer=16, n_embd=1024, n_ctx_train=8192)
     env.update(LLMPI_MODEL=str(big), LLMPI_MEMORY_LIMIT="600M", LLMPI_PROMPT_CACHE="0")
     f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
-    slots, per_slot = int(str(f["--parallel"])), int(str(f["--kv-unified-per-slot"]))
+    slots = int(str(f["--parallel"]))
+    per_slot = int(str(f["--ctx-size"])) // slots
     assert per_slot >= fit.SLOT_CONTEXT_FLOOR and slots < 8 and f["--ctx-size"] == str(slots * per_slot)
     env["LLMPI_PARALLEL"] = "8"  # asked for: the context shrinks instead
     f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
-    assert f["--parallel"] == "8" and int(str(f["--kv-unified-per-slot"])) < fit.SLOT_CONTEXT_FLOOR
+    assert f["--parallel"] == "8" and int(str(f["--ctx-size"])) // 8 < fit.SLOT_CONTEXT_FLOOR
 
 
 def test_prompt_cache_is_counted_in_the_fit(env: dict[str, str]) -> None:
