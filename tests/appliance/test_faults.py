@@ -1,4 +1,5 @@
-"""Faults: a crashed server comes back by itself; a broken model is reported, not looped over; stop is clean."""
+"""Faults: a crashed server comes back by itself; a broken model is reported, not looped over; stop is clean.
+More failures to start, and a stop during streams: test_hardening.py."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_missing_then_truncated_model(extra_project: Project) -> None:
     extra_project.up()
     # supervisor retries 3 times (about 8 s of back-off), then the FATAL listener gives its verdict
     wait_for(
-        lambda: "will not start until the configuration is fixed" in extra_project.logs(),
+        lambda: "will not be started again until the problem is fixed" in extra_project.logs(),
         60,
         pause=1,
         what="the FATAL listener's verdict",
@@ -43,7 +44,7 @@ def test_missing_then_truncated_model(extra_project: Project) -> None:
     time.sleep(3)
     logs = extra_project.logs()
     assert "configuration error: the model file /data/models/broken.gguf does not exist" in logs
-    assert "will not start until the configuration is fixed" in logs
+    assert "will not be started again until the problem is fixed" in logs
     c = extra_project.container()
     c.reload()
     assert c.status == "running" and c.attrs["RestartCount"] == 0, "no restart loop"
