@@ -414,33 +414,40 @@ def refuse(reason: str) -> int:
     return CONFIG_ERROR_EXIT
 
 
-def count_start_attempt() -> str | None:
-    """Count this start; the reason to refuse when llama-server already failed MAX_START_ATTEMPTS times without
-    ever serving (the health check clears the count when /health answers 200)."""
-    path = Path(markers.start_attempts_path())
+def failed_starts_refusal() -> str | None:
+    """The reason to refuse when llama-server already exited MAX_START_ATTEMPTS times without ever serving (the
+    health check clears the count when /health answers 200)."""
+    attempts = start_attempts()
+    if attempts < MAX_START_ATTEMPTS:
+        return None
     try:
-        attempts = int(path.read_text() or "0")
+        last = Path(markers.last_words_path()).read_text().strip()
+    except OSError:
+        last = ""
+    return (
+        f"llama-server stopped {attempts} times before it could serve; not starting it again. "
+        + (f"Its last words: {last}" if last else "See the lines above in the log.")
+        + " Fix the cause (a model llama.cpp cannot load, too little memory), then `docker compose up -d "
+        "--force-recreate`."
+    )
+
+
+def start_attempts() -> int:
+    try:
+        return int(Path(markers.start_attempts_path()).read_text() or "0")
     except (OSError, ValueError):
-        attempts = 0
-    if attempts >= MAX_START_ATTEMPTS:
-        try:
-            last = Path(markers.last_words_path()).read_text().strip()
-        except OSError:
-            last = ""
-        return (
-            f"llama-server stopped {attempts} times before it could serve; not starting it again. "
-            + (f"Its last words: {last}" if last else "See the lines above in the log.")
-            + " Fix the cause (a model llama.cpp cannot load, too little memory), then `docker compose up -d "
-            "--force-recreate`."
-        )
-    path.write_text(str(attempts + 1))
-    return None
+        return 0
+
+
+def count_start_attempt() -> None:
+    """One more start of llama-server (called right before the exec: the launcher's own refusals do not count)."""
+    Path(markers.start_attempts_path()).write_text(str(start_attempts() + 1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config_error_marker().unlink(missing_ok=True)
-        refusal = count_start_attempt()
+        refusal = failed_starts_refusal()
         if refusal:
             return refuse(refusal)
         env = dict(os.environ)
@@ -448,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = plan(settings, hardware.detect())
         auth = apply_keys(settings, sys.stdout)  # may generate the key (on the data volume)
         write_files(p.files)  # the router's preset, health.json
+        count_start_attempt()
     except ConfigError as e:
         return refuse(str(e))
     except Exception as e:  # any other failure is a refusal too, never a restart loop

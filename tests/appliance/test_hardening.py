@@ -126,12 +126,12 @@ def test_long_answers_end_alone_and_short_ones_finish(extra_project: Project) ->
 def test_a_full_queue_is_503_with_retry_after_and_the_sdk_retries(extra_project: Project) -> None:
     extra_project.env.update(LLMPI_PARALLEL="1", LLMPI_QUEUE_MAX="1", LLMPI_MAX_TOKENS="0")
     key = _started(extra_project)
-    body = {"ignore_eos": True, "max_tokens": 150}
+    body = {"ignore_eos": True, "max_tokens": 800}  # ~10 s each here
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(_chat, extra_project.url, key, body)
-        time.sleep(1.5)
+        time.sleep(0.7)
         second = pool.submit(_chat, extra_project.url, key, body)
-        time.sleep(1.5)
+        time.sleep(0.7)
         third = _chat(extra_project.url, key, body, timeout=30)
         assert third.status_code == 503, third.text
         assert third.headers.get("Retry-After", "").isdigit()
@@ -209,6 +209,7 @@ def test_a_model_llama_server_cannot_load_is_unhealthy_with_the_reason_and_no_lo
     extra_project.env["LLMPI_MODEL"] = "/data/odd.gguf"
     extra_project.compose("create", "--no-build", "llmpi")
     extra_project.compose("start", "llmpi")
+    wait_for(lambda: "configuration error" in extra_project.logs(), 60)  # no such model yet: a refusal
     _put(extra_project, "/data/odd.gguf", llama_like(tmp_path / "odd.gguf").read_bytes())
     start = time.monotonic()
     extra_project.compose("restart", "llmpi")

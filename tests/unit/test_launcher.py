@@ -394,6 +394,11 @@ def test_repeated_start_failures_become_a_refusal(env: dict[str, str], monkeypat
     # the health check saw it serve: a later crash gets its attempts again
     Path(markers.start_attempts_path()).unlink()
     assert launcher.main([]) == 0 and not config_error_marker().exists()
+    # the launcher's own refusals (a wrong setting) are not failed starts of llama-server
+    monkeypatch.setenv("LLMPI_PARALLEL", "many")
+    for _ in range(launcher.MAX_START_ATTEMPTS + 2):
+        assert launcher.main([]) == 78
+    assert "LLMPI_PARALLEL='many'" in config_error_marker().read_text()
 
 
 def test_unexpected_launcher_errors_are_refusals_too(
