@@ -264,6 +264,7 @@ def test_image_urls_are_400(appliance: Project, api_key: str, url: str) -> None:
 def test_ordinary_keys_cannot_manage_models(extra_project: Project) -> None:
     extra_project.env.update(LLMPI_EMBEDDING_MODEL=EMBEDDED, LLMPI_EMBEDDING_ALIAS="gemma-embed")
     key = _started(extra_project)
+    wait_for(lambda: extra_project.docker_health() == "healthy", 120, pause=1)  # both models loaded
     h = _headers(key)
 
     def listing() -> dict[str, str]:
