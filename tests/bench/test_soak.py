@@ -34,6 +34,7 @@ def test_soak(appliance: Project, api_key: str) -> None:
             "--seconds", str(SECONDS),
             "--container", container,
             "--json", str(record_path),
+            "--fill-rounds", "1",
         ],
         capture_output=True,
         text=True,
@@ -56,10 +57,9 @@ def test_soak(appliance: Project, api_key: str) -> None:
     assert v["expected_statuses"], report
     assert summary["streams"]["complete"] > 0, report
 
-    # memory: measured at the start, after the warm-up and at the end; no restart; llama-server within the plan.
-    # The growth after the warm-up is recorded, not asserted: in 60 s llama-server's bounded memory (the unified KV
-    # cache's pages, first touched as its cells come into use, and the prompt cache) is still filling; the soak's
-    # default 600 s run (scripts/soak --container ...) judges it
+    # memory: measured at the start, after the warm-up and at the end; no restart; llama-server's anonymous memory
+    # within the plan. The growth after the warm-up is recorded, not asserted: one fill round in 60 s does not fill
+    # the prompt cache to its bound; the soak's default run (3 fill rounds, 600 s; docs/benchmarks.md) judges it
     assert memory is not None and not memory["errors"], report
     assert memory["plan"]["total_bytes"] > 0, "the launcher's plan line was not found in docker logs: " + report
     assert v["llama_server_not_restarted"], report
