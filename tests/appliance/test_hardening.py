@@ -155,9 +155,13 @@ def test_a_full_queue_is_503_with_retry_after_and_the_sdk_retries(extra_project:
 # --- 4. a stop is a drain -------------------------------------------------------------------------------------
 
 
-def test_stop_during_three_streams_finishes_them(extra_project: Project) -> None:
+@pytest.mark.parametrize("mode", ["one model", "router"])
+def test_stop_during_three_streams_finishes_them(extra_project: Project, mode: str) -> None:
     extra_project.env.update(LLMPI_MAX_TOKENS="0")
+    if mode == "router":  # the router and a model server behind it both drain
+        extra_project.env.update(LLMPI_EMBEDDING_MODEL=EMBEDDED, LLMPI_EMBEDDING_ALIAS="gemma-embed")
     key = _started(extra_project)
+    wait_for(lambda: extra_project.docker_health() == "healthy", 120, pause=1)
     started = [threading.Event() for _ in range(3)]
     with ThreadPoolExecutor(3) as pool:
         streams = [
