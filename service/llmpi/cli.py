@@ -24,8 +24,13 @@ def shorten(key: str) -> str:
     return key[:12] + "…" if len(key) > 16 else key[:4] + "…"
 
 
+def current_auth(s: Settings) -> keys.Auth:
+    """The configured or stored keys, as the launcher resolved them at start."""
+    return keys.resolve(s.auth, s.api_keys, s.api_keys_origin, s.data_dir)
+
+
 def keys_list(s: Settings) -> str:
-    auth = keys.resolve(s.auth, s.api_keys, s.api_keys_origin, s.data_dir)
+    auth = current_auth(s)
     if not auth.enabled:
         return "authentication is off (LLMPI_AUTH=off): the API takes no key"
     origin = {"stored": f"{s.data_dir / keys.KEY_FILE_NAME}", "generated": f"{s.data_dir / keys.KEY_FILE_NAME}"}
@@ -40,7 +45,7 @@ def keys_show(s: Settings, name: str | None) -> str:
         if name not in named:
             raise ConfigError(f"there is no key named {name!r} (llmpi keys list)")
         return named[name]
-    auth = keys.resolve(s.auth, s.api_keys, s.api_keys_origin, s.data_dir)
+    auth = current_auth(s)
     if not auth.enabled:
         raise ConfigError("authentication is off (LLMPI_AUTH=off): there is no key")
     if auth.source not in ("stored", "generated"):
@@ -50,7 +55,7 @@ def keys_show(s: Settings, name: str | None) -> str:
 
 def keys_add(s: Settings, name: str) -> str:
     keys.check_name(name)
-    auth = keys.resolve(s.auth, s.api_keys, s.api_keys_origin, s.data_dir)
+    auth = current_auth(s)
     if not auth.enabled:
         raise ConfigError("authentication is off (LLMPI_AUTH=off): a key would open nothing; turn it on first")
     named = keys.read_named_keys(s.data_dir)
@@ -68,7 +73,7 @@ def keys_revoke(s: Settings, name: str) -> str:
         raise ConfigError(f"there is no key named {name!r} (llmpi keys list)")
     del named[name]
     keys.write_named_keys(s.data_dir, named)
-    keys.write_server_keys(keys.resolve(s.auth, s.api_keys, s.api_keys_origin, s.data_dir), s.data_dir)
+    keys.write_server_keys(current_auth(s), s.data_dir)
     return f"revoked {name!r}: new requests with it are refused (401); requests already running finish"
 
 

@@ -274,6 +274,16 @@ def choose_slots(
     raise FitError(_too_big(est, budget, budget_source, what))
 
 
+def fixed_slots(
+    shape: ModelShape, budget: int, n_ctx: int, n_seq: int, extra: int, budget_source: str, extra_label: str, what: str
+) -> Estimate:
+    """The estimate for exactly n_seq slots sharing n_ctx tokens (a cache each); FitError naming `what` if too big."""
+    est = estimate(shape, n_ctx, n_seq, extra=extra, extra_label=extra_label, unified=False)
+    if est.total > budget:
+        raise FitError(_too_big(est, budget, budget_source, what))
+    return est
+
+
 def with_prompt_cache(est: Estimate, budget: int, requested: int | None, budget_source: str) -> Estimate:
     """Add the prompt cache. Auto: as large as the KV pool (a second copy of every slot's context; at least
     MIN_PROMPT_CACHE), at most what the budget has left, off when less than MIN_PROMPT_CACHE is left. A requested

@@ -43,7 +43,6 @@ class Plan:
     """What the launcher decided: the command line, the files to write before the exec, the lines worth logging."""
 
     argv: list[str]
-    env: dict[str, str]
     notes: list[str] = field(default_factory=list)
     files: dict[Path, str] = field(default_factory=dict)
 
@@ -191,9 +190,8 @@ def fit_memory(s: Settings, model: Model, second: SecondModel | None, budget: in
             # LLAMA_ARG_CTX_SIZE sizes the whole pool (0: the model's trained context); the fit covers it too
             pool = s.pool_ctx or model.shape.n_ctx_train or fit.MIN_CONTEXT
             n_seq = s.parallel or fit.MAX_SLOTS
-            est = fit.estimate(model.shape, pool, n_seq, extra=extra, extra_label=label, unified=False)
-            if est.total > budget:
-                raise fit.FitError(fit._too_big(est, budget, source, f"LLAMA_ARG_CTX_SIZE={s.pool_ctx or 0}"))
+            what = f"LLAMA_ARG_CTX_SIZE={s.pool_ctx or 0}"
+            est = fit.fixed_slots(model.shape, budget, pool, n_seq, extra, source, label, what)
         else:
             est = fit.choose_slots(model.shape, budget, s.ctx_size, s.parallel, extra, source, label)
         return fit.with_prompt_cache(est, budget, s.prompt_cache, source)
@@ -344,7 +342,7 @@ def plan(s: Settings, hw: hardware.Hardware) -> Plan:
     )
     if second is not None:
         notes.insert(1, f"embedding model {second.alias}: {second.estimate.breakdown()}")
-    return Plan(argv=argv, env={}, notes=notes, files=files)
+    return Plan(argv=argv, notes=notes, files=files)
 
 
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -388,7 +386,6 @@ def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.std
     p = plan(settings, hw)
     apply_keys(settings, out)
     write_files(p.files)
-    p.env = child_env(env)
     return p
 
 

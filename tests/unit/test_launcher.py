@@ -94,7 +94,7 @@ def test_settings_become_flags(env: dict[str, str], tmp_path: Path) -> None:
     assert key_file.read_text() == "sk-test-0123456789\n"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert "sk-test-0123456789" not in " ".join(p.argv)  # never on the command line (ps shows it)
-    assert "LLMPI_API_KEY" not in p.env
+    assert "LLMPI_API_KEY" not in launcher.child_env(env)
 
 
 def test_template_next_to_the_model_and_links(env: dict[str, str], tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_llama_arg_variables_win(env: dict[str, str]) -> None:
     p = launcher.prepare(env, HW, out=io.StringIO())
     f = flags(p.argv)
     assert "--threads" not in f and "--ctx-size" not in f
-    assert p.env["LLAMA_ARG_THREADS"] == "7"
+    assert launcher.child_env(env)["LLAMA_ARG_THREADS"] == "7"
     assert any("LLAMA_ARG_THREADS='7' given" in n for n in p.notes)
 
 
