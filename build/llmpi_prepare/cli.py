@@ -2,11 +2,14 @@
 
     llmpi-prepare plan REPO [--revision R] [--ram 8G | --target pi5-8gb] [--ctx 4096] [--quant auto]
     llmpi-prepare download REPO --out DIR [...]     (plan first; nothing is downloaded when it does not fit)
-    llmpi-prepare run REPO|PRESET --out DIR [--name NAME] [--keep] [--prebuilt]
+    llmpi-prepare run REPO|NAME --out DIR [--name NAME] [--keep] [--prebuilt]
                                    plan, download, convert, quantize, verify; writes NAME.gguf + NAME.json
-                                   (--prebuilt: a preset's ready GGUF instead; automatic when the pinned
+                                   (--prebuilt: a catalog entry's ready GGUF instead; automatic when the pinned
                                    converter cannot convert the model, e.g. LLaVA 1.6)
-    llmpi-prepare presets          the catalog (build/catalog.toml)
+    llmpi-prepare presets          the catalog (service/catalog.toml): name, kind, ready GGUF repo, boards, why
+
+NAME is a catalog entry. Entries without a transformers repo have ready GGUF files only: the appliance pulls
+those itself (LLMPI_MODEL=<name>, or `llmpi models pull <name>` in its container).
 
 Tokens: HF_TOKEN or HF_TOKEN_FILE. Hub: HF_ENDPOINT (default the public hub).
 """
@@ -18,9 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmpi import fit
+from llmpi import catalog, fit, quants
 
-from . import catalog, convert, hub, pipeline, plan, quants
+from . import convert, hub, pipeline, plan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("presets")
     for name in ("plan", "download", "run"):
         s = sub.add_parser(name)
-        s.add_argument("repo", help="a preset name, or a Hugging Face repo id, e.g. Qwen/Qwen2.5-1.5B-Instruct")
+        s.add_argument("repo", help="a catalog name, or a Hugging Face repo id, e.g. Qwen/Qwen2.5-1.5B-Instruct")
         s.add_argument("--revision", default=None, help="branch, tag or commit (default: main, pinned to its commit)")
         s.add_argument("--ram", default=None, help="memory of the target, e.g. 8G")
         s.add_argument("--target", default=None, choices=sorted(plan.TARGETS), help="a named board")
@@ -42,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--name", default=None, help="file name (without .gguf) of the result")
             s.add_argument("--keep", action="store_true", help="keep the download and the f16 intermediate")
-            s.add_argument("--prebuilt", action="store_true", help="use the preset's ready GGUF files")
+            s.add_argument("--prebuilt", action="store_true", help="use the catalog entry's ready GGUF files")
     return p
 
 
@@ -53,12 +56,12 @@ def say(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "presets":
-        for entry in catalog.load().values():
-            kind = "ready GGUF + convert" if entry.gguf_repo else "convert"
-            print(f"{entry.name:24} {entry.repo:40} {kind:22} {entry.boards}\n{'':24} {entry.description}")
+        print(presets(catalog.load()))
         return 0
     try:
         preset = catalog.load().get(args.repo)
+        if preset and not preset.repo:
+            raise hub.PrepareError(pipeline.prebuilt_only(preset.name))
         repo, revision = (preset.repo, args.revision or preset.revision) if preset else (args.repo, args.revision)
         quant = args.quant if args.quant.lower() == "auto" else quants.normalize(args.quant)
         memory, source = plan.memory_for(args.ram, args.target)
@@ -80,9 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def presets(entries: dict[str, catalog.Entry]) -> str:
+    """The catalog as a table: name, kind, ready GGUF repo, boards; under each, why this one and how
+    llmpi-prepare makes it (converted from its transformers repo, or its ready GGUF files only)."""
+    lines = [f"{'name':26} {'kind':10} {'ready GGUF files':40} boards"]
+    for e in entries.values():
+        source = f"converts {e.repo}" if e.repo else f"ready GGUF only: the appliance pulls it (LLMPI_MODEL={e.name})"
+        lines += [f"{e.name:26} {e.kind:10} {e.gguf_repo:40} {e.boards}", f"{'':26} {e.why}", f"{'':26} {source}"]
+    return "\n".join(lines)
+
+
 def run(
     args: argparse.Namespace,
-    preset: catalog.Preset | None,
+    preset: catalog.Entry | None,
     repo: str,
     revision: str | None,
     quant: str,
@@ -97,11 +110,11 @@ def run(
         except hub.PrepareError as e:
             if not preset.gguf_repo:
                 raise
-            say(f"{e}; using the preset's ready GGUF files from {preset.gguf_repo}")
+            say(f"{e}; using the catalog entry's ready GGUF files from {preset.gguf_repo}")
             prebuilt = True
     if prebuilt:
         if not preset:
-            raise hub.PrepareError("--prebuilt needs a preset (see: llmpi-prepare presets)")
+            raise hub.PrepareError("--prebuilt needs a catalog name (see: llmpi-prepare presets)")
         pipeline.run_prebuilt(
             preset, memory, source, args.out, quant=quant, n_ctx=args.ctx, token=token, name=args.name, say=say
         )

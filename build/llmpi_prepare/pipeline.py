@@ -16,9 +16,9 @@ from pathlib import Path
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
-from llmpi import fit
+from llmpi import catalog, fit, quants
 
-from . import catalog, convert, hub, plan, quants
+from . import convert, hub, plan
 from .hfshape import architecture, shape_from_config
 
 EMBEDDING_ARCH_SUFFIXES = ("Model",)  # BertModel, XLMRobertaModel, NomicBertModel...: encoders, no LM head
@@ -168,14 +168,17 @@ def run(
     return Result(final, final_mmproj, manifest_path)
 
 
-def _pick(files: dict[str, int], pattern: str) -> str | None:
-    """The file matching `pattern` (case-insensitive), not a projector; the shortest name when several do."""
-    hits = [f for f in files if fnmatch(f.lower(), pattern.lower()) and not f.lower().startswith("mmproj")]
+def _pick(files: dict[str, int], pattern: str, projector: bool = False) -> str | None:
+    """The file matching `pattern` (case-insensitive; the shortest name when several do). A model file is never a
+    projector: a name with "mmproj" in it only matches when `projector` is asked for."""
+    hits = [
+        f for f in files if fnmatch(f.lower(), pattern.lower()) and (projector or "mmproj" not in Path(f).name.lower())
+    ]
     return min(hits, key=len) if hits else None
 
 
 def run_prebuilt(
-    preset: catalog.Preset,
+    entry: catalog.Entry,
     memory: int,
     memory_source: str,
     out_dir: Path,
@@ -185,25 +188,29 @@ def run_prebuilt(
     name: str | None = None,
     say: Callable[[str], object] = print,
 ) -> Result:
-    """A ready GGUF (and projector) from the preset's gguf_repo: fitted with the real file sizes from the hub,
-    downloaded resumably, verified, with a manifest. For models the pinned converter cannot convert."""
-    if not preset.gguf_repo:
-        raise hub.PrepareError(f"preset {preset.name} names no repo of ready GGUF files")
-    base = hub.inspect(preset.repo, preset.revision, token)  # the model's shape, for the KV cache and buffers
+    """A ready GGUF (and projector) from the catalog entry's gguf_repo: fitted with the real file sizes from the
+    hub, downloaded resumably, verified, with a manifest. For models the pinned converter cannot convert. The fit
+    takes the model's shape from its transformers repo's config, so the entry must name one."""
+    if not entry.gguf_repo:
+        raise hub.PrepareError(f"{entry.name} names no repo of ready GGUF files")
+    if not entry.repo:
+        raise hub.PrepareError(prebuilt_only(entry.name))
+    base = hub.inspect(entry.repo, entry.revision, token)  # the model's shape, for the KV cache and buffers
     api = HfApi(token=token, endpoint=hub.endpoint())
     try:
-        info = api.model_info(preset.gguf_repo, files_metadata=True)
+        info = api.model_info(entry.gguf_repo, files_metadata=True)
     except HfHubHTTPError as e:
-        raise hub.explain(e, preset.gguf_repo, None) from None
+        raise hub.explain(e, entry.gguf_repo, None) from None
     files = {s.rfilename: int(s.size or 0) for s in (info.siblings or [])}
-    by_quant = {q: f for q in quants.QUANTS if (f := _pick(files, preset.gguf_pattern.format(quant=q)))}
+    by_quant = {q: f for q in quants.QUANTS if (f := _pick(files, entry.gguf_pattern.replace("{quant}", q)))}
     if not by_quant:
-        raise hub.PrepareError(f"{preset.gguf_repo} has no GGUF file matching {preset.gguf_pattern!r}")
-    mm_size = 0
-    if preset.mmproj:
-        if preset.mmproj not in files:
-            raise hub.PrepareError(f"{preset.gguf_repo} has no projector {preset.mmproj}")
-        mm_size = files[preset.mmproj]
+        raise hub.PrepareError(f"{entry.gguf_repo} has no GGUF file matching {entry.gguf_pattern!r}")
+    mmproj = ""
+    if entry.mmproj:
+        mmproj = _pick(files, entry.mmproj, projector=True) or ""
+        if not mmproj:
+            raise hub.PrepareError(f"{entry.gguf_repo} has no projector matching {entry.mmproj!r}")
+    mm_size = files[mmproj] if mmproj else 0
     shape = shape_from_config(base.config, base.n_params)
     budget = memory - fit.DEFAULT_RESERVE
     rows = quants.table_from_sizes(shape, {q: files[f] for q, f in by_quant.items()}, budget, n_ctx, extra=mm_size)
@@ -211,16 +218,16 @@ def run_prebuilt(
         chosen = quants.choose(rows, quant)
     except fit.FitError as e:
         raise fit.FitError(
-            f"{preset.name} does not fit in {fit.fmt_bytes(memory)} ({memory_source}): {e}\n"
+            f"{entry.name} does not fit in {fit.fmt_bytes(memory)} ({memory_source}): {e}\n"
             f"{quants.render(rows, budget)}"
         ) from None
-    say(f"{preset.gguf_repo}@{(info.sha or '')[:12]}: ready GGUF files\n" + quants.render(rows, budget, chosen.quant))
+    say(f"{entry.gguf_repo}@{(info.sha or '')[:12]}: ready GGUF files\n" + quants.render(rows, budget, chosen.quant))
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = name or f"{preset.name}.{chosen.quant}"
+    stem = name or f"{entry.name}.{chosen.quant}"
     final, manifest_path = out_dir / f"{stem}.gguf", out_dir / f"{stem}.json"
-    final_mm = out_dir / f"{stem}.mmproj.gguf" if preset.mmproj else None
-    work = out_dir / f".prepare-{preset.gguf_repo.replace('/', '--')}-{(info.sha or 'main')[:12]}"
-    wanted = [by_quant[chosen.quant]] + ([preset.mmproj] if preset.mmproj else [])
+    final_mm = out_dir / f"{stem}.mmproj.gguf" if mmproj else None
+    work = out_dir / f".prepare-{entry.gguf_repo.replace('/', '--')}-{(info.sha or 'main')[:12]}"
+    wanted = [by_quant[chosen.quant]] + ([mmproj] if mmproj else [])
     need = sum(files[f] for f in wanted)
     hub.require_disk(out_dir, need, ", ".join(wanted))
     got: list[Path] = []
@@ -230,15 +237,16 @@ def run_prebuilt(
             got.append(
                 Path(
                     hf_hub_download(
-                        preset.gguf_repo, f, revision=info.sha, token=token, local_dir=work, endpoint=hub.endpoint()
+                        entry.gguf_repo, f, revision=info.sha, token=token, local_dir=work, endpoint=hub.endpoint()
                     )
                 )
             )
         except HfHubHTTPError as e:
-            raise hub.explain(e, preset.gguf_repo, info.sha) from None
-    model_file, mm_file = got[0], (got[1] if preset.mmproj else None)
+            raise hub.explain(e, entry.gguf_repo, info.sha) from None
+    model_file, mm_file = got[0], (got[1] if mmproj else None)
+    embedding = entry.kind == "embedding"
     say("verifying with llama-server")
-    check = convert.verify(model_file, mm_file)
+    check = convert.verify(model_file, mm_file, embedding=embedding)
     os.replace(model_file, final)
     if mm_file is not None and final_mm is not None:
         os.replace(mm_file, final_mm)
@@ -246,14 +254,14 @@ def run_prebuilt(
         manifest_path,
         _manifest(
             source={
-                "repo": preset.gguf_repo,
+                "repo": entry.gguf_repo,
                 "revision": info.sha,
                 "file": wanted[0],
                 "model_repo": base.repo_id,
                 "model_revision": base.revision,
             },
-            architecture=preset.architecture,
-            kind="chat",
+            architecture=entry.architecture,
+            kind="embedding" if embedding else "chat",
             quant=chosen.quant,
             final=final,
             final_mmproj=final_mm,
@@ -266,3 +274,11 @@ def run_prebuilt(
     shutil.rmtree(work, ignore_errors=True)
     say(f"ready: {final} ({final.stat().st_size / 1e9:.2f} GB, {chosen.quant}); serve it with LLMPI_MODEL={final}")
     return Result(final, final_mm, manifest_path)
+
+
+def prebuilt_only(name: str) -> str:
+    """What to do with a catalog entry that has ready GGUF files and no transformers repo to convert."""
+    return (
+        f"{name} has only ready GGUF files: pull it with `docker compose exec llmpi llmpi models pull {name}` "
+        f"(or LLMPI_MODEL={name})"
+    )

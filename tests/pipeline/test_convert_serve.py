@@ -232,14 +232,15 @@ def test_minilm_embeddings_match_the_reference(project: Project, prepare_image: 
 
 
 def test_ready_gguf_fallback_when_the_converter_cannot(project: Project, hub: Hub, tmp_path: Path) -> None:
-    # a preset whose architecture the pinned converter does not handle (like LLaVA 1.6): its ready GGUF is used
+    # a catalog entry whose architecture the pinned converter does not handle (like LLaVA 1.6): its ready GGUF is
+    # used
     gguf = copy_out(project, "/data/models/tiny-llama.Q4_K_M.gguf")
     hub.repos["test/tiny-llama-GGUF"] = Repo({"tiny-llama.Q4_K_M.gguf": gguf, "README.md": b"ready files"})
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(
-        '[presets."tiny-ready"]\nrepo = "test/tiny-llama"\nrevision = "main"\n'
-        'architecture = "LlavaNextForConditionalGeneration"\ngguf_repo = "test/tiny-llama-GGUF"\n'
-        'gguf_pattern = "*{quant}*.gguf"\n'
+        '[models."tiny-ready"]\nkind = "chat"\ngguf_repo = "test/tiny-llama-GGUF"\ngguf_pattern = "*{quant}*.gguf"\n'
+        'description = "the tiny test model"\nwhy = "its ready GGUF stands in for LLaVA 1.6\'s"\nboards = "any"\n'
+        'repo = "test/tiny-llama"\nrevision = "main"\narchitecture = "LlavaNextForConditionalGeneration"\n'
     )
     os.chmod(tmp_path, 0o755)
     r = project.compose(
@@ -262,7 +263,7 @@ def test_ready_gguf_fallback_when_the_converter_cannot(project: Project, hub: Hu
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "architecture LlavaNextForConditionalGeneration is not supported" in r.stdout
-    assert "using the preset's ready GGUF files from test/tiny-llama-GGUF" in r.stdout
+    assert "using the catalog entry's ready GGUF files from test/tiny-llama-GGUF" in r.stdout
     manifest = json.loads(copy_out(project, "/data/models/tiny-ready.Q4_K_M.json"))
     assert manifest["source"]["repo"] == "test/tiny-llama-GGUF"
     assert manifest["source"]["file"] == "tiny-llama.Q4_K_M.gguf"

@@ -1,0 +1,113 @@
+"""The catalog (service/catalog.toml): every entry complete and pullable by name; the README's table and examples
+agree with it; llmpi-prepare's view of it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from llmpi import catalog
+from llmpi_prepare import cli, pipeline
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parent.parent.parent
+README = (ROOT / "README.md").read_text()
+ENTRIES = catalog.load(ROOT / "service" / "catalog.toml")
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def test_the_default_catalog_is_the_one_in_service() -> None:
+    assert catalog.DEFAULT_CATALOG == ROOT / "service" / "catalog.toml"
+
+
+def test_the_catalog_has_chat_vision_and_embedding_models_for_every_board() -> None:
+    kinds = {e.kind for e in ENTRIES.values()}
+    assert kinds == set(catalog.KINDS)
+    assert {"qwen3-4b-instruct", "gemma-3-4b-it"} <= set(ENTRIES)
+    assert ENTRIES["gemma-3-4b-it"].kind == "vision"
+    for board in ("4 GB", "8 GB", "16 GB"):
+        assert any(board in e.boards for e in ENTRIES.values()), board
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_every_entry_is_complete(name: str) -> None:
+    e = ENTRIES[name]
+    assert NAME.fullmatch(name), f"{name!r}: names are lowercase, without spaces or '/'"
+    assert e.kind in catalog.KINDS
+    assert REPO.fullmatch(e.gguf_repo), e.gguf_repo
+    for field in ("description", "why", "boards"):
+        text = getattr(e, field)
+        assert text.strip() and "\n" not in text, f"{name}: {field} is one line"
+    assert "{quant}" in e.gguf_pattern and e.gguf_pattern.lower().endswith(".gguf")
+    assert e.quant == "auto" or e.quant.upper() == e.quant
+    if e.kind == "vision":
+        assert e.mmproj.lower().endswith(".gguf"), f"{name}: a vision entry names its projector"
+        assert "mmproj" in e.mmproj.lower()
+    else:
+        assert not e.mmproj
+    if e.repo:  # llmpi-prepare converts it: the transformers repo and the class the converter keys on
+        assert REPO.fullmatch(e.repo) and e.architecture and e.revision
+
+
+def test_readme_catalog_table_lists_exactly_the_catalog() -> None:
+    section = README.split("### The catalog", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| ([^|]+) \|", section, re.MULTILINE)
+    assert [name for name, _, _ in rows] == list(ENTRIES)
+    for name, kind, boards in rows:
+        assert (kind, boards.strip()) == (ENTRIES[name].kind, ENTRIES[name].boards)
+
+
+def test_names_in_readme_examples_are_in_the_catalog() -> None:
+    words = re.findall(
+        r"(?:LLMPI_(?:EMBEDDING_)?MODEL=|LLMPI_BAKE_MODEL=|llmpi models (?:pull|rm|show) |prepare run )([^\s`'\")]+)",
+        README,
+    )
+    # paths (/data/...), hub repos (owner/name) and placeholders (<name>) are not catalog names
+    used = {w for w in words if "/" not in w and not w.startswith(("<", "$"))}
+    assert "qwen3-4b-instruct" in used  # the README's own example
+    assert used <= set(ENTRIES), used - set(ENTRIES)
+    # llmpi-prepare (and so a baked image) converts: the names it is shown with have a transformers repo
+    converted = re.findall(r"(?:LLMPI_BAKE_MODEL=|prepare run )([a-z0-9][a-z0-9._-]*)\s", README)
+    assert converted and all(ENTRIES[name].repo for name in converted), converted
+
+
+def test_model_files_and_projectors_are_told_apart() -> None:
+    files = {
+        "gemma-3-4b-it-Q4_K_M.gguf": 1,
+        "gemma-3-4b-it-f16.gguf": 1,
+        "mmproj-model-f16.gguf": 1,
+        "README.md": 1,
+    }
+    e = ENTRIES["gemma-3-4b-it"]
+    assert pipeline._pick(files, e.gguf_pattern.replace("{quant}", "Q4_K_M")) == "gemma-3-4b-it-Q4_K_M.gguf"
+    assert pipeline._pick(files, e.gguf_pattern.replace("{quant}", "F16")) == "gemma-3-4b-it-f16.gguf"
+    assert pipeline._pick(files, "*{quant}*.gguf".replace("{quant}", "F16")) == "gemma-3-4b-it-f16.gguf"
+    assert pipeline._pick(files, e.mmproj, projector=True) == "mmproj-model-f16.gguf"
+    assert pipeline._pick(files, "*Q8_0*.gguf") is None
+
+
+@pytest.mark.parametrize("command", ["plan", "download", "run"])
+def test_prepare_sends_ready_gguf_only_entries_to_the_appliance(
+    command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LLMPI_CATALOG", raising=False)
+    name = next(n for n, e in ENTRIES.items() if not e.repo)
+    args = [command, name, "--ram", "8G"] + (["--out", str(tmp_path)] if command != "plan" else [])
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{name} has only ready GGUF files" in err
+    assert f"docker compose exec llmpi llmpi models pull {name}" in err and f"LLMPI_MODEL={name}" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_prepare_lists_the_catalog(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLMPI_CATALOG", raising=False)
+    assert cli.main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for e in ENTRIES.values():
+        row = rf"^{re.escape(e.name)} +{e.kind} +{re.escape(e.gguf_repo)} +{re.escape(e.boards)}$"
+        assert re.search(row, out, re.MULTILINE), e.name
+        assert e.why in out
