@@ -173,7 +173,6 @@ RUN groupadd --system --gid 10001 llmpi \
  && mkdir -p /data/models && chown -R llmpi:llmpi /data && chmod 0700 /data
 COPY service/ /opt/llmpi/service/
 COPY build/llmpi_prepare/ /opt/llmpi/build/llmpi_prepare/
-COPY build/catalog.toml /opt/llmpi/build/catalog.toml
 ENV PATH=/opt/venv/bin:/opt/llama/bin:$PATH \
     PYTHONPATH=/opt/llmpi/service:/opt/llmpi/build \
     PYTHONUNBUFFERED=1 \
@@ -186,11 +185,24 @@ ENTRYPOINT ["python3", "-m", "llmpi_prepare.cli"]
 CMD ["--help"]
 
 # ---------------------------------------------------------------------------------------------------------------
+# pylib: the runtime's one Python library from PyPI (huggingface_hub, pure Python, hash-checked), installed on the
+# build platform and copied into the runtime stage
+FROM tools AS pylib
+COPY build/runtime.requirements.txt /tmp/runtime.requirements.txt
+RUN --mount=type=secret,id=cacert \
+    set -eu; \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi; \
+    pip install --quiet --no-deps --require-hashes --no-compile --target /opt/pylib -r /tmp/runtime.requirements.txt; \
+    rm -rf /opt/pylib/bin
+
+# ---------------------------------------------------------------------------------------------------------------
 FROM ${DEBIAN_TARGET_IMAGE} AS runtime
 # python3 (supervisor, the launcher) minus what nothing here runs: Python's own tests and test modules, its IDE and
-# docs, supervisor's tests (docs/benchmarks.md: runtime image 149.0 MB)
+# docs, supervisor's tests (docs/benchmarks.md: runtime image 149.0 MB); huggingface_hub's dependencies and the CA
+# certificates, to pull models from the hub (docs/models.md: what they add)
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 supervisor libgomp1 \
+ && apt-get install -y --no-install-recommends python3 supervisor libgomp1 ca-certificates python3-requests \
+      python3-yaml python3-tqdm python3-filelock python3-packaging python3-typing-extensions python3-fsspec \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && rm -rf /usr/lib/python3.*/test /usr/lib/python3.*/pydoc_data /usr/lib/python3.*/ensurepip \
            /usr/lib/python3.*/idlelib /usr/lib/python3.*/turtledemo /usr/lib/python3.*/lib2to3 \
@@ -199,15 +211,21 @@ RUN apt-get update \
            /usr/lib/python3/dist-packages/supervisor/tests /usr/share/doc/* /usr/share/man/* \
  && groupadd --system --gid 10001 llmpi \
  && useradd --system --uid 10001 --gid llmpi --home-dir /data --no-create-home --shell /usr/sbin/nologin llmpi \
- && mkdir -p /data /opt/llmpi/models \
- && chown llmpi:llmpi /data && chmod 0700 /data
+ && mkdir -p /data/models /opt/llmpi/models \
+ && chown -R llmpi:llmpi /data && chmod 0700 /data
 COPY --from=llama /opt/llama/bin/ /opt/llama/bin/
+COPY --from=pylib /opt/pylib/ /opt/llmpi/lib/
 COPY service/ /opt/llmpi/service/
+# huggingface_hub: its cache and token lookups on the data volume, no telemetry, no progress bars (the launcher
+# logs the pull's progress itself)
 ENV PATH=/opt/llmpi/service/bin:/opt/llama/bin:$PATH \
-    PYTHONPATH=/opt/llmpi/service \
+    PYTHONPATH=/opt/llmpi/service:/opt/llmpi/lib \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    LLMPI_DATA_DIR=/data
+    LLMPI_DATA_DIR=/data \
+    HF_HOME=/data/.cache/huggingface \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    HF_HUB_DISABLE_PROGRESS_BARS=1
 USER llmpi
 WORKDIR /data
 VOLUME ["/data"]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmpi import fit, hardware
+from llmpi import fit, hardware, quants
 
-from . import quants
 from .hfshape import shape_from_config
 from .hub import RemoteModel
 

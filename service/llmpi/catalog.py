@@ -1,4 +1,8 @@
-"""Presets (build/catalog.toml): known-good models for 4, 8 and 16 GB boards."""
+"""The catalog (service/catalog.toml): models worth running on 4, 8 and 16 GB boards, by name.
+
+`LLMPI_MODEL=<name>` and `llmpi models pull <name>` fetch an entry's ready GGUF files; `llmpi-prepare run <name>`
+converts its transformers repo instead (entries that have one).
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog.toml"
+KINDS = ("chat", "vision", "embedding")
+
+
+class CatalogError(ValueError):
+    """The catalog file is malformed (a missing field, an unknown kind)."""
 
 
 @dataclass(frozen=True)
-class Preset:
+class Entry:
     name: str
-    repo: str
-    revision: str
-    architecture: str
-    description: str = ""
-    gguf_repo: str = ""
-    gguf_pattern: str = "*{quant}*.gguf"
-    mmproj: str = ""
-    boards: str = ""
+    kind: str  # chat | vision | embedding
+    gguf_repo: str  # a hub repo of ready GGUF files
+    description: str
+    why: str  # why this one: what it is good at, on which boards
+    boards: str
+    gguf_pattern: str = "*{quant}*.gguf"  # {quant} is replaced; matched case-insensitively
+    mmproj: str = ""  # vision: the projector's file in gguf_repo (a pattern)
+    quant: str = "auto"  # the quant to pull when none is asked for
+    # the transformers repo, for llmpi-prepare's conversion (empty: ready GGUF only)
+    repo: str = ""
+    revision: str = "main"
+    architecture: str = ""
 
 
-def load(path: Path | None = None) -> dict[str, Preset]:
+def load(path: Path | None = None) -> dict[str, Entry]:
     p = path or Path(os.environ.get("LLMPI_CATALOG", DEFAULT_CATALOG))
     data = tomllib.loads(p.read_text())
-    presets = {}
-    for name, fields in data.get("presets", {}).items():
-        presets[name] = Preset(name=name, **fields)
-    return presets
+    entries = {}
+    for name, fields in data.get("models", {}).items():
+        try:
+            entry = Entry(name=name, **fields)
+        except TypeError as e:
+            raise CatalogError(f"{p}: [models.{name!r}]: {e}") from None
+        if entry.kind not in KINDS:
+            raise CatalogError(f"{p}: [models.{name!r}]: kind {entry.kind!r} is not one of {', '.join(KINDS)}")
+        entries[name] = entry
+    return entries

@@ -4,8 +4,10 @@
     llmpi keys show [NAME]     print a key: the generated one, or a named one
     llmpi keys add NAME        make a key for one device (printed once, here, never in the log)
     llmpi keys revoke NAME     remove a named key
+    llmpi models [list|pull NAME|rm NAME [--force]|show NAME]   the models on this board (llmpi.models_cli)
 
-A change takes effect at once: llama-server re-reads its key file when it changes; requests already running finish.
+A key change takes effect at once: llama-server re-reads its key file when it changes; requests already running
+finish.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import keys
+from . import keys, models_cli
 from .config import ConfigError
 from .settings import Settings
 
@@ -88,14 +90,37 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     revoke = k.add_parser("revoke", help="remove a named key")
     revoke.add_argument("name")
+    m = sub.add_parser("models", help="the models on this board").add_subparsers(dest="action")
+    m.add_parser("list", help="name, kind, quant, size, loaded or not")
+    pull = m.add_parser("pull", help="download a model: a catalog name or a hub repo (owner/name[:QUANT])")
+    pull.add_argument("name")
+    rm = m.add_parser("rm", help="remove a pulled model")
+    rm.add_argument("name")
+    rm.add_argument("--force", action="store_true", help="even the model LLMPI_MODEL serves")
+    show = m.add_parser("show", help="a model's manifest")
+    show.add_argument("name")
     return p
+
+
+def models_main(args: argparse.Namespace, s: Settings) -> None:
+    if args.action in (None, "list"):
+        print(models_cli.models_list(s))
+        print(models_cli.disk_line(s))
+    elif args.action == "pull":
+        print(models_cli.models_pull(s, args.name, sys.stdout))
+    elif args.action == "rm":
+        print(models_cli.models_rm(s, args.name, args.force, sys.stdout))
+    else:
+        print(models_cli.models_show(s, args.name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         s = Settings.read(os.environ)
-        if args.action == "list":
+        if args.command == "models":
+            models_main(args, s)
+        elif args.action == "list":
             print(keys_list(s))
         elif args.action == "show":
             print(keys_show(s, args.name))

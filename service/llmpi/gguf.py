@@ -193,6 +193,18 @@ class _ArrayLen(int):
     """Stands for a long array that was skipped; its value is the array's length."""
 
 
+class HeaderTruncated(GGUFError):
+    """The bytes given end inside the header: read more of the file (a partial read over HTTP)."""
+
+
+class _PrefixReader(_Reader):
+    """Reads the first bytes of a longer file: running out means "fetch more", not a truncated file."""
+
+    def _need(self, n: int) -> None:
+        if self.pos + n > len(self.buf):
+            raise HeaderTruncated(f"{self.path}: the header goes on past byte {len(self.buf)}")
+
+
 def read_gguf(path: str | Path) -> GGUFInfo:
     """Read a GGUF file's metadata and tensor table. Raises GGUFError (with the reason) or OSError."""
     p = Path(path)
@@ -200,29 +212,35 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     if size < 24:
         raise GGUFError(f"{p} is not a GGUF model ({size} bytes)")
     with p.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != GGUF_MAGIC:
-            raise GGUFError(f"{p} is not a GGUF model (it starts with {bytes(buf[:4])!r}, not b'GGUF')")
-        r = _Reader(buf, p)
-        r.pos = 4
-        version = r.scalar("<I")
-        if version not in (2, 3):
-            raise GGUFError(f"{p} has GGUF version {version}; llama.cpp reads versions 2 and 3")
-        n_tensors = r.scalar("<Q")
-        n_kv = r.scalar("<Q")
-        if n_tensors > 1_000_000 or n_kv > 1_000_000:
-            raise GGUFError(f"{p} has an implausible header ({n_tensors} tensors, {n_kv} keys)")
-        metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = r.string()
-            metadata[key] = r.value(r.scalar("<I"))
-        tensors = []
-        for _ in range(n_tensors):
-            name = r.string()
-            n_dims = r.scalar("<I")
-            if n_dims > 8:
-                raise GGUFError(f"{p}: tensor {name!r} has {n_dims} dimensions")
-            shape = tuple(r.scalar("<Q") for _ in range(n_dims))
-            tensors.append(TensorInfo(name, shape, r.scalar("<I"), r.scalar("<Q")))
-        alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT)) or DEFAULT_ALIGNMENT
-        data_offset = (r.pos + alignment - 1) // alignment * alignment
+        return parse_gguf(buf, p, size)
+
+
+def parse_gguf(buf: mmap.mmap | bytes, p: Path, size: int) -> GGUFInfo:
+    """The metadata and tensor table from the file's first bytes (`buf`; all of it, or a prefix of a file of `size`
+    bytes: HeaderTruncated when the header goes on past the prefix)."""
+    r = _PrefixReader(buf, p) if len(buf) < size else _Reader(buf, p)
+    if buf[:4] != GGUF_MAGIC:
+        raise GGUFError(f"{p} is not a GGUF model (it starts with {bytes(buf[:4])!r}, not b'GGUF')")
+    r.pos = 4
+    version = r.scalar("<I")
+    if version not in (2, 3):
+        raise GGUFError(f"{p} has GGUF version {version}; llama.cpp reads versions 2 and 3")
+    n_tensors = r.scalar("<Q")
+    n_kv = r.scalar("<Q")
+    if n_tensors > 1_000_000 or n_kv > 1_000_000:
+        raise GGUFError(f"{p} has an implausible header ({n_tensors} tensors, {n_kv} keys)")
+    metadata: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = r.string()
+        metadata[key] = r.value(r.scalar("<I"))
+    tensors = []
+    for _ in range(n_tensors):
+        name = r.string()
+        n_dims = r.scalar("<I")
+        if n_dims > 8:
+            raise GGUFError(f"{p}: tensor {name!r} has {n_dims} dimensions")
+        shape = tuple(r.scalar("<Q") for _ in range(n_dims))
+        tensors.append(TensorInfo(name, shape, r.scalar("<I"), r.scalar("<Q")))
+    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT)) or DEFAULT_ALIGNMENT
+    data_offset = (r.pos + alignment - 1) // alignment * alignment
     return GGUFInfo(p, size, version, metadata, tensors, data_offset)

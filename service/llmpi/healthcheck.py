@@ -46,6 +46,25 @@ def models_not_loaded(base: str) -> list[str]:
     return [f"{m} ({status.get(m, 'missing')})" for m in wanted if status.get(m) != "loaded"]
 
 
+def pull_line(body: str) -> str:
+    """The launcher's pull, from /health's 503 body: what, how far, how fast."""
+    try:
+        pull = json.loads(body).get("pull") or {}
+    except ValueError:
+        return "downloading the model"
+    rate = pull.get("rate_bytes_per_s")
+    speed = f" at {rate / 1e6:.1f} MB/s" if rate else ""
+    return f"downloading {pull.get('model', 'the model')}: {pull.get('state', '')} {pull.get('percent', 0)}%{speed}"
+
+
+def pulling_now() -> str:
+    """The pull's progress from its file, for when the status page is not answering."""
+    try:
+        return "; " + pull_line(json.dumps({"pull": json.loads((runtime_dir() / "pull.json").read_text())}))
+    except (OSError, ValueError):
+        return ""
+
+
 def probe(base: str) -> tuple[str, str]:
     """One look: ("ok" | "starting" | "failed", what was seen)."""
     marker = config_error_marker()
@@ -61,15 +80,17 @@ def probe(base: str) -> tuple[str, str]:
             return "starting", "not loaded yet: " + ", ".join(waiting)
         return "ok", f"{url}: 200"
     except urllib.error.HTTPError as e:
-        body = e.read(2000).decode(errors="replace")
+        body = e.read(4000).decode(errors="replace")
+        if e.code == 503 and '"pulling"' in body:
+            return "starting", f"{url}: 503 ({pull_line(body)})"
         if e.code == 503 and "loading" in body.lower():
             return "starting", f"{url}: 503 (loading the model)"
         return "failed", f"{url}: {e.code} {body.strip()[:300]}"
     except (ConnectionRefusedError, ConnectionResetError) as e:
-        return "starting", f"{url}: not answering yet ({e})"
+        return "starting", f"{url}: not answering yet ({e}){pulling_now()}"
     except urllib.error.URLError as e:
         if isinstance(e.reason, ConnectionRefusedError | ConnectionResetError):
-            return "starting", f"{url}: not answering yet ({e.reason})"
+            return "starting", f"{url}: not answering yet ({e.reason}){pulling_now()}"
         return "failed", f"{url}: {e.reason}"
     except OSError as e:  # a timeout: up, but not answering
         return "failed", f"{url}: {e}"

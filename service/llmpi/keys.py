@@ -179,7 +179,18 @@ def write_server_keys(auth: Auth, data_dir: Path) -> Path:
     return path
 
 
-def write_admin_keys(raw: str) -> Path:
+def write_admin_keys(raw: str | None) -> Path:
+    """The router's admin keys (model management): a key generated at each start, first, for `llmpi models` inside
+    the container (it never leaves the runtime directory), then LLMPI_ADMIN_KEY's, if set."""
     path = admin_keys_file()
-    write_private(path, canonical(parse_keys(raw, "LLMPI_ADMIN_KEY")))
+    user = parse_keys(raw, "LLMPI_ADMIN_KEY") if raw is not None else []
+    write_private(path, canonical([generate_key(), *user]))
     return path
+
+
+def internal_admin_key() -> str | None:
+    """The admin key generated at this container's start (None before the launcher ran)."""
+    try:
+        return admin_keys_file().read_text().splitlines()[0].strip() or None
+    except (OSError, IndexError):
+        return None

@@ -14,6 +14,8 @@ server's key file), the runtime files (preset, health.json), and the exec.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -23,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from . import fit, hardware, keys, markers
+from . import catalog, fit, hardware, keys, markers, pull
 from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, runtime_dir
 from .gguf import GGUFError, GGUFInfo, read_gguf
 from .settings import DRAIN_SECONDS, LOG_LEVELS, Settings
+from .statuspage import StatusPage
 
 DEFAULT_MODEL = "/opt/llmpi/models/default.gguf"  # a link to the embedded model, in the `appliance` image
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the chat page, served by llama-server at /
@@ -56,10 +59,14 @@ class Model:
     embeddings: bool
 
 
-class SecondModel(NamedTuple):
+class Served(NamedTuple):
+    """One model the router serves: its preset section's options, the memory it takes when loaded, its kind."""
+
     alias: str
     options: list[Option]
     estimate: fit.Estimate
+    kind: str  # chat | vision | embedding
+    startup: bool  # loaded at start (the default and the embedding model); the others on first request
 
 
 def model_alias(alias: str, model: Path) -> str:
@@ -137,18 +144,12 @@ def load_model(s: Settings) -> Model:
     )
 
 
-def load_embedding_model(s: Settings, threads: int) -> SecondModel | None:
-    """LLMPI_EMBEDDING_MODEL: a second model, for /v1/embeddings, served beside the chat model (router mode)."""
-    if not s.embedding_model:
-        return None
-    try:
-        info = check_model(s.embedding_model)
-    except ConfigError as e:
-        raise ConfigError(f"LLMPI_EMBEDDING_MODEL: {e}") from None
+def embedding_served(path: Path, alias: str, parallel: int, threads: int, startup: bool) -> Served:
+    """An embedding model's section: each input whole (non-causal), one slot holds its trained context, in one
+    micro-batch."""
+    info = check_model(str(path))
     shape = fit.ModelShape.from_gguf(info)
-    # an embedding model sees each input whole (non-causal): one slot holds its trained context, in one micro-batch
     n_ctx = min(shape.n_ctx_train or fit.MIN_CONTEXT, fit.DEFAULT_CONTEXT_CAP)
-    parallel = s.embedding_parallel
     est = fit.estimate(shape, n_ctx * parallel, parallel, n_ubatch=n_ctx)
     opts: list[Option] = [
         ("LLAMA_ARG_MODEL", "--model", str(info.path)),
@@ -163,7 +164,17 @@ def load_embedding_model(s: Settings, threads: int) -> SecondModel | None:
         ("LLAMA_ARG_QUEUE_MAX", "--queue-max", str(parallel * 4)),
         ("LLAMA_ARG_DRAIN_TIMEOUT", "--drain-timeout", str(DRAIN_SECONDS)),
     ]
-    return SecondModel(model_alias(s.embedding_alias, info.path), opts, est)
+    return Served(model_alias(alias, info.path), opts, est, "embedding", startup)
+
+
+def load_embedding_model(s: Settings, threads: int) -> Served | None:
+    """LLMPI_EMBEDDING_MODEL: a second model, for /v1/embeddings, served beside the chat model (router mode)."""
+    if not s.embedding_model:
+        return None
+    try:
+        return embedding_served(Path(s.embedding_model), s.embedding_alias, s.embedding_parallel, threads, True)
+    except ConfigError as e:
+        raise ConfigError(f"LLMPI_EMBEDDING_MODEL: {e}") from None
 
 
 def memory_budget(s: Settings, hw: hardware.Hardware) -> tuple[int, str]:
@@ -175,16 +186,20 @@ def memory_budget(s: Settings, hw: hardware.Hardware) -> tuple[int, str]:
     )
 
 
-def fit_memory(s: Settings, model: Model, second: SecondModel | None, budget: int, source: str) -> fit.Estimate:
-    """Slots, context per request and prompt cache that fit the budget beside the projector or second model."""
+def fit_memory(
+    s: Settings, model: Model, second: Served | None, budget: int, source: str, router: bool = False
+) -> fit.Estimate:
+    """Slots, context per request and prompt cache that fit the budget beside the projector, the embedding model
+    (always loaded) and the router (a llama-server without a model) when there is one."""
     projector = model.mmproj.stat().st_size if model.mmproj else 0
     extra, label = projector, "projector"
-    if second is not None:
-        # the embedding model's own llama-server, and the router (a llama-server without a model)
-        second_total = second.estimate.total + fit.ROUTER_OVERHEAD
+    if second is not None or router:
+        second_total = (second.estimate.total if second else 0) + fit.ROUTER_OVERHEAD
         extra += second_total
-        label = ("projector + " if projector else "") + "embedding model and router"
-        source += f"; the embedding model and the router take {fit.fmt_bytes(second_total)} of it"
+        what = "embedding model and router" if second is not None else "router"
+        label = ("projector + " if projector else "") + what
+        taker = "the embedding model and the router take" if second is not None else "the router takes"
+        source += f"; {taker} {fit.fmt_bytes(second_total)} of it"
     try:
         if s.pool_ctx is not None or s.trained_ctx:
             # LLAMA_ARG_CTX_SIZE sizes the whole pool (0: the model's trained context); the fit covers it too
@@ -261,8 +276,8 @@ def server_options(s: Settings, router: bool) -> list[Option]:
         opts.append(("LLAMA_ARG_API_KEY_FILE", "--api-key-file", str(keys.server_keys_file())))
     if router:
         opts.append(("LLAMA_ARG_DRAIN_TIMEOUT", "--drain-timeout", str(DRAIN_SECONDS)))
-        if s.admin_keys is not None:
-            opts.append(("LLAMA_ARG_ADMIN_KEY_FILE", "--admin-key-file", str(keys.admin_keys_file())))
+        # model management: the key generated for `llmpi models` inside the container, and LLMPI_ADMIN_KEY's
+        opts.append(("LLAMA_ARG_ADMIN_KEY_FILE", "--admin-key-file", str(keys.admin_keys_file())))
     return opts
 
 
@@ -282,30 +297,71 @@ def render_argv(opts: list[Option]) -> list[str]:
     return [arg for _, flag, value in opts for arg in ([flag] if value is None else [flag, value])]
 
 
-def render_ini(name: str, opts: list[Option]) -> str:
+def render_ini(name: str, opts: list[Option], kind: str, startup: bool) -> str:
     """One section of llama-server's --models-preset file (keys are the long flags without dashes)."""
     lines = [f"[{name}]"]
     for _, flag, value in opts:
         if "\n" in (value or "") or "\r" in (value or ""):
             raise ConfigError(f"{flag} for {name}: a value with a line break cannot go into the models preset")
         lines.append(f"{flag.lstrip('-')} = {'true' if value is None else value}")
-    lines.append("load-on-startup = true")
+    lines.append(f"tags = {kind}")
+    lines.append(f"load-on-startup = {'true' if startup else 'false'}")
     return "\n".join(lines) + "\n"
 
 
-def router_preset(s: Settings, notes: list[str], chat: tuple[str, list[Option]], second: SecondModel) -> str:
+def models_max(served: Sequence[Served], budget: int) -> int:
+    """How many models may be loaded at once: as many of the largest as fit the budget together (so any that many
+    fit), never fewer than those loaded at start. The router unloads the least recently used one beyond that."""
+    total, n = fit.ROUTER_OVERHEAD, 0
+    for m in sorted(served, key=lambda m: m.estimate.total, reverse=True):
+        if total + m.estimate.total > budget:
+            break
+        total += m.estimate.total
+        n += 1
+    return max(n, sum(1 for m in served if m.startup), 1)
+
+
+def router_preset(s: Settings, notes: list[str], served: Sequence[Served], limit: int) -> str:
     """The --models-preset file: one section per model; everything model-specific goes here (the router's own flags
-    would override it)."""
-    alias, opts = chat
-    if second.alias == alias:
-        raise ConfigError(f"the chat and the embedding model are both called {alias!r}: set LLMPI_EMBEDDING_ALIAS")
-    body = [o for o in opts if o[0] != "LLAMA_ARG_ALIAS"]
-    return (
-        "version = 1\n\n"
-        + render_ini(alias, not_overridden(s, notes, body, f" to {alias}"))
-        + "\n"
-        + render_ini(second.alias, not_overridden(s, notes, second.options, f" to {second.alias}"))
-    )
+    would override it). `models-max` at the top is read again by the router when the list is reloaded."""
+    seen: dict[str, str] = {}
+    sections = []
+    for m in served:
+        if m.alias in seen:
+            raise ConfigError(
+                f"two models are both called {m.alias!r} ({seen[m.alias]} and {m.kind}): "
+                "set LLMPI_MODEL_ALIAS or LLMPI_EMBEDDING_ALIAS, or remove one (llmpi models rm)"
+            )
+        seen[m.alias] = m.kind
+        body = [o for o in m.options if o[0] != "LLAMA_ARG_ALIAS"]
+        sections.append(render_ini(m.alias, not_overridden(s, notes, body, f" to {m.alias}"), m.kind, m.startup))
+    return f"version = 1\nmodels-max = {limit}\n\n" + "\n".join(sections)
+
+
+def other_models(
+    s: Settings, taken: set[Path], second: Served | None, threads: int, budget: int, source: str, notes: list[str]
+) -> list[Served]:
+    """The models in the data volume's models directory (pulled, or made by llmpi-prepare) other than those already
+    served: each sized as if it were the only chat model beside the embedding model and the router. One that does
+    not fit, or cannot be read, is left out with a note (the rest are still served)."""
+    found = []
+    plain = dataclasses.replace(s, model_alias="", chat_template="", chat_template_file="", mmproj="", embeddings=None)
+    for local in pull.local_models(s.models_dir):
+        if local.path.resolve() in taken:
+            continue
+        try:
+            if local.kind == "embedding":
+                found.append(embedding_served(local.path, local.name, s.embedding_parallel, threads, False))
+                continue
+            info = check_model(str(local.path))
+            m = Model(
+                info, fit.ModelShape.from_gguf(info), local.name, find_mmproj("", info.path, local.manifest), False
+            )
+            est = fit_memory(plain, m, second, budget, source, router=True)
+            found.append(Served(local.name, model_options(plain, m, est, threads), est, local.kind, False))
+        except ConfigError as e:
+            notes.append(f"not serving {local.name} ({local.path.name}): {e}")
+    return found
 
 
 def plan(s: Settings, hw: hardware.Hardware) -> Plan:
@@ -315,20 +371,29 @@ def plan(s: Settings, hw: hardware.Hardware) -> Plan:
     threads = s.threads or hw.physical_cores or 1
     second = load_embedding_model(s, threads)
     budget, source = memory_budget(s, hw)
-    est = fit_memory(s, model, second, budget, source)
+    taken = {model.info.path.resolve()} | ({Path(s.embedding_model).resolve()} if second else set())
+    router = second is not None or any(m.path.resolve() not in taken for m in pull.local_models(s.models_dir))
+    est = fit_memory(s, model, second, budget, source, router=router)
     opts = model_options(s, model, est, threads)
     argv = [SERVER]
     files: dict[Path, str] = {}
     health: dict[str, object] = {"models": [], "key_file": str(keys.server_keys_file()) if s.auth else None}
-    if second is None:
+    if not router:
         argv += render_argv(not_overridden(s, notes, opts))
     else:
+        kind = "embedding" if model.embeddings else ("vision" if model.mmproj else "chat")
+        served = [Served(model.alias, opts, est, kind, True)] + ([second] if second else [])
+        served += other_models(s, taken, second, threads, budget, source, notes)
+        limit = models_max(served, budget)
         preset = runtime_dir() / "models.ini"
-        files[preset] = router_preset(s, notes, (model.alias, opts), second)
-        argv += ["--models-preset", str(preset), "--models-max", "2"]
-        health["models"] = [model.alias, second.alias]
-        notes.append(f"serving two models by name: {model.alias!r} (chat) and {second.alias!r} (embeddings); {preset}")
-    argv += render_argv(not_overridden(s, notes, server_options(s, second is not None)))
+        files[preset] = router_preset(s, notes, served, limit)
+        argv += ["--models-preset", str(preset), "--models-max", str(limit), "--models-default", model.alias]
+        health["models"] = [m.alias for m in served if m.startup]
+        notes.append(
+            f"serving {len(served)} models by name ({', '.join(f'{m.alias} ({m.kind})' for m in served)}); "
+            f"at most {limit} loaded at once; a request naming none of them goes to {model.alias}; {preset}"
+        )
+    argv += render_argv(not_overridden(s, notes, server_options(s, router)))
     files[runtime_dir() / "health.json"] = json.dumps(health)
     shape = model.shape
     notes.insert(
@@ -345,6 +410,65 @@ def plan(s: Settings, hw: hardware.Hardware) -> Plan:
     return Plan(argv=argv, notes=notes, files=files)
 
 
+def named_model(s: Settings) -> pull.Ref | None:
+    """LLMPI_MODEL as a model to pull (a catalog name, or a hub repo of GGUF files); None when it names a file."""
+    if not s.model or pull.is_path(s.model):
+        return None
+    try:
+        return pull.parse_ref(s.model, catalog.load())
+    except pull.PullError as e:
+        raise ConfigError(f"LLMPI_MODEL: {e}") from None
+
+
+def serving(s: Settings, local: pull.LocalModel) -> Settings:
+    """The settings with LLMPI_MODEL resolved to a model file on the board (served under its name)."""
+    return dataclasses.replace(s, model=str(local.path), model_alias=s.model_alias or local.name)
+
+
+def pull_budget(s: Settings, hw: hardware.Hardware) -> tuple[int, str]:
+    """The memory a pulled model may plan for: the budget, less the embedding model and the router, if any."""
+    budget, source = memory_budget(s, hw)
+    second = load_embedding_model(s, s.threads or hw.physical_cores or 1)
+    if second is not None:
+        taken = second.estimate.total + fit.ROUTER_OVERHEAD
+        budget -= taken
+        source += f", less {fit.fmt_bytes(taken)} for the embedding model and the router"
+    return budget, source
+
+
+def pull_progress() -> dict[str, object]:
+    try:
+        data = json.loads(pull.progress_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {"state": "checking"}
+
+
+def pull_model(s: Settings, ref: pull.Ref, hw: hardware.Hardware, env: Mapping[str, str], out: TextIO) -> Path:
+    """Download what LLMPI_MODEL names (the quant that fits this board) into the models directory, while a status
+    page answers on the server's port. Returns the manifest's path."""
+
+    def say(message: str) -> None:
+        print(f"llmpi: {message}", file=out, flush=True)
+
+    budget, source = pull_budget(s, hw)
+    say(f"LLMPI_MODEL={ref.text}: not in {s.models_dir} yet; pulling it from {ref.repo}")
+    page: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    try:
+        page = StatusPage(s.host, s.port, WEB_DIR / "index.html", pull_progress)
+    except OSError as e:
+        say(f"no status page while pulling ({e}); progress is in this log")
+    try:
+        with page:
+            token = pull.token_from_env(env)
+            remote = pull.inspect(ref, token)
+            p = pull.plan_pull(ref, remote, budget, source, token)
+            say(p.table)
+            return pull.download(p, s.models_dir, token, say)
+    except pull.PullError as e:
+        raise ConfigError(f"LLMPI_MODEL={ref.text}: {e}") from None
+
+
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
     """llama-server's environment: everything but the key settings (the server reads keys from its files)."""
     return {k: v for k, v in env.items() if not k.startswith(("LLMPI_API_KEY", "LLMPI_ADMIN_KEY"))}
@@ -353,6 +477,7 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
 def apply_keys(s: Settings, out: TextIO) -> keys.Auth:
     """Side effects on keys: a key generated (and stored on the volume) at first start, the server's key files."""
     auth = keys.resolve(s.auth, s.api_keys, s.api_keys_origin, s.data_dir)
+    keys.write_admin_keys(s.admin_keys)  # the router's model management (router mode only)
     if not auth.enabled:
         print(
             "llmpi: WARNING: LLMPI_AUTH=off: the API is open to anyone who can reach this port, "
@@ -370,8 +495,6 @@ def apply_keys(s: Settings, out: TextIO) -> keys.Auth:
     if named:
         print(f"llmpi: {len(named)} named key(s): {', '.join(named)}", file=out, flush=True)
     keys.write_server_keys(auth, s.data_dir)
-    if s.admin_keys is not None:
-        keys.write_admin_keys(s.admin_keys)
     return auth
 
 
@@ -449,7 +572,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return refuse(refusal)
         env = dict(os.environ)
         settings = Settings.read(env)
-        p = plan(settings, hardware.detect())
+        hw = hardware.detect()
+        ref = named_model(settings)
+        if ref is not None:
+            local = pull.find_local(ref, pull.local_models(settings.models_dir))
+            if local is None:
+                pull_model(settings, ref, hw, env, sys.stdout)  # downloads; a status page answers meanwhile
+                local = pull.find_local(ref, pull.local_models(settings.models_dir))
+            if local is None:
+                raise ConfigError(f"LLMPI_MODEL={ref.text}: pulled, but no finished model is in {settings.models_dir}")
+            settings = serving(settings, local)
+        p = plan(settings, hw)
         auth = apply_keys(settings, sys.stdout)  # may generate the key (on the data volume)
         write_files(p.files)  # the router's preset, health.json
         count_start_attempt()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmpi import fit
+from . import fit
 
 # name -> (effective bits per weight, one-line note); best quality first
 QUANTS: dict[str, tuple[float, str]] = {

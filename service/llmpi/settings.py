@@ -111,6 +111,11 @@ class Settings:
     data_dir: Path
     llama_args: Mapping[str, str]  # LLAMA_ARG_* variables the user set: each wins over the launcher's choice
 
+    @property
+    def models_dir(self) -> Path:
+        """Where pulled models (and llmpi-prepare's) live: every finished model there is served by name."""
+        return self.data_dir / "models"
+
     @classmethod
     def read(cls, env: Mapping[str, str]) -> Settings:
         image_max_tokens = get_int(env, "LLMPI_IMAGE_MAX_TOKENS", DEFAULT_IMAGE_MAX_TOKENS) or 1

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmpi import fit
-from llmpi_prepare import quants
+from llmpi import fit, quants
 from llmpi_prepare.hfshape import shape_from_config
 from tests.reference import MISTRAL_7B_CONFIG, MISTRAL_7B_PARAMS
 

@@ -1,0 +1,229 @@
+"""`llmpi models`: the models on this board, inside the container (`docker compose exec llmpi llmpi models ...`).
+
+    llmpi models [list]          name, kind, quant, size, and whether it is loaded
+    llmpi models pull NAME       a catalog name or a hub repo of GGUF files (owner/name[:QUANT]), the quant that fits
+    llmpi models rm NAME [--force]   remove a pulled model (--force: even the one LLMPI_MODEL serves)
+    llmpi models show NAME       the model's manifest (where it came from, sha256, size)
+
+Works while the server runs. With several models, llama-server's router serves them; after a pull or a removal it
+re-reads its list (models in use keep answering). With one model there is no router yet: after the first pull,
+llama-server is restarted into router mode (requests in flight finish first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import catalog, fit, hardware, keys, launcher, pull
+from .config import ConfigError, runtime_dir
+from .settings import Settings
+
+SERVER_NAME = "llama-server"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str
+    quant: str
+    size: int
+    where: str  # "pulled", "LLMPI_MODEL", "embedding"
+    path: Path
+
+
+def router_running() -> bool:
+    return (runtime_dir() / "models.ini").is_file()
+
+
+def api(s: Settings, path: str, key: str | None, timeout: float = 10) -> Any:
+    request = urllib.request.Request(f"http://127.0.0.1:{s.port}{path}")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.load(resp)
+
+
+def api_key() -> str | None:
+    try:
+        return keys.server_keys_file().read_text().splitlines()[0].strip() or None
+    except (OSError, IndexError):
+        return None
+
+
+def server_status(s: Settings) -> dict[str, str]:
+    """model name (and aliases) -> status, as the running server reports it; {} when it does not answer."""
+    try:
+        data = api(s, "/v1/models", keys.internal_admin_key() if router_running() else api_key())
+    except (OSError, ValueError):
+        return {}
+    status = {}
+    for m in data.get("data", []):
+        value = (m.get("status") or {}).get("value", "loaded") if isinstance(m, dict) else "?"
+        for name in [m.get("id"), *(m.get("aliases") or [])]:
+            if name:
+                status[str(name)] = str(value)
+    return status
+
+
+def resolved(s: Settings) -> Settings:
+    """The settings as the launcher used them: LLMPI_MODEL resolved to the model file on the board."""
+    ref = launcher.named_model(s)
+    if ref is None:
+        return s
+    local = pull.find_local(ref, pull.local_models(s.models_dir))
+    return launcher.serving(s, local) if local else s
+
+
+def rows(s: Settings) -> list[Row]:
+    """What this board serves: LLMPI_MODEL's model, the embedding model, and every model in the models directory."""
+    out: list[Row] = []
+    seen: set[Path] = set()
+    r = resolved(s)
+    for text, alias, where in (
+        (r.model or launcher.DEFAULT_MODEL, r.model_alias, "LLMPI_MODEL"),
+        (r.embedding_model, r.embedding_alias, "LLMPI_EMBEDDING_MODEL"),
+    ):
+        if not text or not Path(text).is_file():
+            continue
+        path = Path(text)
+        manifest = launcher.read_manifest(path)
+        kind = "embedding" if where == "LLMPI_EMBEDDING_MODEL" else str(manifest.get("kind") or "chat")
+        if kind == "chat" and isinstance(manifest.get("mmproj"), dict):
+            kind = "vision"
+        out.append(
+            Row(
+                launcher.model_alias(alias, path),
+                kind,
+                str(manifest.get("quant") or "?"),
+                path.stat().st_size,
+                where,
+                path,
+            )
+        )
+        seen.add(path.resolve())
+    for m in pull.local_models(s.models_dir):
+        if m.path.resolve() not in seen:
+            out.append(Row(m.name, m.kind, m.quant, m.size, "pulled", m.path))
+    return out
+
+
+def models_list(s: Settings) -> str:
+    status = server_status(s)
+    lines = [f"{'NAME':32} {'KIND':9} {'QUANT':7} {'SIZE':>9}  STATUS"]
+    for row in rows(s):
+        state = status.get(row.name, "not loaded" if status else "server not answering")
+        note = " (default)" if row.where == "LLMPI_MODEL" else ""
+        lines.append(f"{row.name:32} {row.kind:9} {row.quant:7} {row.size / 1e9:7.2f}GB  {state}{note}")
+    return "\n".join(lines)
+
+
+def models_show(s: Settings, name: str) -> str:
+    for m in pull.local_models(s.models_dir):
+        if m.name == name:
+            return json.dumps(m.manifest, indent=2)
+    for row in rows(s):
+        if row.name == name:
+            manifest = launcher.read_manifest(row.path)
+            return json.dumps(manifest or {"file": str(row.path), "size": row.size, "manifest": None}, indent=2)
+    raise ConfigError(f"no model named {name!r} on this board (llmpi models list)")
+
+
+def apply_change(s: Settings, out: TextIO) -> None:
+    """Let the running server see the models directory as it is now: the router re-reads its preset; a server
+    with one model (no router) is restarted, into router mode when there are several models now."""
+    hw = hardware.detect()
+    plan = launcher.plan(resolved(s), hw)
+    preset = runtime_dir() / "models.ini"
+    if router_running() and preset in plan.files:
+        for path, text in plan.files.items():
+            tmp = path.with_name(f".{path.name}.partial")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        try:
+            api(s, "/models?reload=1", keys.internal_admin_key(), timeout=60)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"the router did not take the new list ({e}); it applies at the next start") from None
+        print("llmpi: the server's model list is updated", file=out)
+        return
+    if preset not in plan.files and not router_running():
+        return  # still one model: nothing to tell the server
+    pid = server_pid()
+    if pid is None:
+        print("llmpi: the server is not running; the change applies when it starts", file=out)
+        return
+    print(
+        "llmpi: restarting llama-server to serve the changed list of models "
+        "(requests in flight finish first; about a minute without answers)",
+        file=out,
+    )
+    os.kill(pid, signal.SIGTERM)  # it drains, exits; supervisord starts the launcher again
+
+
+def server_pid() -> int | None:
+    """The process id of the llama-server that supervisord (PID 1) runs (the launcher became it; a router's
+    children are its own children, not supervisord's)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
+        if Path(argv0.decode(errors="replace")).name == SERVER_NAME and ppid == "1":
+            return int(entry.name)
+    return None
+
+
+def models_pull(s: Settings, text: str, out: TextIO) -> str:
+    try:
+        ref = pull.parse_ref(text, catalog.load())
+        local = pull.find_local(ref, pull.local_models(s.models_dir))
+        if local is not None:
+            return f"{local.name} is on this board already ({local.path.name}); `llmpi models rm {local.name}` first"
+        budget, source = launcher.pull_budget(s, hardware.detect())
+        token = pull.token_from_env(os.environ)
+        remote = pull.inspect(ref, token)
+        p = pull.plan_pull(ref, remote, budget, source, token)
+        print(p.table, file=out, flush=True)
+        pull.download(p, s.models_dir, token, lambda m: print(f"llmpi: {m}", file=out, flush=True), False)
+    except pull.PullError as e:
+        raise ConfigError(str(e)) from None
+    apply_change(s, out)
+    return f'pulled {ref.name} ({p.quant}, {p.total_bytes / 1e9:.2f} GB): use it with "model": "{ref.name}"'
+
+
+def models_rm(s: Settings, name: str, force: bool, out: TextIO) -> str:
+    local = next((m for m in pull.local_models(s.models_dir) if m.name == name), None)
+    if local is None:
+        if any(row.name == name for row in rows(s)):
+            raise ConfigError(f"{name} is not a pulled model (it is set by LLMPI_MODEL or built into the image)")
+        raise ConfigError(f"no pulled model named {name!r} (llmpi models list)")
+    served = resolved(s)
+    if Path(served.model or launcher.DEFAULT_MODEL).resolve() == local.path.resolve() and not force:
+        raise ConfigError(
+            f"{name} is the model LLMPI_MODEL serves; set LLMPI_MODEL to another one first, or use --force "
+            "(then the next start pulls it again, or refuses)"
+        )
+    files = [local.manifest_path, local.path]  # the manifest first: without it the model is not listed
+    mm = local.manifest.get("mmproj")
+    if isinstance(mm, dict) and mm.get("file"):
+        files.append(s.models_dir / str(mm["file"]))
+    freed = sum(f.stat().st_size for f in files if f.is_file())
+    for f in files:
+        f.unlink(missing_ok=True)
+    apply_change(s, out)
+    return f"removed {name} ({fit.fmt_bytes(freed)} freed)"
+
+
+def disk_line(s: Settings) -> str:
+    usage = shutil.disk_usage(s.models_dir if s.models_dir.exists() else s.data_dir)
+    return f"{usage.free / 1e9:.1f} GB free in {s.models_dir}"
