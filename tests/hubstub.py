@@ -21,6 +21,11 @@ class Repo:
     sha: str = "0123456789abcdef0123456789abcdef01234567"
     gated: bool = False
     token: str = ""
+    # the size the hub lists for a file whose content here is only its first bytes (a big model's header: enough
+    # for a fit before download, never downloaded whole)
+    listed_sizes: dict[str, int] = field(default_factory=dict)
+    # a sha256 the hub lists instead of the content's own (a corrupted upload, or a tampered mirror)
+    listed_sha256: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -30,11 +35,13 @@ class Stats:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        """Serves on `host` (loopback; a container reaches it on the Docker bridge's address), a free port."""
         self.repos: dict[str, Repo] = {}
         self.stats = Stats()
         self.cut_after: dict[str, int] = {}  # path -> bytes, then drop the connection (once)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.host = host
+        self._server = ThreadingHTTPServer((host, 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def ranges_for(self, name: str) -> list[tuple[str, str]]:
@@ -42,7 +49,7 @@ class Hub:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://{self.host}:{self._server.server_address[1]}"
 
     def __enter__(self) -> Hub:
         self._thread.start()
@@ -188,9 +195,10 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
 def _tree(repo: Repo) -> list[dict[str, Any]]:
     out = []
     for name, data in sorted(repo.files.items()):
-        entry: dict[str, Any] = {"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name}
+        size = repo.listed_sizes.get(name, len(data))
+        entry: dict[str, Any] = {"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": size, "path": name}
         if name.endswith((".safetensors", ".gguf", ".bin")):
-            entry["lfs"] = {"oid": _etag(data), "size": len(data), "pointerSize": 134}
+            entry["lfs"] = {"oid": repo.listed_sha256.get(name, _etag(data)), "size": size, "pointerSize": 134}
         out.append(entry)
     return out
 
@@ -209,7 +217,12 @@ def _info(repo_id: str, repo: Repo) -> dict[str, Any]:
         "tags": [],
         "lastModified": "2026-11-01T00:00:00.000Z",
         "createdAt": "2026-11-01T00:00:00.000Z",
-        "siblings": [{"rfilename": e["path"], "size": e["size"]} for e in _tree(repo)],
+        # with ?blobs=true (files_metadata) the hub adds each file's size and, for LFS files, its sha256
+        "siblings": [
+            {"rfilename": e["path"], "size": e["size"]}
+            | ({"lfs": {"sha256": e["lfs"]["oid"], "size": e["size"], "pointerSize": 134}} if "lfs" in e else {})
+            for e in _tree(repo)
+        ],
     }
 
 

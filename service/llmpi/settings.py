@@ -68,6 +68,8 @@ SETTINGS: dict[str, str] = {
 }
 COMPOSE_SETTINGS = ("LLMPI_BIND_ADDRESS", "LLMPI_IMAGE", "LLMPI_BUILD_CA_BUNDLE", "LLMPI_DEBIAN_IMAGE")
 INTERNAL_SETTINGS = ("LLMPI_DATA_DIR",)  # set by the image, not by users
+# huggingface_hub's own variables, passed on by compose for pulling models by name (README "Models by name")
+HUB_VARIABLES = ("HF_TOKEN", "HF_TOKEN_FILE", "HF_ENDPOINT")
 
 
 @dataclass(frozen=True)

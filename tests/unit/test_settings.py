@@ -10,7 +10,7 @@ import yaml
 
 from llmpi import settings
 from llmpi.config import ConfigError
-from llmpi.settings import COMPOSE_SETTINGS, INTERNAL_SETTINGS, SETTINGS, Settings
+from llmpi.settings import COMPOSE_SETTINGS, HUB_VARIABLES, INTERNAL_SETTINGS, SETTINGS, Settings
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -30,7 +30,7 @@ def test_readme_table_lists_every_setting_with_its_default() -> None:
 def test_compose_passes_every_setting_and_nothing_else() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     names = {entry.split("=", 1)[0] for entry in compose["services"]["llmpi"]["environment"]}
-    assert names == set(SETTINGS)
+    assert names == set(SETTINGS) | set(HUB_VARIABLES)
 
 
 def test_env_example_shows_every_setting() -> None:
