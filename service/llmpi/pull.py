@@ -30,12 +30,12 @@ from . import catalog, fit, gguf, quants
 from .config import runtime_dir
 
 DEFAULT_PATTERN = "*{quant}*.gguf"
-PLAN_CONTEXT = 4096
+PLAN_CONTEXT = 4096  # the context the fit table plans one request for (as `llmpi-prepare plan --ctx 4096`)
 # `auto` pulls Q4_K_M (or the best smaller type that fits), as Ollama does: on a Pi, generation reads every weight
 # once a token and is bound by memory bandwidth, so Q8_0 (1.76 x the bytes) runs at about 0.57 x the speed for a
 # small gain in quality. Embedding models are small and lose more from quantization: Q8_0. A name can ask for
 # any type (`qwen3-4b-instruct:Q8_0`).
-AUTO_CEILING = {"chat": "Q4_K_M", "vision": "Q4_K_M", "embedding": "Q8_0"}  # the context the fit table plans one request for (as `llmpi-prepare plan --ctx 4096`)
+AUTO_CEILING = {"chat": "Q4_K_M", "vision": "Q4_K_M", "embedding": "Q8_0"}
 HUB_PREFIXES = ("https://huggingface.co/", "http://huggingface.co/", "huggingface.co/", "hf.co/")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SPLIT_RE = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
