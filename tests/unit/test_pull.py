@@ -165,7 +165,8 @@ def test_vision_repo_brings_its_projector_and_embedding_is_recognized(hub: Hub, 
 def test_hub_unreachable_says_how_to_copy_a_model_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard: nothing listens
     ref = pull.parse_ref("someone/Tiny-GGUF", ENTRIES)
-    with pytest.raises(pull.HubUnreachable, match=r"cannot reach the hub at http://127\.0\.0\.1:9(.|\n)*docker compose cp"):
+    expected = r"cannot reach the hub at http://127\.0\.0\.1:9(.|\n)*docker compose cp"
+    with pytest.raises(pull.HubUnreachable, match=expected):
         pull.inspect(ref, None)
 
 
