@@ -469,6 +469,21 @@ def pull_model(s: Settings, ref: pull.Ref, hw: hardware.Hardware, env: Mapping[s
         raise ConfigError(f"LLMPI_MODEL={ref.text}: {e}") from None
 
 
+def model_on_board(s: Settings, hw: hardware.Hardware, env: Mapping[str, str], out: TextIO) -> Settings:
+    """The settings with a named LLMPI_MODEL resolved to its file in the models directory, pulled first when it is
+    not there (the side effect: a download)."""
+    ref = named_model(s)
+    if ref is None:
+        return s
+    local = pull.find_local(ref, pull.local_models(s.models_dir))
+    if local is None:
+        pull_model(s, ref, hw, env, out)
+        local = pull.find_local(ref, pull.local_models(s.models_dir))
+    if local is None:
+        raise ConfigError(f"LLMPI_MODEL={ref.text}: pulled, but no finished model is in {s.models_dir}")
+    return serving(s, local)
+
+
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
     """llama-server's environment: everything but the key settings (the server reads keys from its files)."""
     return {k: v for k, v in env.items() if not k.startswith(("LLMPI_API_KEY", "LLMPI_ADMIN_KEY"))}
@@ -504,8 +519,9 @@ def write_files(files: Mapping[Path, str]) -> None:
 
 
 def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Plan:
-    """All that main() does before the exec: settings, plan, keys, runtime files."""
-    settings = Settings.read(env)
+    """All that main() does before the exec: settings, the model (pulled if named and missing), plan, keys, runtime
+    files."""
+    settings = model_on_board(Settings.read(env), hw, env, out)
     p = plan(settings, hw)
     apply_keys(settings, out)
     write_files(p.files)
@@ -571,17 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if refusal:
             return refuse(refusal)
         env = dict(os.environ)
-        settings = Settings.read(env)
         hw = hardware.detect()
-        ref = named_model(settings)
-        if ref is not None:
-            local = pull.find_local(ref, pull.local_models(settings.models_dir))
-            if local is None:
-                pull_model(settings, ref, hw, env, sys.stdout)  # downloads; a status page answers meanwhile
-                local = pull.find_local(ref, pull.local_models(settings.models_dir))
-            if local is None:
-                raise ConfigError(f"LLMPI_MODEL={ref.text}: pulled, but no finished model is in {settings.models_dir}")
-            settings = serving(settings, local)
+        settings = model_on_board(Settings.read(env), hw, env, sys.stdout)  # may download it (a status page answers)
         p = plan(settings, hw)
         auth = apply_keys(settings, sys.stdout)  # may generate the key (on the data volume)
         write_files(p.files)  # the router's preset, health.json

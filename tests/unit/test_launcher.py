@@ -588,3 +588,84 @@ def test_prompt_cache_is_counted_in_the_fit(env: dict[str, str]) -> None:
         launcher.prepare(env, HW, out=io.StringIO())
     env["LLMPI_PROMPT_CACHE"] = "0"
     assert flags(launcher.prepare(env, HW, out=io.StringIO()).argv)["--cache-ram"] == "0"
+
+
+def pulled(models: Path, name: str, quant: str = "Q4_K_M", kind: str = "chat", **shape: int) -> Path:
+    """A model as `llmpi models pull` leaves it: <name>.<quant>.gguf and its manifest."""
+    models.mkdir(parents=True, exist_ok=True)
+    model = llama_like(models / f"{name}.{quant}.gguf", **shape)
+    manifest = {"name": name, "kind": kind, "quant": quant, "file": model.name, "source": {"repo": f"o/{name}-GGUF"}}
+    (models / f"{name}.{quant}.json").write_text(json.dumps(manifest))
+    return model
+
+
+def preset_sections(preset: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    head, *blocks = preset.split("\n\n")
+    top = dict(line.split(" = ") for line in head.splitlines())
+    sections = {
+        b.splitlines()[0].strip("[]"): dict(line.split(" = ") for line in b.splitlines()[1:]) for b in blocks if b
+    }
+    return top, sections
+
+
+def test_every_model_in_the_models_directory_is_served_by_name(env: dict[str, str], tmp_path: Path) -> None:
+    models = tmp_path / "data" / "models"
+    pulled(models, "other-chat")
+    pulled(models, "embedder", kind="embedding", n_ctx_train=512)
+    p = launcher.prepare(env, HW, out=io.StringIO())
+    f = flags(p.argv)
+    assert f["--models-default"] == "tiny-chat.Q4_K_M" and "--admin-key-file" in f
+    top, sections = preset_sections(Path(str(f["--models-preset"])).read_text())
+    assert set(sections) == {"tiny-chat.Q4_K_M", "other-chat", "embedder"}
+    assert top["models-max"] == f["--models-max"] == "3"  # 8 GiB: all three fit at once
+    assert sections["tiny-chat.Q4_K_M"]["load-on-startup"] == "true"  # the default; the others on first request
+    assert sections["other-chat"]["load-on-startup"] == sections["embedder"]["load-on-startup"] == "false"
+    assert (sections["other-chat"]["tags"], sections["embedder"]["tags"]) == ("chat", "embedding")
+    assert sections["embedder"]["embeddings"] == "true"
+    health = json.loads((Path(os.environ["LLMPI_RUNTIME_DIR"]) / "health.json").read_text())
+    assert health["models"] == ["tiny-chat.Q4_K_M"]
+    assert keys.internal_admin_key() is not None  # for `llmpi models` inside the container
+
+
+def test_models_max_is_how_many_of_the_largest_fit_together(env: dict[str, str], tmp_path: Path) -> None:
+    models = tmp_path / "data" / "models"
+    pulled(models, "big-a", n_layer=9, n_embd=2048)
+    pulled(models, "big-b", n_layer=9, n_embd=2048)
+    pulled(
+        models, "huge", n_layer=8, n_embd=4096
+    )  # 8 x 4096 x 4096 x 4 bytes: 512 MiB, more than 600M less the reserve
+    env["LLMPI_MEMORY_LIMIT"] = "600M"
+    env["LLMPI_PARALLEL"] = "1"
+    env["LLMPI_CTX_SIZE"] = "2048"
+    p = launcher.plan(Settings.read(env), HW)
+    f = flags(p.argv)
+    top, sections = preset_sections(next(t for path, t in p.files.items() if path.name == "models.ini"))
+    assert "huge" not in sections and any("not serving huge" in n for n in p.notes)
+    assert set(sections) == {"tiny-chat.Q4_K_M", "big-a", "big-b"}
+    limit = int(top["models-max"])
+    # the two largest (about 260 MiB each) do not fit together in 344 MiB, so only one model at a time is certain to
+    # fit: the router unloads the one used least recently before it loads another
+    assert limit == 1 and f["--models-max"] == "1"
+    (models / "huge.Q4_K_M.json").unlink()  # without its manifest, a model file is not served
+    env["LLMPI_MEMORY_LIMIT"] = "1G"
+    top, _ = preset_sections(
+        next(t for path, t in launcher.plan(Settings.read(env), HW).files.items() if path.name == "models.ini")
+    )
+    assert top["models-max"] == "3"
+
+
+def test_a_named_model_on_the_board_is_served_without_the_hub(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the hub is never asked
+    models = tmp_path / "data" / "models"
+    model = pulled(models, "qwen3-4b-instruct")
+    env["LLMPI_MODEL"] = "qwen3-4b-instruct"
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    assert (f["--model"], f["--alias"]) == (str(model), "qwen3-4b-instruct")  # one model: no router
+    env["LLMPI_MODEL"] = "qwen3-4b-instruct:Q8_0"  # not on the board, and the hub cannot be reached
+    with pytest.raises(ConfigError, match="cannot reach the hub(.|\n)*docker compose cp"):
+        launcher.prepare(env, HW, out=io.StringIO())
+    env["LLMPI_MODEL"] = "qwen3-4b-instrukt"
+    with pytest.raises(ConfigError, match="did you mean qwen3-4b-instruct"):
+        launcher.prepare(env, HW, out=io.StringIO())
