@@ -8,6 +8,7 @@ import hashlib
 import json
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +41,7 @@ class Hub:
         self.repos: dict[str, Repo] = {}
         self.stats = Stats()
         self.cut_after: dict[str, int] = {}  # path -> bytes, then drop the connection (once)
+        self.rate: float | None = None  # bytes per second for file contents (None: as fast as it goes)
         self.host = host
         self._server = ThreadingHTTPServer((host, 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -186,8 +188,15 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            self.wfile.write(body)
-            hub.stats.body_bytes[name] = hub.stats.body_bytes.get(name, 0) + len(body)
+            step = 1 << 20
+            for i in range(0, len(body), step):
+                try:
+                    self.wfile.write(body[i : i + step])
+                except OSError:  # the client went away (a container stopped mid-download)
+                    return
+                hub.stats.body_bytes[name] = hub.stats.body_bytes.get(name, 0) + len(body[i : i + step])
+                if hub.rate:
+                    time.sleep(step / hub.rate)
 
     return Handler
 
@@ -248,7 +257,6 @@ def repo_from_dir(d: Path) -> Repo:
 
 if __name__ == "__main__":  # serve directories as repos, for trying the pipeline by hand
     import argparse
-    import time
 
     ap = argparse.ArgumentParser(description="local stand-in hub: --repo owner/name=DIR ...")
     ap.add_argument("--repo", action="append", default=[], help="owner/name=DIR")

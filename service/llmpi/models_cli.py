@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import catalog, fit, hardware, keys, launcher, pull
+from . import catalog, fit, hardware, keys, launcher, markers, pull
 from .config import ConfigError, runtime_dir
 from .settings import Settings
 
@@ -163,7 +163,17 @@ def apply_change(s: Settings, out: TextIO) -> None:
         "(requests in flight finish first; about a minute without answers)",
         file=out,
     )
+    if serves(s):  # a server that served: this restart is not a failed start (llmpi.launcher.MAX_START_ATTEMPTS)
+        Path(markers.start_attempts_path()).unlink(missing_ok=True)
     os.kill(pid, signal.SIGTERM)  # it drains, exits; supervisord starts the launcher again
+
+
+def serves(s: Settings) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{s.port}/health", timeout=5) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def server_pid() -> int | None:

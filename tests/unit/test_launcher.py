@@ -664,7 +664,7 @@ def test_a_named_model_on_the_board_is_served_without_the_hub(
     f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
     assert (f["--model"], f["--alias"]) == (str(model), "qwen3-4b-instruct")  # one model: no router
     env["LLMPI_MODEL"] = "qwen3-4b-instruct:Q8_0"  # not on the board, and the hub cannot be reached
-    with pytest.raises(ConfigError, match="cannot reach the hub(.|\n)*docker compose cp"):
+    with pytest.raises(ConfigError, match=r"cannot reach the hub(.|\n)*docker compose cp"):
         launcher.prepare(env, HW, out=io.StringIO())
     env["LLMPI_MODEL"] = "qwen3-4b-instrukt"
     with pytest.raises(ConfigError, match="did you mean qwen3-4b-instruct"):
