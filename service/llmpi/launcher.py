@@ -32,6 +32,12 @@ from .settings import DRAIN_SECONDS, LOG_LEVELS, Settings
 from .statuspage import StatusPage
 
 DEFAULT_MODEL = "/opt/llmpi/models/default.gguf"  # a link to the embedded model, in the `appliance` image
+EMBEDDED_MODEL = "/opt/llmpi/models/gemma-3-270m-q4_k_m.gguf"  # the `appliance` image's tiny offline base model
+EMBEDDED_NOTE = (
+    "this is llmpi's tiny offline test model (Gemma 3 270M, a base model: it does not follow instructions). "
+    "For a useful assistant, put LLMPI_MODEL=qwen3-4b-instruct in .env and run `docker compose up -d` "
+    "(README: the catalog of names)"
+)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the chat page, served by llama-server at /
 SERVER = "llama-server"
 # a server that exits this many times without ever answering /health with 200 is not started again: the container
@@ -407,6 +413,8 @@ def plan(s: Settings, hw: hardware.Hardware) -> Plan:
     )
     if second is not None:
         notes.insert(1, f"embedding model {second.alias}: {second.estimate.breakdown()}")
+    if model.info.path.resolve() == Path(EMBEDDED_MODEL).resolve():
+        notes.append(EMBEDDED_NOTE)
     return Plan(argv=argv, notes=notes, files=files)
 
 

@@ -250,7 +250,7 @@ def test_several_models_by_name_and_llmpi_models_while_a_stream_runs(extra_proje
     assert status() == {"gemma": "loaded", "second": "unloaded"}  # a name that is not on the board: the default
 
 
-def test_a_small_llama_like_model_file_is_not_a_model_without_its_manifest(
+def test_a_model_file_without_a_manifest_is_not_served_and_the_embedded_model_says_what_it_is(
     extra_project: Project, tmp_path: Path
 ) -> None:
     """Files in /data/models without a manifest (a copy in progress, a stray file) are not served; the single-model
@@ -261,3 +261,5 @@ def test_a_small_llama_like_model_file_is_not_a_model_without_its_manifest(
     subprocess.run(["docker", "cp", str(stray), f"{extra_project.container().id}:/data/models/stray.gguf"], check=True)
     code, listing = extra_project.exec(["llmpi", "models"])
     assert code == 0 and "stray" not in listing and "gemma-3-270m-q4_k_m" in listing, listing
+    # the embedded model says what it is, and the one line that gets a useful assistant
+    assert "tiny offline test model" in extra_project.logs() and "LLMPI_MODEL=qwen3-4b-instruct" in extra_project.logs()
