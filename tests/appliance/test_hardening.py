@@ -282,6 +282,7 @@ def test_ordinary_keys_cannot_manage_models(extra_project: Project) -> None:
         ("POST", "/models/unload", {"model": "gemma-embed"}),
         ("DELETE", "/models", {"model": "gemma-embed"}),
         ("POST", "/models/unload?autoload=true", {"model": "gemma-embed"}),
+        ("GET", "/models?reload=1", None),  # re-reading the list is management too (llmpi models uses its own key)
     ]:
         r = requests.request(method, f"{extra_project.url}{path}", json=body, headers=h, timeout=30)
         assert r.status_code in (401, 403, 404, 405), (method, path, r.status_code, r.text)
