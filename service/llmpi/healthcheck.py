@@ -1,12 +1,14 @@
-"""Docker HEALTHCHECK: healthy only when llama-server answers /health with 200 (model loaded, serving) and, with
-two models (router mode), when /models says that each of them is loaded.
+"""Docker HEALTHCHECK: healthy only when llama-server answers /health with 200 (model loaded, serving) and, in router
+mode, when /models says that each model loaded at start (health.json) is loaded.
 
-While the server is still starting (launcher running, model loading: connection refused or /health 503 "Loading
-model"), the check waits, up to LOAD_WAIT seconds, instead of failing: Docker then shows `starting` for a slow
-load however long it takes, and needs no long start period — so a real failure is reported within about 30 s: a
-refusal (the launcher's marker: a wrong setting, a model llama-server could not load) fails at once with the reason,
-which `docker inspect --format '{{json .State.Health}}'` shows. A server that is up but refuses work (503 while it
-drains on stop) fails at once too.
+While the server is still starting, the check waits, up to LOAD_WAIT seconds, instead of failing: the launcher
+running or the model loading (connection refused, or /health 503 "Loading model"), or the launcher pulling
+LLMPI_MODEL (503 with `"status": "pulling"` and the progress, which the check prints). Docker then shows `starting`
+for a slow load however long it takes, and needs no long start period, so a real failure is reported within about
+30 s: a refusal (the launcher's marker: a wrong setting, a model that does not fit or cannot be pulled, a model
+llama-server could not load) fails at once with the reason, which `docker inspect --format '{{json .State.Health}}'`
+shows. A server that is up but refuses work (503 while it drains on stop) fails at once too. A pull that takes
+longer than three checks (about an hour) shows `unhealthy` with its progress until it ends.
 
 /health is public, so no key is needed; /models is not, so the check reads the key file that llama-server reads.
 """
