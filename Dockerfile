@@ -202,7 +202,7 @@ FROM ${DEBIAN_TARGET_IMAGE} AS runtime
 # certificates, to pull models from the hub (docs/models.md: what they add)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 supervisor libgomp1 ca-certificates python3-requests \
-      python3-yaml python3-tqdm python3-filelock python3-packaging python3-typing-extensions python3-fsspec \
+      python3-yaml python3-tqdm python3-filelock python3-packaging python3-typing-extensions \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && rm -rf /usr/lib/python3.*/test /usr/lib/python3.*/pydoc_data /usr/lib/python3.*/ensurepip \
            /usr/lib/python3.*/idlelib /usr/lib/python3.*/turtledemo /usr/lib/python3.*/lib2to3 \
