@@ -590,7 +590,10 @@ def count_start_attempt() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config_error_marker().unlink(missing_ok=True)
+        if config_error_marker().exists():
+            # refused before in this container: final until the cause is fixed and the container recreated or
+            # restarted (which clears the runtime directory); never redo a download or a load in a loop
+            return refuse(config_error_marker().read_text().strip())
         refusal = failed_starts_refusal()
         if refusal:
             return refuse(refusal)

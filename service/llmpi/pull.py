@@ -184,8 +184,10 @@ def hub_errors(repo: str) -> Iterator[None]:
         raise HubUnreachable(
             f"cannot reach the hub at {where} for {repo} ({type(e).__name__}). {MANUAL_COPY}"
         ) from None
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
+        raise PullError(f"HF_ENDPOINT={endpoint()!r} is not a URL the hub can be reached at") from None
     except requests.RequestException as e:  # a transfer cut off mid-file (ChunkedEncodingError, ...)
-        raise TransferCut(f"the download from {repo} was cut off ({type(e).__name__})") from None
+        raise TransferCut(f"the download from {repo} was cut off ({type(e).__name__}: {e})") from None
 
 
 def inspect(ref: Ref, token: str | None) -> Remote:

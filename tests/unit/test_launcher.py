@@ -391,9 +391,15 @@ def test_repeated_start_failures_become_a_refusal(env: dict[str, str], monkeypat
     assert launcher.main([]) == 78
     reason = config_error_marker().read_text()
     assert "stopped 3 times before it could serve" in reason and "unknown model architecture" in reason
-    # the health check saw it serve: a later crash gets its attempts again
+    # a refusal is final in this container: supervisord's next try refuses at once, nothing is redone
+    assert launcher.main([]) == 78 and len(execs) == launcher.MAX_START_ATTEMPTS
+    # a restarted container starts afresh; the health check saw it serve: a later crash gets its attempts again
+    markers.clear_state()
+    for _ in range(launcher.MAX_START_ATTEMPTS - 1):
+        assert launcher.main([]) == 0
     Path(markers.start_attempts_path()).unlink()
-    assert launcher.main([]) == 0 and not config_error_marker().exists()
+    assert launcher.main([]) == 0 and launcher.main([]) == 0 and not config_error_marker().exists()
+    markers.clear_state()
     # the launcher's own refusals (a wrong setting) are not failed starts of llama-server
     monkeypatch.setenv("LLMPI_PARALLEL", "many")
     for _ in range(launcher.MAX_START_ATTEMPTS + 2):
