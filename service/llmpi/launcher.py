@@ -444,12 +444,24 @@ def pull_budget(s: Settings, hw: hardware.Hardware) -> tuple[int, str]:
     return budget, source
 
 
-def pull_progress() -> dict[str, object]:
+def pull_progress(name: str) -> dict[str, object]:
+    """The pull's progress file, or (before the download starts) that the repo is being looked at."""
     try:
         data = json.loads(pull.progress_path().read_text())
-        return data if isinstance(data, dict) else {}
+        if isinstance(data, dict):
+            return data
     except (OSError, ValueError):
-        return {"state": "checking"}
+        pass
+    return {
+        "model": name,
+        "file": "",
+        "state": "checking",
+        "done_bytes": 0,
+        "total_bytes": 0,
+        "percent": 0.0,
+        "rate_bytes_per_s": None,
+        "eta_s": None,
+    }
 
 
 def pull_model(s: Settings, ref: pull.Ref, hw: hardware.Hardware, env: Mapping[str, str], out: TextIO) -> Path:
@@ -463,7 +475,7 @@ def pull_model(s: Settings, ref: pull.Ref, hw: hardware.Hardware, env: Mapping[s
     say(f"LLMPI_MODEL={ref.text}: not in {s.models_dir} yet; pulling it from {ref.repo}")
     page: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     try:
-        page = StatusPage(s.host, s.port, WEB_DIR / "index.html", pull_progress)
+        page = StatusPage(s.host, s.port, WEB_DIR / "index.html", lambda: pull_progress(ref.name))
     except OSError as e:
         say(f"no status page while pulling ({e}); progress is in this log")
     try:

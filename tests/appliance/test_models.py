@@ -200,7 +200,7 @@ def test_several_models_by_name_and_llmpi_models_while_a_stream_runs(extra_proje
         ).json()
         return {m["id"]: m["status"]["value"] for m in data["data"]}
 
-    assert status() == {"gemma": "loaded", "second": "unloaded"}
+    wait_for(lambda: status() == {"gemma": "loaded", "second": "unloaded"}, 120, what="the default model loaded")
     # a stream on the default model, while a third model is pulled, listed and removed
     chunks: list[str] = []
     errors: list[BaseException] = []
