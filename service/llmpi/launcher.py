@@ -5,11 +5,13 @@ Run by supervisord as `python3 -m llmpi.launcher`. After the checks, this proces
 option that has no LLMPI_* setting stays available through its own LLAMA_ARG_* variable, which wins over the
 launcher's choice for the same option.
 
-The steps, each on its own: read the settings (`Settings.read`), look at the model(s) (`load_model`,
-`load_embedding_model`), the memory budget and the fit (`memory_budget`, `fit_memory`), the options
-(`model_options`, `server_options`), the router's preset (`router_preset`); `plan()` puts them together without
-touching any file. `main()` then does what has side effects, in view: the keys (generated on first start, the
-server's key file), the runtime files (preset, health.json), and the exec.
+The steps, each on its own: read the settings (`Settings.read`), find a named LLMPI_MODEL on the board or pull it
+(`model_on_board`: the one step that may download, behind a status page), look at the model(s) (`load_model`,
+`load_embedding_model`, `other_models` in /data/models), the memory budget and the fit (`memory_budget`,
+`fit_memory`, `models_max`), the options (`model_options`, `server_options`), the router's preset
+(`router_preset`); `plan()` puts them together without touching any file. `main()` then does what has side
+effects, in view: the pull, the keys (generated on first start, the server's key file, the router's admin key),
+the runtime files (preset, health.json), and the exec.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -40,6 +43,7 @@ EMBEDDED_NOTE = (
 )
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the chat page, served by llama-server at /
 SERVER = "llama-server"
+SECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # a model id the router's preset file can hold
 # a server that exits this many times without ever answering /health with 200 is not started again: the container
 # stays up, unhealthy, with llama-server's last words as the reason (a model it cannot load, an OOM kill)
 MAX_START_ATTEMPTS = 3
@@ -354,6 +358,9 @@ def other_models(
     plain = dataclasses.replace(s, model_alias="", chat_template="", chat_template_file="", mmproj="", embeddings=None)
     for local in pull.local_models(s.models_dir):
         if local.path.resolve() in taken:
+            continue
+        if not SECTION_NAME.match(local.name) or local.name == "default":
+            notes.append(f"not serving {local.path.name}: its name {local.name!r} cannot be a model id")
             continue
         try:
             if local.kind == "embedding":
