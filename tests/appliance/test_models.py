@@ -6,6 +6,8 @@ least recently used one unloaded, and `llmpi models` while a stream runs."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import threading
 import time
@@ -17,7 +19,7 @@ import pytest
 import requests
 from openai import OpenAI
 
-from tests.compose_helpers import Project, say, wait_for
+from tests.compose_helpers import ROOT, Project, compose_env, say, wait_for
 from tests.ggufmaker import llama_like
 from tests.hubstub import Hub, Repo
 
@@ -258,3 +260,30 @@ def test_a_model_file_without_a_manifest_is_not_served_and_the_embedded_model_sa
     assert code == 0 and "stray" not in listing and "gemma-3-270m-q4_k_m" in listing, listing
     # the embedded model says what it is, and the one line that gets a useful assistant
     assert "tiny offline test model" in extra_project.logs() and "LLMPI_MODEL=qwen3-4b-instruct" in extra_project.logs()
+
+
+def test_scripts_start_waits_then_says_where_and_the_key(appliance_image: str) -> None:
+    """The newcomer's command: scripts/start brings the appliance up, waits until it serves, prints the base_url with
+    the port compose published and the generated key (read from the volume, never from the log)."""
+    name = f"llmpi-test-start-{os.getpid()}"
+    env = compose_env({"LLMPI_PROJECT": name})
+    try:
+        out = subprocess.run(
+            [str(ROOT / "scripts" / "start")], env=env, capture_output=True, text=True, timeout=600, check=True
+        ).stdout
+        port = (
+            subprocess.run(
+                ["docker", "compose", "-p", name, "port", "llmpi", "8080"], env=env, capture_output=True, text=True
+            )
+            .stdout.strip()
+            .rsplit(":", 1)[1]
+        )
+        assert re.search(rf"llmpi is up: http://\S+:{port}/v1", out), out
+        key = re.search(r"API key: (sk-llmpi-\S+)", out)
+        assert key, out
+        r = requests.get(
+            f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key[1]}"}, timeout=10
+        )
+        assert r.status_code == 200
+    finally:
+        subprocess.run(["docker", "compose", "-p", name, "down", "-v", "--timeout", "10"], env=env, capture_output=True)
