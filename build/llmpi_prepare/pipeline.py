@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -17,6 +15,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
 from llmpi import catalog, fit, quants
+from llmpi.pull import sha256_file, write_json_atomic
 
 from . import convert, hub, plan
 from .hfshape import architecture, shape_from_config
@@ -26,20 +25,6 @@ EMBEDDING_ARCH_SUFFIXES = ("Model",)  # BertModel, XLMRobertaModel, NomicBertMod
 
 def is_embedding(arch: str) -> bool:
     return arch.endswith(EMBEDDING_ARCH_SUFFIXES) and not arch.endswith(("ForCausalLM", "LMHeadModel"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _manifest(
