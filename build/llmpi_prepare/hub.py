@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
+import requests
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -41,6 +42,9 @@ NEEDED = [
     "preprocessor_config.json",
     "processor_config.json",
 ]
+
+
+TRANSFER_TRIES = 4  # a file cut off mid-transfer is continued (HTTP range) this many times before giving up
 
 
 class PrepareError(Exception):
@@ -139,15 +143,21 @@ def download(model: RemoteModel, dest: Path, token: str | None = None) -> Path:
     stopped), after checking the free disk. Returns `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     require_disk(dest, model.download_bytes, "the download", have_in=dest)
-    try:
-        snapshot_download(
-            model.repo_id,
-            revision=model.revision,
-            token=token,
-            local_dir=dest,
-            allow_patterns=NEEDED,
-            endpoint=endpoint(),
-        )
-    except (HfHubHTTPError, EntryNotFoundError) as e:
-        raise explain(e, model.repo_id, model.revision) from None
+    for attempt in range(1, TRANSFER_TRIES + 1):
+        try:
+            snapshot_download(
+                model.repo_id,
+                revision=model.revision,
+                token=token,
+                local_dir=dest,
+                allow_patterns=NEEDED,
+                endpoint=endpoint(),
+            )
+            return dest
+        except (HfHubHTTPError, EntryNotFoundError) as e:
+            raise explain(e, model.repo_id, model.revision) from None
+        except requests.exceptions.ChunkedEncodingError as e:  # cut off mid-file: huggingface_hub does not retry it
+            if attempt == TRANSFER_TRIES:
+                raise PrepareError(f"the download from {model.repo_id} was cut off {attempt} times ({e})") from None
+            print(f"the download was cut off ({type(e).__name__}); continuing where it stopped", flush=True)
     return dest
