@@ -21,6 +21,13 @@ class Hardware:
     cpus: int  # logical CPUs this process may run on (affinity, cgroup quota)
     physical_cores: int  # distinct cores among them (SMT siblings counted once)
     memory: Memory
+    amx: bool = False  # x86 AMX tiles (Xeon Sapphire Rapids and later): llama.cpp's CPU backend then needs more memory
+
+
+def has_amx(root: Path = Path("/")) -> bool:
+    """The CPU advertises AMX (`amx_tile` among /proc/cpuinfo's flags); never on a Raspberry Pi."""
+    info = _read(root / "proc/cpuinfo") or ""
+    return any(line.startswith("flags") and " amx_tile" in line for line in info.splitlines())
 
 
 def _read(path: Path) -> str | None:
@@ -100,4 +107,4 @@ def detect(root: Path = Path("/")) -> Hardware:
         memory = Memory(host, "system memory (MemTotal)")
     else:
         raise OSError("cannot read the amount of memory (no /proc/meminfo)")
-    return Hardware(cpus=n_cpus, physical_cores=n_phys, memory=memory)
+    return Hardware(cpus=n_cpus, physical_cores=n_phys, memory=memory, amx=has_amx(root))

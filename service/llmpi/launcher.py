@@ -197,17 +197,27 @@ def memory_budget(s: Settings, hw: hardware.Hardware) -> tuple[int, str]:
 
 
 def fit_memory(
-    s: Settings, model: Model, second: Served | None, budget: int, source: str, router: bool = False
+    s: Settings,
+    model: Model,
+    second: Served | None,
+    budget: int,
+    source: str,
+    router: bool = False,
+    amx: bool = False,
 ) -> fit.Estimate:
     """Slots, context per request and prompt cache that fit the budget beside the projector, the embedding model
-    (always loaded) and the router (a llama-server without a model) when there is one."""
+    (always loaded) and the router (a llama-server without a model) when there is one, and the AMX backend's work
+    memory on a CPU that has AMX."""
     projector = model.mmproj.stat().st_size if model.mmproj else 0
     extra, label = projector, "projector"
+    if amx:
+        extra += fit.AMX_WORK
+        label = ("projector + " if projector else "") + "AMX work buffers"
     if second is not None or router:
         second_total = (second.estimate.total if second else 0) + fit.ROUTER_OVERHEAD
         extra += second_total
         what = "embedding model and router" if second is not None else "router"
-        label = ("projector + " if projector else "") + what
+        label = ("projector + " if projector else "") + ("AMX work buffers + " if amx else "") + what
         taker = "the embedding model and the router take" if second is not None else "the router takes"
         source += f"; {taker} {fit.fmt_bytes(second_total)} of it"
     try:
@@ -349,7 +359,14 @@ def router_preset(s: Settings, notes: list[str], served: Sequence[Served], limit
 
 
 def other_models(
-    s: Settings, taken: set[Path], second: Served | None, threads: int, budget: int, source: str, notes: list[str]
+    s: Settings,
+    taken: set[Path],
+    second: Served | None,
+    threads: int,
+    budget: int,
+    source: str,
+    notes: list[str],
+    amx: bool = False,
 ) -> list[Served]:
     """The models in the data volume's models directory (pulled, or made by llmpi-prepare) other than those already
     served: each sized as if it were the only chat model beside the embedding model and the router. One that does
@@ -370,7 +387,7 @@ def other_models(
             m = Model(
                 info, fit.ModelShape.from_gguf(info), local.name, find_mmproj("", info.path, local.manifest), False
             )
-            est = fit_memory(plain, m, second, budget, source, router=True)
+            est = fit_memory(plain, m, second, budget, source, router=True, amx=amx)
             found.append(Served(local.name, model_options(plain, m, est, threads), est, local.kind, False))
         except ConfigError as e:
             notes.append(f"not serving {local.name} ({local.path.name}): {e}")
@@ -386,7 +403,7 @@ def plan(s: Settings, hw: hardware.Hardware) -> Plan:
     budget, source = memory_budget(s, hw)
     taken = {model.info.path.resolve()} | ({Path(s.embedding_model).resolve()} if second else set())
     router = second is not None or any(m.path.resolve() not in taken for m in pull.local_models(s.models_dir))
-    est = fit_memory(s, model, second, budget, source, router=router)
+    est = fit_memory(s, model, second, budget, source, router=router, amx=hw.amx)
     opts = model_options(s, model, est, threads)
     argv = [SERVER]
     files: dict[Path, str] = {}
@@ -396,7 +413,7 @@ def plan(s: Settings, hw: hardware.Hardware) -> Plan:
     else:
         kind = "embedding" if model.embeddings else ("vision" if model.mmproj else "chat")
         served = [Served(model.alias, opts, est, kind, True)] + ([second] if second else [])
-        served += other_models(s, taken, second, threads, budget, source, notes)
+        served += other_models(s, taken, second, threads, budget, source, notes, hw.amx)
         limit = models_max(served, budget)
         preset = runtime_dir() / "models.ini"
         files[preset] = router_preset(s, notes, served, limit)

@@ -675,3 +675,14 @@ def test_a_named_model_on_the_board_is_served_without_the_hub(
     env["LLMPI_MODEL"] = "qwen3-4b-instrukt"
     with pytest.raises(ConfigError, match="did you mean qwen3-4b-instruct"):
         launcher.prepare(env, HW, out=io.StringIO())
+
+
+def test_an_amx_cpu_counts_the_amx_backends_work_memory(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text(
+        "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile amx_int8\n"
+    )
+    assert hardware.has_amx(tmp_path) and not hardware.has_amx(tmp_path / "nothing")
+    amx = hardware.Hardware(cpus=8, physical_cores=4, memory=HW.memory, amx=True)
+    plain, with_amx = launcher.plan(Settings.read(env), HW), launcher.plan(Settings.read(env), amx)
+    assert "AMX work buffers 256 MiB" in with_amx.notes[0] and "AMX" not in plain.notes[0]
