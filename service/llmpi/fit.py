@@ -26,7 +26,7 @@ ROUTER_OVERHEAD = 16 * MiB  # llama-server in router mode, holding no model: 14.
 RUNTIME_OVERHEAD = 8 * MiB  # llama-server's own heap, threads and the libraries' touched pages (docs/memory.md)
 # llama.cpp's CPU backend built for AMX (its sapphirerapids variant, chosen at run time on such CPUs) used 204 MiB more
 # anonymous memory than the AVX-512 variants in the same 60 s soak (Gemma 3 270M, 8 slots x 4096, 2 threads:
-# 907 MiB against 703 MiB; docs/models.md): counted in every plan on an AMX CPU
+# 907 MiB against 703 MiB; docs/memory.md): counted in every plan on an AMX CPU
 AMX_WORK = 256 * MiB
 DEFAULT_RESERVE = 256 * MiB  # left to the OS and everything else in the container/board
 DEFAULT_UBATCH = 512
