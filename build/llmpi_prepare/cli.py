@@ -8,8 +8,9 @@
                                    converter cannot convert the model, e.g. LLaVA 1.6)
     llmpi-prepare presets          the catalog (service/catalog.toml): name, kind, ready GGUF repo, boards, why
 
-NAME is a catalog entry. Entries without a transformers repo have ready GGUF files only: the appliance pulls
-those itself (LLMPI_MODEL=<name>, or `llmpi models pull <name>` in its container).
+NAME is a catalog entry. Entries without a transformers repo have ready GGUF files only: `plan` shows their fit
+table, `download` and `run` fetch them as the appliance pulls them (llmpi.pull: the quant that fits, sha256-checked,
+with a manifest), e.g. for the bake stage.
 
 Tokens: HF_TOKEN or HF_TOKEN_FILE. Hub: HF_ENDPOINT (default the public hub).
 """
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmpi import catalog, fit, quants
+from llmpi import catalog, fit, pull, quants
 
 from . import convert, hub, pipeline, plan
 
@@ -60,12 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         preset = catalog.load().get(args.repo)
-        if preset and not preset.repo:
-            raise hub.PrepareError(pipeline.prebuilt_only(preset.name))
         repo, revision = (preset.repo, args.revision or preset.revision) if preset else (args.repo, args.revision)
         quant = args.quant if args.quant.lower() == "auto" else quants.normalize(args.quant)
         memory, source = plan.memory_for(args.ram, args.target)
         token = hub.token_from_env()
+        if preset and not preset.repo:
+            pull_ready_gguf(args, preset, quant, memory, source, token)
+            return 0
         if args.command == "run":
             run(args, preset, repo, revision, quant, memory, source, token)
             return 0
@@ -77,10 +79,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "download":
             hub.download(model, args.out, token)
             print(f"downloaded {model.repo_id}@{model.revision[:12]} to {args.out}")
-    except (hub.PrepareError, fit.FitError, quants.UnknownQuant, ValueError) as e:
+    except (hub.PrepareError, pull.PullError, fit.FitError, quants.UnknownQuant, ValueError) as e:
         print(f"llmpi-prepare: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def pull_ready_gguf(
+    args: argparse.Namespace, entry: catalog.Entry, quant: str, memory: int, source: str, token: str | None
+) -> None:
+    """A catalog entry with ready GGUF files only: the appliance's own pull (llmpi.pull, the same fit table as
+    `llmpi models pull`); `plan` prints the table, `download` and `run` put the files and the manifest in --out."""
+    ref = pull.parse_ref(entry.name if quant == "auto" else f"{entry.name}:{quant}", catalog.load())
+    p = pull.plan_pull(ref, pull.inspect(ref, token), memory - fit.DEFAULT_RESERVE, source, token)
+    print(p.table)
+    if args.command == "plan":
+        return
+    pull.download(p, args.out, token, say, write_progress=False)
+    say(
+        f"ready: {args.out / (p.stem + '.gguf')} ({p.quant}); serve it with LLMPI_MODEL={args.out / (p.stem + '.gguf')}"
+    )
 
 
 def presets(entries: dict[str, catalog.Entry]) -> str:
@@ -88,7 +106,11 @@ def presets(entries: dict[str, catalog.Entry]) -> str:
     llmpi-prepare makes it (converted from its transformers repo, or its ready GGUF files only)."""
     lines = [f"{'name':26} {'kind':10} {'ready GGUF files':40} boards"]
     for e in entries.values():
-        source = f"converts {e.repo}" if e.repo else f"ready GGUF only: the appliance pulls it (LLMPI_MODEL={e.name})"
+        source = (
+            f"converts {e.repo}"
+            if e.repo
+            else f"ready GGUF only: fetched as the appliance pulls it (LLMPI_MODEL={e.name})"
+        )
         lines += [f"{e.name:26} {e.kind:10} {e.gguf_repo:40} {e.boards}", f"{'':26} {e.why}", f"{'':26} {source}"]
     return "\n".join(lines)
 

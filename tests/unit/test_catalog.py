@@ -10,6 +10,8 @@ import pytest
 
 from llmpi import catalog
 from llmpi_prepare import cli, pipeline
+from tests.ggufmaker import llama_like
+from tests.hubstub import Hub, Repo
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -90,17 +92,31 @@ def test_model_files_and_projectors_are_told_apart() -> None:
 
 
 @pytest.mark.parametrize("command", ["plan", "download", "run"])
-def test_prepare_sends_ready_gguf_only_entries_to_the_appliance(
+def test_prepare_pulls_ready_gguf_only_entries_like_the_appliance(
     command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("LLMPI_CATALOG", raising=False)
-    name = next(n for n, e in ENTRIES.items() if not e.repo)
-    args = [command, name, "--ram", "8G"] + (["--out", str(tmp_path)] if command != "plan" else [])
+    """An entry without a transformers repo goes through llmpi.pull (the bake stage uses this): its fit table, then
+    the files and the manifest in --out; without a hub, a clear error and nothing written."""
+    gguf = llama_like(tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "catalog.toml").write_text(
+        '[models."tiny"]\nkind = "chat"\ngguf_repo = "test/Tiny-GGUF"\ndescription = "d"\nwhy = "w"\nboards = "any"\n'
+    )
+    monkeypatch.setenv("LLMPI_CATALOG", str(tmp_path / "catalog.toml"))
+    out = tmp_path / "out"
+    args = [command, "tiny", "--ram", "8G"] + (["--out", str(out)] if command != "plan" else [])
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens
     assert cli.main(args) == 1
-    err = capsys.readouterr().err
-    assert f"{name} has only ready GGUF files" in err
-    assert f"docker compose exec llmpi llmpi models pull {name}" in err and f"LLMPI_MODEL={name}" in err
-    assert not any(tmp_path.iterdir())
+    assert "cannot reach the hub" in capsys.readouterr().err and not out.exists()
+    with Hub() as h:
+        h.repos["test/Tiny-GGUF"] = Repo({"tiny-Q4_K_M.gguf": gguf, "tiny-Q8_0.gguf": gguf})
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Q4_K_M" in printed and "<-" in printed  # the fit table, the choice marked
+    if command == "plan":
+        assert not out.exists()
+    else:
+        assert sorted(p.name for p in out.iterdir()) == ["tiny.Q4_K_M.gguf", "tiny.Q4_K_M.json"]
 
 
 def test_prepare_lists_the_catalog(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
