@@ -20,6 +20,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from llmpi.pull import TRANSFER_TRIES  # a file cut off mid-transfer is continued this many times
+
 # what convert_hf_to_gguf.py reads: config, weights, tokenizer, chat template, sentence-transformers pooling;
 # never other weight formats (.bin, .pt, onnx/, ...)
 NEEDED = [
@@ -42,9 +44,6 @@ NEEDED = [
     "preprocessor_config.json",
     "processor_config.json",
 ]
-
-
-TRANSFER_TRIES = 4  # a file cut off mid-transfer is continued (HTTP range) this many times before giving up
 
 
 class PrepareError(Exception):

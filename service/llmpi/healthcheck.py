@@ -22,7 +22,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
+from . import keys, pull
 from .config import config_error_marker, runtime_dir
 from .markers import start_attempts_path
 
@@ -39,9 +41,9 @@ def models_not_loaded(base: str) -> list[str]:
     if not wanted:
         return []
     request = urllib.request.Request(f"{base}/models")
-    if health.get("key_file"):
-        with open(health["key_file"]) as f:
-            request.add_header("Authorization", "Bearer " + f.readline().strip())
+    key = keys.first_key(Path(health["key_file"])) if health.get("key_file") else None
+    if key:
+        request.add_header("Authorization", "Bearer " + key)
     with urllib.request.urlopen(request, timeout=4) as resp:
         data = json.load(resp).get("data", [])
     status = {m.get("id"): (m.get("status") or {}).get("value") for m in data if isinstance(m, dict)}
@@ -51,20 +53,16 @@ def models_not_loaded(base: str) -> list[str]:
 def pull_line(body: str) -> str:
     """The launcher's pull, from /health's 503 body: what, how far, how fast."""
     try:
-        pull = json.loads(body).get("pull") or {}
+        snap = json.loads(body).get("pull")
     except ValueError:
-        return "downloading the model"
-    rate = pull.get("rate_bytes_per_s")
-    speed = f" at {rate / 1e6:.1f} MB/s" if rate else ""
-    return f"downloading {pull.get('model', 'the model')}: {pull.get('state', '')} {pull.get('percent', 0)}%{speed}"
+        snap = None
+    return pull.describe(snap) if isinstance(snap, dict) else "pulling the model"
 
 
 def pulling_now() -> str:
     """The pull's progress from its file, for when the status page is not answering."""
-    try:
-        return "; " + pull_line(json.dumps({"pull": json.loads((runtime_dir() / "pull.json").read_text())}))
-    except (OSError, ValueError):
-        return ""
+    snap = pull.read_progress()
+    return "; " + pull.describe(snap) if snap is not None else ""
 
 
 def probe(base: str) -> tuple[str, str]:

@@ -188,9 +188,14 @@ def write_admin_keys(raw: str | None) -> Path:
     return path
 
 
-def internal_admin_key() -> str | None:
-    """The admin key generated at this container's start (None before the launcher ran)."""
+def first_key(path: Path) -> str | None:
+    """The first key of a key file llmpi wrote (one a line), or None when there is none."""
     try:
-        return admin_keys_file().read_text().splitlines()[0].strip() or None
+        return path.read_text().splitlines()[0].strip() or None
     except (OSError, IndexError):
         return None
+
+
+def internal_admin_key() -> str | None:
+    """The admin key generated at this container's start (None before the launcher ran)."""
+    return first_key(admin_keys_file())

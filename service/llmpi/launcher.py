@@ -470,12 +470,9 @@ def pull_budget(s: Settings, hw: hardware.Hardware) -> tuple[int, str]:
 
 def pull_progress(name: str) -> dict[str, object]:
     """The pull's progress file, or (before the download starts) that the repo is being looked at."""
-    try:
-        data = json.loads(pull.progress_path().read_text())
-        if isinstance(data, dict):
-            return data
-    except (OSError, ValueError):
-        pass
+    data = pull.read_progress()
+    if data is not None:
+        return data
     return {
         "model": name,
         "file": "",
@@ -558,8 +555,11 @@ def apply_keys(s: Settings, out: TextIO) -> keys.Auth:
 
 
 def write_files(files: Mapping[Path, str]) -> None:
+    """The runtime files, each replaced whole (the router may re-read its preset at any time)."""
     for path, text in files.items():
-        path.write_text(text)
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Plan:

@@ -50,17 +50,12 @@ def api(s: Settings, path: str, key: str | None, timeout: float = 10) -> Any:
         return json.load(resp)
 
 
-def api_key() -> str | None:
-    try:
-        return keys.server_keys_file().read_text().splitlines()[0].strip() or None
-    except (OSError, IndexError):
-        return None
-
-
 def server_status(s: Settings) -> dict[str, str]:
     """model name (and aliases) -> status, as the running server reports it; {} when it does not answer."""
     try:
-        data = api(s, "/v1/models", keys.internal_admin_key() if router_running() else api_key())
+        data = api(
+            s, "/v1/models", keys.internal_admin_key() if router_running() else keys.first_key(keys.server_keys_file())
+        )
     except (OSError, ValueError):
         return {}
     status = {}
@@ -94,9 +89,7 @@ def rows(s: Settings) -> list[Row]:
             continue
         path = Path(text)
         manifest = launcher.read_manifest(path)
-        kind = "embedding" if where == "LLMPI_EMBEDDING_MODEL" else str(manifest.get("kind") or "chat")
-        if kind == "chat" and isinstance(manifest.get("mmproj"), dict):
-            kind = "vision"
+        kind = "embedding" if where == "LLMPI_EMBEDDING_MODEL" else pull.manifest_kind(manifest)
         out.append(
             Row(
                 launcher.model_alias(alias, path),
@@ -142,10 +135,7 @@ def apply_change(s: Settings, out: TextIO) -> None:
     plan = launcher.plan(resolved(s), hw)
     preset = runtime_dir() / "models.ini"
     if router_running() and preset in plan.files:
-        for path, text in plan.files.items():
-            tmp = path.with_name(f".{path.name}.partial")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+        launcher.write_files(plan.files)
         try:
             api(s, "/models?reload=1", keys.internal_admin_key(), timeout=60)
         except (OSError, ValueError) as e:

@@ -325,6 +325,26 @@ def progress_path() -> Path:
     return runtime_dir() / "pull.json"
 
 
+def read_progress() -> dict[str, Any] | None:
+    """The running pull's last snapshot (Progress.snapshot), or None when no pull is writing one."""
+    try:
+        data = json.loads(progress_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def describe(snap: Mapping[str, Any]) -> str:
+    """A pull's snapshot as one line: model, state, file, percent, size, rate and time left (those known)."""
+    rate, eta = snap.get("rate_bytes_per_s"), snap.get("eta_s")
+    speed = f" at {rate / 1e6:.1f} MB/s" if rate else ""
+    left = f", about {max(1, round(eta / 60))} min left" if eta else ""
+    return (
+        f"pulling {snap.get('model', '')}: {snap.get('state', '')} {snap.get('file', '')} "
+        f"{snap.get('percent') or 0.0:.1f}% of {(snap.get('total_bytes') or 0) / 1e9:.2f} GB{speed}{left}"
+    )
+
+
 @dataclass
 class Progress:
     """Watches a download's bytes on disk (huggingface_hub's `.incomplete` files and the finished ones) and reports
@@ -366,15 +386,6 @@ class Progress:
             "eta_s": eta,
         }
 
-    def line(self, snap: dict[str, Any]) -> str:
-        rate = snap["rate_bytes_per_s"]
-        speed = f" at {rate / 1e6:.1f} MB/s" if rate else ""
-        eta = f", about {max(1, round(snap['eta_s'] / 60))} min left" if snap["eta_s"] else ""
-        return (
-            f"pulling {self.model}: {snap['state']} {self.file} {snap['percent']:.1f}% of "
-            f"{self.total / 1e9:.2f} GB{speed}{eta}"
-        )
-
     def report(self, log: bool) -> None:
         snap = self.snapshot()
         if self.write_file:
@@ -382,15 +393,15 @@ class Progress:
             tmp.write_text(json.dumps(snap))
             os.replace(tmp, progress_path())
         if log:
-            self.say(self.line(snap))
+            self.say(describe(snap))
 
     def _run(self) -> None:
         last = 0.0
         while not self._stop.wait(1.0):
-            now = time.monotonic()
-            self.report(log=now - last >= self.every)
-            if now - last >= self.every:
-                last = now
+            log = time.monotonic() - last >= self.every
+            self.report(log)
+            if log:
+                last = time.monotonic()
 
     def __enter__(self) -> Progress:
         self.report(log=False)
@@ -533,9 +544,7 @@ class LocalModel:
 
     @property
     def kind(self) -> str:
-        kind = str(self.manifest.get("kind") or "chat")
-        mm = self.manifest.get("mmproj")
-        return "vision" if kind == "chat" and isinstance(mm, dict) and mm.get("file") else kind
+        return manifest_kind(self.manifest)
 
     @property
     def quant(self) -> str:
@@ -551,6 +560,14 @@ class LocalModel:
         mm = self.manifest.get("mmproj")
         extra = mm.get("size", 0) if isinstance(mm, dict) else 0
         return self.path.stat().st_size + int(extra or 0)
+
+
+def manifest_kind(manifest: Mapping[str, Any]) -> str:
+    """chat, vision or embedding, from a manifest (pulled, or llmpi-prepare's): a chat model with a projector sees
+    images."""
+    kind = str(manifest.get("kind") or "chat")
+    mm = manifest.get("mmproj")
+    return "vision" if kind == "chat" and isinstance(mm, dict) and mm.get("file") else kind
 
 
 def local_models(models_dir: Path) -> list[LocalModel]:
