@@ -458,13 +458,18 @@ def serving(s: Settings, local: pull.LocalModel) -> Settings:
 
 
 def pull_budget(s: Settings, hw: hardware.Hardware) -> tuple[int, str]:
-    """The memory a pulled model may plan for: the budget, less the embedding model and the router, if any."""
+    """The memory a pulled model may plan for: the budget, less the embedding model and the router, if any, and
+    the AMX backend's work memory on an AMX CPU (as fit_memory counts them), so the quant chosen is one the launcher
+    then serves."""
     budget, source = memory_budget(s, hw)
     second = load_embedding_model(s, s.threads or hw.physical_cores or 1)
     if second is not None:
         taken = second.estimate.total + fit.ROUTER_OVERHEAD
         budget -= taken
         source += f", less {fit.fmt_bytes(taken)} for the embedding model and the router"
+    if hw.amx:
+        budget -= fit.AMX_WORK
+        source += f", less {fit.fmt_bytes(fit.AMX_WORK)} of AMX work buffers"
     return budget, source
 
 

@@ -686,3 +686,9 @@ def test_an_amx_cpu_counts_the_amx_backends_work_memory(env: dict[str, str], tmp
     amx = hardware.Hardware(cpus=8, physical_cores=4, memory=HW.memory, amx=True)
     plain, with_amx = launcher.plan(Settings.read(env), HW), launcher.plan(Settings.read(env), amx)
     assert "AMX work buffers 256 MiB" in with_amx.notes[0] and "AMX" not in plain.notes[0]
+
+
+def test_a_pull_plans_with_what_the_launcher_will_count(env: dict[str, str]) -> None:
+    amx = hardware.Hardware(cpus=8, physical_cores=4, memory=HW.memory, amx=True)
+    s = Settings.read(env)
+    assert launcher.pull_budget(s, amx)[0] == launcher.pull_budget(s, HW)[0] - fit.AMX_WORK
