@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import keys, pull
 from .config import config_error_marker, runtime_dir
-from .markers import start_attempts_path
+from .markers import start_attempts_path, waiting_path
 
 LOAD_WAIT = 20 * 60  # below the Dockerfile's HEALTHCHECK --timeout
 
@@ -70,6 +70,8 @@ def probe(base: str) -> tuple[str, str]:
     marker = config_error_marker()
     if marker.exists():
         return "failed", f"llmpi refused to start: {marker.read_text().strip()}"
+    with contextlib.suppress(OSError):
+        return "failed", f"llmpi is waiting: {Path(waiting_path()).read_text().strip()}"
     url = f"{base}/health"
     try:
         with urllib.request.urlopen(url, timeout=4) as resp:

@@ -22,13 +22,14 @@ import json
 import os
 import re
 import sys
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from . import catalog, fit, hardware, keys, markers, pull
+from . import catalog, cluster, fit, hardware, keys, markers, pull
 from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, runtime_dir
 from .gguf import GGUFError, GGUFInfo, read_gguf
 from .settings import DRAIN_SECONDS, LOG_LEVELS, Settings
@@ -394,11 +395,60 @@ def other_models(
     return found
 
 
-def plan(s: Settings, hw: hardware.Hardware) -> Plan:
-    """Every decision, no side effect: the command line and the contents of the runtime files."""
+def cluster_fit(
+    s: Settings, model: Model, budget: int, source: str, boards: Sequence[cluster.Board], amx: bool
+) -> tuple[fit.Estimate, cluster.Split]:
+    """Slots and context for the memory of all boards together, then the layers per board; the prompt cache (host
+    memory on the head) sized from what the head has left after its share."""
+    head = cluster.Board("this board (head)", budget, source)
+    pooled = budget + sum(b.budget - cluster.WORKER_OVERHEAD for b in boards)
+    where = f"{len(boards) + 1} boards together"
+    est = fit_memory(dataclasses.replace(s, prompt_cache=0), model, None, pooled, where, amx=amx)
+    try:
+        split = cluster.split_layers(model.shape, est, [head, *boards])
+        if s.prompt_cache != 0:
+            left = budget - split.head_fixed - split.layers[0] * split.per_layer
+            cache = s.prompt_cache if s.prompt_cache is not None else min(max(0, left), est.kv_cache)
+            cache = cache // fit.MiB * fit.MiB if cache >= fit.MIN_PROMPT_CACHE or s.prompt_cache else 0
+            est = dataclasses.replace(est, prompt_cache=cache)
+            split = cluster.split_layers(model.shape, est, [head, *boards])
+    except fit.FitError as e:
+        raise ConfigError(str(e)) from None
+    return est, split
+
+
+def plan_cluster(
+    s: Settings, hw: hardware.Hardware, model: Model, threads: int, boards: Sequence[cluster.Board], notes: list[str]
+) -> tuple[list[str], fit.Estimate]:
+    """The head of several boards: one model (LLMPI_MODEL) split across them, no router."""
+    budget, source = memory_budget(s, hw)
+    est, split = cluster_fit(s, model, budget, source, boards, hw.amx)
+    others = [m.name for m in pull.local_models(s.models_dir) if m.path.resolve() != model.info.path.resolve()]
+    if s.embedding_model or others:
+        left_out = ([s.embedding_model] if s.embedding_model else []) + others
+        notes.append(f"not served while LLMPI_WORKERS is set (one model across the boards): {', '.join(left_out)}")
+    notes.append(
+        f"cluster of {len(boards) + 1} boards, {model.shape.n_layer} layers of about "
+        f"{fit.fmt_bytes(split.per_layer)}:\n" + split.table()
+    )
+    if split.worker_layers == 0:
+        notes.append("the model fits this board alone: the workers hold nothing (docs/cluster.md: when it helps)")
+    argv = [SERVER, *render_argv(not_overridden(s, notes, model_options(s, model, est, threads)))]
+    return argv + cluster.server_args(split, len(boards)), est
+
+
+def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = ()) -> Plan:
+    """Every decision, no side effect: the command line and the contents of the runtime files. `boards`: the
+    workers' descriptions, when LLMPI_WORKERS is set."""
     notes: list[str] = []
     model = load_model(s)
     threads = s.threads or hw.physical_cores or 1
+    health: dict[str, object] = {"models": [], "key_file": str(keys.server_keys_file()) if s.auth else None}
+    if s.workers:
+        argv, est = plan_cluster(s, hw, model, threads, boards, notes)
+        argv += render_argv(not_overridden(s, notes, server_options(s, False)))
+        notes.insert(0, f"model {model.info.path.name}: {est.breakdown()} across the boards")
+        return Plan(argv=argv, notes=notes, files={runtime_dir() / "health.json": json.dumps(health)})
     second = load_embedding_model(s, threads)
     budget, source = memory_budget(s, hw)
     taken = {model.info.path.resolve()} | ({Path(s.embedding_model).resolve()} if second else set())
@@ -407,7 +457,6 @@ def plan(s: Settings, hw: hardware.Hardware) -> Plan:
     opts = model_options(s, model, est, threads)
     argv = [SERVER]
     files: dict[Path, str] = {}
-    health: dict[str, object] = {"models": [], "key_file": str(keys.server_keys_file()) if s.auth else None}
     if not router:
         argv += render_argv(not_overridden(s, notes, opts))
     else:
@@ -629,6 +678,48 @@ def count_start_attempt() -> None:
     Path(markers.start_attempts_path()).write_text(str(start_attempts() + 1))
 
 
+WORKER_RETRY = 2.0  # seconds between looks at a missing worker
+WORKER_LOG_EVERY = 30.0  # seconds between log lines while waiting for the same reason
+
+
+def describe_workers(s: Settings) -> list[cluster.Board]:
+    """Each worker, through its channel: its description, its RPC server's HELLO, the same versions as this head."""
+    own = cluster.own_versions()
+    boards = []
+    for i, w in enumerate(s.workers):
+        info = cluster.describe(i, w)
+        rpc = cluster.hello(i, w)
+        cluster.check_versions(w, info, rpc, own)
+        boards.append(cluster.board_from(w, info))
+    return boards
+
+
+def wait_for_workers(s: Settings, out: TextIO) -> list[cluster.Board]:
+    """The workers' descriptions, waiting for as long as one does not answer: the reason goes to the log (again
+    every 30 s if it changes or persists) and to the health check, which reports unhealthy meanwhile. A worker that
+    answers with other versions is a refusal (ConfigError), not a wait."""
+    if not s.workers:
+        return []
+    waiting = Path(markers.waiting_path())
+    said, said_at = "", 0.0
+    while True:
+        try:
+            boards = describe_workers(s)
+        except cluster.WorkerUnreachable as e:
+            reason = f"waiting for worker {e}"
+            waiting.write_text(reason + "\n")
+            if reason != said or time.monotonic() - said_at >= WORKER_LOG_EVERY:
+                print(f"llmpi: {reason}", file=out, flush=True)
+                said, said_at = reason, time.monotonic()
+            time.sleep(WORKER_RETRY)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            waiting.unlink()
+        if said:
+            print("llmpi: every worker answers", file=out, flush=True)
+        return boards
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         if config_error_marker().exists():
@@ -641,7 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = dict(os.environ)
         hw = hardware.detect()
         settings = model_on_board(Settings.read(env), hw, env, sys.stdout)  # may download it (a status page answers)
-        p = plan(settings, hw)
+        boards = wait_for_workers(settings, sys.stdout)  # LLMPI_WORKERS: waits (unhealthy) until each answers
+        p = plan(settings, hw, boards)
         auth = apply_keys(settings, sys.stdout)  # may generate the key (on the data volume)
         write_files(p.files)  # the router's preset, health.json
         count_start_attempt()

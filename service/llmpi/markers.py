@@ -39,9 +39,14 @@ def last_words_path() -> str:
     return os.path.join(runtime_dir_path(), "last-words")
 
 
+def waiting_path() -> str:
+    """What the launcher is waiting for (a worker of the cluster), while it waits; read by the health check."""
+    return os.path.join(runtime_dir_path(), "waiting")
+
+
 def clear_state() -> None:
     """A new container start: no refusal, no attempts, no last words from a start before (a plain `docker run`
     keeps /tmp across restarts)."""
-    for path in (config_error_path(), start_attempts_path(), last_words_path()):
+    for path in (config_error_path(), start_attempts_path(), last_words_path(), waiting_path()):
         with contextlib.suppress(OSError):
             os.unlink(path)

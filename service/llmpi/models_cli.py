@@ -131,6 +131,12 @@ def models_show(s: Settings, name: str) -> str:
 def apply_change(s: Settings, out: TextIO) -> None:
     """Let the running server see the models directory as it is now: the router re-reads its preset; a server
     with one model (no router) is restarted, into router mode when there are several models now."""
+    if s.workers:
+        print(
+            "llmpi: LLMPI_WORKERS is set: the boards serve LLMPI_MODEL alone; other models are kept, not served",
+            file=out,
+        )
+        return
     hw = hardware.detect()
     plan = launcher.plan(resolved(s), hw)
     preset = runtime_dir() / "models.ini"

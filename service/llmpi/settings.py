@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import fit
+from . import cluster, fit
 from .config import ConfigError, file_env, get, get_bool, get_int
 
 C_INT_MAX = 2**31 - 1
@@ -62,6 +62,9 @@ SETTINGS: dict[str, str] = {
     "LLMPI_EMBEDDING_ALIAS": "file name",
     "LLMPI_EMBEDDING_PARALLEL": str(DEFAULT_EMBEDDING_PARALLEL),
     "LLMPI_WEBUI": "on",
+    "LLMPI_WORKERS": "—",
+    "LLMPI_CLUSTER_SECRET": "generated",
+    "LLMPI_CLUSTER_SECRET_FILE": "—",
     "LLMPI_HOST": "0.0.0.0",
     "LLMPI_PORT": "8080",
     "LLMPI_HOST_PORT": "8080",
@@ -107,6 +110,8 @@ class Settings:
     embedding_alias: str
     embedding_parallel: int
     webui: bool
+    workers: tuple[cluster.Worker, ...]  # LLMPI_WORKERS: the boards that hold part of the model (empty: this one alone)
+    cluster_secret: str | None  # LLMPI_CLUSTER_SECRET or its _FILE; None = the head's generated one
     host: str
     port: int
     host_port: str
@@ -171,12 +176,20 @@ class Settings:
             embedding_alias=get(env, "LLMPI_EMBEDDING_ALIAS"),
             embedding_parallel=get_int(env, "LLMPI_EMBEDDING_PARALLEL", DEFAULT_EMBEDDING_PARALLEL) or 1,
             webui=get_bool(env, "LLMPI_WEBUI", True),
+            workers=cluster.parse_workers(get(env, "LLMPI_WORKERS")),
+            cluster_secret=cluster_secret(env),
             host=get(env, "LLMPI_HOST", "0.0.0.0"),
             port=_ranged(env, "LLMPI_PORT", 8080, maximum=65535),
             host_port=get(env, "LLMPI_HOST_PORT") or get(env, "LLMPI_PORT", "8080"),
             data_dir=Path(get(env, "LLMPI_DATA_DIR", "/data")),
             llama_args=llama_args,
         )
+
+
+def cluster_secret(env: Mapping[str, str]) -> str | None:
+    secret = file_env(env, "LLMPI_CLUSTER_SECRET")
+    origin = "LLMPI_CLUSTER_SECRET_FILE" if get(env, "LLMPI_CLUSTER_SECRET_FILE") else "LLMPI_CLUSTER_SECRET"
+    return cluster.check_secret(secret, origin) if secret is not None else None
 
 
 def _size(env: Mapping[str, str], name: str, default: int | None) -> int | None:

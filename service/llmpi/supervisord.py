@@ -12,6 +12,7 @@ The container's entrypoint: `python3 -m llmpi.supervisord --configuration ...` (
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 import types
 
@@ -67,10 +68,25 @@ def start_without_waiting() -> None:
     cls.poll = poll
 
 
+def with_channels(argv: list[str]) -> list[str]:
+    """The command line with the configuration that llmpi.cluster prepared: spiped's key and, on a head with workers,
+    its channels (in a process of its own: supervisord, living as long as the container, never imports the
+    settings)."""
+    if "--configuration" not in argv[:-1]:
+        return argv
+    at = argv.index("--configuration") + 1
+    done = subprocess.run(
+        [sys.executable, "-m", "llmpi.cluster", argv[at]], stdout=subprocess.PIPE, text=True, check=False
+    )
+    configuration = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
+    return [*argv[:at], configuration or argv[at], *argv[at + 1 :]]
+
+
 def main() -> None:
     from .markers import clear_state
 
     clear_state()  # a new container start: no refusal or failed attempts from a start before
+    sys.argv = with_channels(sys.argv)
     sys.modules.setdefault("pkg_resources", _PkgResources("pkg_resources"))
     from supervisor import supervisord
 
