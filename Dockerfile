@@ -126,6 +126,14 @@ RUN set -eu; \
       file -L "$f" | grep -q "ELF 64-bit.*$want" || { echo "wrong architecture: $(file -L "$f")" >&2; exit 1; }; \
     done; \
     ls /opt/llama/bin/libggml-cpu-*.so >/dev/null
+# what the cluster's boards compare before they work together (llmpi.cluster.check_versions): llama.cpp's build and
+# the RPC protocol version its ggml-rpc speaks
+RUN set -eu; . /src/llama.cpp.pin; \
+    rpc=$(sed -n 's/^#define RPC_PROTO_[A-Z]*_VERSION *\([0-9]*\).*/\1/p' /src/llama.cpp/ggml/include/ggml-rpc.h \
+      | paste -sd.); \
+    case "$rpc" in *.*.*) ;; *) echo "cannot read the RPC protocol version: $rpc" >&2; exit 1 ;; esac; \
+    printf '{"llama_cpp": "b%s", "rpc": "%s"}\n' "$LLAMA_CPP_BUILD_NUMBER" "$rpc" >/opt/llama/version.json; \
+    cat /opt/llama/version.json
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM tools AS model
@@ -199,10 +207,11 @@ RUN --mount=type=secret,id=cacert \
 FROM ${DEBIAN_TARGET_IMAGE} AS runtime
 # python3 (supervisor, the launcher) minus what nothing here runs: Python's own tests and test modules, its IDE and
 # docs, supervisor's tests (docs/benchmarks.md: runtime image 149.0 MB); huggingface_hub's dependencies and the CA
-# certificates, to pull models from the hub (docs/models.md: what they add)
+# certificates, to pull models from the hub (docs/models.md: what they add); spiped, the cluster's encrypted channel
+# (docs/cluster.md)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 supervisor libgomp1 ca-certificates python3-requests \
-      python3-yaml python3-tqdm python3-filelock python3-packaging python3-typing-extensions \
+      python3-yaml python3-tqdm python3-filelock python3-packaging python3-typing-extensions spiped \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && rm -rf /usr/lib/python3.*/test /usr/lib/python3.*/pydoc_data /usr/lib/python3.*/ensurepip \
            /usr/lib/python3.*/idlelib /usr/lib/python3.*/turtledemo /usr/lib/python3.*/lib2to3 \
@@ -214,6 +223,7 @@ RUN apt-get update \
  && mkdir -p /data/models /opt/llmpi/models \
  && chown -R llmpi:llmpi /data && chmod 0700 /data
 COPY --from=llama /opt/llama/bin/ /opt/llama/bin/
+COPY --from=llama /opt/llama/version.json /opt/llama/version.json
 COPY --from=pylib /opt/pylib/ /opt/llmpi/lib/
 COPY service/ /opt/llmpi/service/
 # huggingface_hub: its cache and token lookups on the data volume, no telemetry, no progress bars (the launcher

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import keys, models_cli
+from . import cluster, fit, keys, models_cli
 from .config import ConfigError
 from .settings import Settings
 
@@ -99,7 +99,36 @@ def parser() -> argparse.ArgumentParser:
     rm.add_argument("--force", action="store_true", help="even the model LLMPI_MODEL serves")
     show = m.add_parser("show", help="a model's manifest")
     show.add_argument("name")
+    c = sub.add_parser("cluster", help="several boards, one model").add_subparsers(dest="action", required=True)
+    c.add_parser("secret", help="print the cluster secret to give each worker (made on the head if there is none)")
+    c.add_parser("status", help="each worker of LLMPI_WORKERS: reachable, versions, memory")
     return p
+
+
+def cluster_secret(s: Settings) -> str:
+    """LLMPI_CLUSTER_SECRET if set, else the head's generated one (made now if the head has not made it yet)."""
+    if s.cluster_secret is not None:
+        return s.cluster_secret
+    return cluster.load_or_create_secret(s.data_dir / cluster.KEY_FILE_NAME)[0]
+
+
+def cluster_status(s: Settings) -> str:
+    """One line a worker, as the launcher sees it at start (through the channels the container runs)."""
+    if not s.workers:
+        return "LLMPI_WORKERS is not set: this board serves alone"
+    lines = []
+    own = cluster.own_versions()
+    for i, w in enumerate(s.workers):
+        try:
+            info = cluster.describe(i, w)
+            b = cluster.board_from(w, info)
+            lines.append(
+                f"{w.name}: answers; {b.arch}, {b.threads} threads, {fit.fmt_bytes(b.budget)} for layers; "
+                f"llmpi {info.get('llmpi')}, llama.cpp {info.get('llama_cpp')} (this head: {own['llama_cpp']})"
+            )
+        except (cluster.WorkerUnreachable, ConfigError) as e:
+            lines.append(f"{w.name}: {e}")
+    return "\n".join(lines)
 
 
 def models_main(args: argparse.Namespace, s: Settings) -> None:
@@ -120,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = Settings.read(os.environ)
         if args.command == "models":
             models_main(args, s)
+        elif args.command == "cluster":
+            print(cluster_secret(s) if args.action == "secret" else cluster_status(s))
         elif args.action == "list":
             print(keys_list(s))
         elif args.action == "show":

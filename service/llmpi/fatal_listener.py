@@ -42,6 +42,8 @@ class Listener:
     def handle(self, event: str, payload: str) -> None:
         head, _, body = payload.partition("\n")
         fields = parse_header(head)
+        if fields.get("processname", "llama-server") != "llama-server":
+            return  # a cluster head's spiped channels (llmpi.cluster.head_programs) restart on their own
         if event == "PROCESS_LOG_STDERR":
             self.keep(body)
         elif event == "PROCESS_STATE_STARTING":

@@ -105,3 +105,31 @@ def test_cpu_variant_chosen_at_run_time(pi: Project, variant: str) -> None:
         )
         assert completion.choices[0].message.content
         assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+def test_an_arm64_worker_serves_an_amd64_head(arm64_image: str, appliance_image: str) -> None:
+    """Mixed boards: the amd64 head and worker1 with worker2 from the arm64 image (QEMU, Cortex-A76), same build and
+    protocol: the versions match, the layers split, and the greedy text is the all-amd64 cluster's (what is compared
+    and why: docs/cluster.md)."""
+    from tests.appliance import test_cluster as tc
+
+    project = Project(
+        f"llmpi-arm64-cluster-{os.getpid()}",
+        env={**tc.ENV, "LLMPI_ARM64_IMAGE": arm64_image},
+        files=[COMPOSE_FILE, ROOT / "tests" / "appliance" / "compose.cluster.yaml", HERE / "compose.arm64-worker.yaml"],
+    )
+    try:
+        project.up()
+        project.wait_healthy(timeout=900)
+        assert "llmpi worker: aarch64" in tc.service_logs(project, "worker2")
+        assert "worker2:50052 (aarch64)" in project.logs()
+        mixed = tc.completions(project, 8080, project.stored_key(), prompts=tc.PROMPTS[:2])
+        reference = tc.one_board(project, 8099, repack=False, prompts=tc.PROMPTS[:2])
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "cluster-arm64-worker.json").write_text(repr({"mixed": mixed, "one_board": reference}))
+        assert all(text.strip() for text in mixed), mixed
+        assert mixed == reference
+    finally:
+        for service in ("llmpi", "worker1", "worker2"):
+            (ARTIFACTS / f"{project.name}-{service}.log").write_text(tc.service_logs(project, service))
+        project.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)

@@ -1,0 +1,290 @@
+"""Several boards, one model (issue 13): a head and two workers of the real image, on a compose network of their
+own (no worker port reaches the host), talking llama.cpp RPC through spiped. The memory limits are such that the
+embedded model does not fit the head alone but fits the three."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import openai
+import pytest
+import requests
+
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, wait_for
+
+pytestmark = pytest.mark.cluster
+
+OVERRIDE = ROOT / "tests" / "appliance" / "compose.cluster.yaml"
+SECRET = secrets.token_urlsafe(32)
+# the embedded Gemma 3 270M (253 MB: 158 MB of token embeddings, which stay on the head, and 18 layers of about
+# 5 MB) with one slot of 2048 tokens: the head alone needs about 300 MB; with these limits it holds about a third
+# of the layers, each worker about as many. An AMX CPU's backend takes 256 MiB more on the head (llmpi.fit.AMX_WORK).
+AMX = " amx_tile" in Path("/proc/cpuinfo").read_text()
+HEAD_MEMORY = f"{240 + (256 if AMX else 0)}M"
+WORKER_MEMORY = "100M"
+PROMPTS = [
+    "The capital of France is",
+    "Here is a list of three fruits:",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+]
+TOKENS = 48
+ENV = {
+    "TEST_CLUSTER_SECRET": SECRET,
+    "TEST_WRONG_SECRET": secrets.token_urlsafe(32),
+    "TEST_HEAD_MEMORY": HEAD_MEMORY,
+    "TEST_WORKER_MEMORY": WORKER_MEMORY,
+}
+PROFILES = ("--profile", "wrong", "--profile", "old")
+
+
+def container(project: Project, service: str) -> Any:
+    found = docker.from_env().containers.list(
+        all=True,
+        filters={"label": [f"com.docker.compose.project={project.name}", f"com.docker.compose.service={service}"]},
+    )
+    assert found, f"no {service} container in {project.name}"
+    return found[0]
+
+
+def service_logs(project: Project, service: str) -> str:
+    return project.compose(*PROFILES, "logs", "--no-color", "--no-log-prefix", service, check=False).stdout
+
+
+def in_head(project: Project, code: str, timeout: float = 120) -> str:
+    """Run Python inside the head's container (on the boards' network) and return what it printed."""
+    out = project.compose(
+        "exec", "-T", "llmpi", "timeout", str(int(timeout)), "python3", "-c", code, timeout=timeout + 30
+    )
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(appliance_image: str) -> Iterator[Project]:
+    project = Project(f"llmpi-test-cluster-{os.getpid()}", env=dict(ENV), files=[COMPOSE_FILE, OVERRIDE])
+    try:
+        project.up()
+        project.wait_healthy(300)
+        yield project
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        for service in ("llmpi", "worker1", "worker2", "wronghead", "oldworker", "oldhead"):
+            (ARTIFACTS / f"{project.name}-{service}.log").write_text(service_logs(project, service))
+        project.compose(*PROFILES, "down", "-v", "--remove-orphans", "--timeout", "10", check=False)
+
+
+@pytest.fixture(scope="module")
+def key(cluster: Project) -> str:
+    return cluster.stored_key()
+
+
+def test_the_head_alone_refuses_with_its_numbers(appliance_image: str) -> None:
+    """The same head without workers: the model does not fit its memory, and the refusal says so before loading."""
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "python3",
+         "-e", f"LLMPI_MEMORY_LIMIT={HEAD_MEMORY}", "-e", "LLMPI_MEMORY_RESERVE=0", "-e", "LLMPI_PARALLEL=1",
+         "-e", "LLMPI_CTX_SIZE=2048", appliance_image, "-m", "llmpi.launcher"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert "does not fit in memory" in done.stderr, done.stderr
+
+
+def test_the_layers_are_split_across_the_three_boards(cluster: Project) -> None:
+    logs = cluster.logs()
+    assert "cluster of 3 boards" in logs, logs
+    shares = {}
+    for line in logs.splitlines():
+        for board in ("this board (head)", "worker1:50052", "worker2:50052"):
+            if line.strip().startswith(board) and " layers, needs " in line:
+                shares[board] = int(line.split(": ", 1)[1].split(" layers", 1)[0])
+    assert set(shares) == {"this board (head)", "worker1:50052", "worker2:50052"}, logs
+    assert sum(shares.values()) == 18 and all(n > 0 for n in shares.values()), shares
+    exec_line = next(line for line in logs.splitlines() if line.startswith("llmpi: exec "))
+    assert "--rpc 127.0.0.1:51000,127.0.0.1:51002" in exec_line
+    assert f"--tensor-split {shares['worker1:50052']},{shares['worker2:50052']}" in exec_line
+    assert "--no-repack" in exec_line and "--fit off" in exec_line
+    for worker in ("worker1", "worker2"):
+        text = service_logs(cluster, worker)
+        assert "Accepted client connection" in text, text  # the head's llama-server holds the layers there
+        assert "llmpi worker: " in text and " threads, " in text, text
+
+
+def completions(project: Project, port: int, key: str | None, prompts: list[str] = PROMPTS) -> list[str]:
+    """Greedy continuations of PROMPTS from a server inside the head's container, without the prompt cache."""
+    code = f"""
+import json, urllib.request
+out = []
+for prompt in {prompts!r}:
+    body = json.dumps({{"prompt": prompt, "n_predict": {TOKENS}, "temperature": 0, "top_k": 1, "seed": 1,
+                        "cache_prompt": False}}).encode()
+    req = urllib.request.Request("http://127.0.0.1:{port}/completion", body, {{"Content-Type": "application/json"}})
+    if {key!r}:
+        req.add_header("Authorization", "Bearer " + {key!r})
+    out.append(json.load(urllib.request.urlopen(req, timeout=120))["content"])
+print(json.dumps(out))
+"""
+    return list(json.loads(in_head(project, code, timeout=600).strip().splitlines()[-1]))
+
+
+def one_board(project: Project, port: int, repack: bool, prompts: list[str] = PROMPTS) -> list[str]:
+    """The same model on one board: a plain llama-server in the head's container, same slot and context."""
+    argv = ["llama-server", "-m", "/opt/llmpi/models/default.gguf", "--host", "127.0.0.1", "--port", str(port),
+            "-c", "2048", "-np", "1", "--no-kv-unified", "-t", "2"] + ([] if repack else ["--no-repack"])  # fmt: skip
+    container(project, "llmpi").exec_run(argv, detach=True, user="llmpi")
+    wait = (
+        "import time, urllib.request\n"
+        "for _ in range(240):\n"
+        "    try:\n"
+        f"        urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=2); break\n"
+        "    except Exception: time.sleep(0.5)\n"
+    )
+    in_head(project, wait)
+    try:
+        return completions(project, port, None, prompts)
+    finally:
+        container(project, "llmpi").exec_run(["pkill", "-f", f"--port {port}"], user="llmpi")
+
+
+def test_greedy_output_is_the_same_as_on_one_board(cluster: Project, key: str) -> None:
+    """Every layer computes from the same (not repacked) weights on whichever board holds it, so the cluster's
+    greedy text is one board's with --no-repack, token for token (docs/cluster.md: what differs with repacking)."""
+    split = completions(cluster, 8080, key)
+    plain = one_board(cluster, 8099, repack=False)
+    repacked = one_board(cluster, 8098, repack=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "cluster-identical.json").write_text(
+        json.dumps(
+            {"prompts": PROMPTS, "cluster": split, "one_board_no_repack": plain, "one_board": repacked}, indent=1
+        )
+    )
+    assert all(text.strip() for text in split), split
+    assert split == plain
+
+
+def test_openai_streaming_and_metrics_on_the_head(cluster: Project, key: str) -> None:
+    client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key=key, max_retries=0, timeout=120)
+    stream = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=16, stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces).strip(), pieces
+    metrics = requests.get(f"{cluster.url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert metrics.status_code == 200 and "llamacpp:tokens_predicted_total" in metrics.text
+    assert requests.get(f"{cluster.url}/metrics", timeout=10).status_code == 401
+
+
+HELLO_PROBE = """
+import json, socket, struct
+hello = bytes([14]) + struct.pack("<Q", 24) + bytes(24)
+got, error = b"", ""
+s = socket.create_connection(("{host}", {port}), timeout=5)
+s.settimeout(5)
+try:
+    s.sendall(hello)
+    while len(got) < 4096:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+except OSError as e:
+    error = type(e).__name__
+print(json.dumps({{"reply": got.hex(), "error": error}}))
+"""
+
+
+def hello_reply(project: Project, code: str) -> bytes:
+    return bytes.fromhex(json.loads(in_head(project, code, timeout=30).strip().splitlines()[-1])["reply"])
+
+
+def test_a_worker_answers_nothing_without_the_secret(cluster: Project) -> None:
+    """A raw RPC HELLO to a worker's port gets no HELLO answer (spiped's handshake bytes, then the connection
+    closes); through a spiped end with another key, nothing at all. Neither reaches ggml-rpc-server."""
+    accepted = service_logs(cluster, "worker1").count("Accepted client connection")
+    raw = hello_reply(cluster, HELLO_PROBE.format(host="worker1", port=50052))
+    assert not raw.startswith((28).to_bytes(8, "little")), raw.hex()  # a HELLO answer: size 28, then the version
+    wrong = (
+        "import subprocess, time\n"
+        "open('/tmp/wrong.key', 'w').write('x' * 43)\n"
+        "p = subprocess.Popen(['spiped', '-F', '-e', '-s', '[127.0.0.1]:52000', '-t', 'worker1:50052', '-k', "
+        "'/tmp/wrong.key'])\n"
+        "time.sleep(1)\n" + HELLO_PROBE.format(host="127.0.0.1", port=52000) + "p.terminate()\n"
+    )
+    assert hello_reply(cluster, wrong) == b""
+    time.sleep(1)
+    assert service_logs(cluster, "worker1").count("Accepted client connection") == accepted
+
+
+def health_output(c: Any) -> str:
+    c.reload()
+    log = (c.attrs["State"].get("Health") or {}).get("Log") or []
+    return str(log[-1]["Output"]) if log else ""
+
+
+def test_a_head_with_another_secret_waits_and_says_why(cluster: Project) -> None:
+    cluster.compose("--profile", "wrong", "up", "-d", "--no-build", "wronghead")
+    try:
+        head = container(cluster, "wronghead")
+        wait_for(lambda: "cluster secret differs" in health_output(head), 90, 1, "the wrong head's health log")
+        assert "waiting for worker worker1:50052" in service_logs(cluster, "wronghead")
+        assert SECRET not in service_logs(cluster, "wronghead") and ENV["TEST_WRONG_SECRET"] not in service_logs(
+            cluster, "wronghead"
+        )
+    finally:
+        cluster.compose("--profile", "wrong", "rm", "-sf", "wronghead", check=False)
+
+
+def test_a_worker_of_another_protocol_version_is_refused(cluster: Project) -> None:
+    cluster.compose("--profile", "old", "up", "-d", "--no-build", "oldworker", "oldhead")
+    try:
+        head = container(cluster, "oldhead")
+        wait_for(lambda: "refused" in health_output(head), 90, 1, "the refusal in the old head's health log")
+        reason = health_output(head)
+        assert "oldworker:50052 runs RPC protocol 6.9.0, this head 7.0.0" in reason, reason
+        assert "configuration error" in service_logs(cluster, "oldhead")
+    finally:
+        cluster.compose("--profile", "old", "rm", "-sf", "oldworker", "oldhead", check=False)
+
+
+def test_a_worker_lost_mid_stream_then_back(cluster: Project, key: str) -> None:
+    """The stream ends with an error within seconds; the head waits for the worker (unhealthy, saying which), and
+    serves again by itself when the worker is back."""
+    client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key=key, max_retries=0, timeout=60)
+    stream = client.chat.completions.create(
+        model="any",
+        messages=[{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
+        max_tokens=900,
+        stream=True,
+    )
+    worker = container(cluster, "worker2")
+    received, killed_at, error = 0, 0.0, None
+    try:
+        for _ in stream:
+            received += 1
+            if received == 3:
+                worker.kill()
+                killed_at = time.monotonic()
+    except Exception as e:  # openai.APIError, or httpx's RemoteProtocolError as it is
+        error = e
+    ended = time.monotonic() - killed_at
+    assert killed_at and error is not None, f"the stream ended without an error after {received} chunks"
+    assert ended < 30, ended
+    wait_for(lambda: "waiting for worker worker2:50052" in cluster.logs(), 60, 1, "the head to say which worker")
+    code, out = cluster.exec(["python3", "-m", "llmpi.healthcheck"])
+    assert code == 1 and "waiting for worker worker2:50052" in out, out
+    worker.reload()
+    if worker.status != "running":
+        worker.start()
+    cluster.wait_healthy(300)
+    reply = openai.OpenAI(
+        base_url=f"{cluster.url}/v1", api_key=key, max_retries=0, timeout=120
+    ).chat.completions.create(model="any", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
+    assert reply.choices[0].message.content
