@@ -85,10 +85,12 @@ def parse_workers(text: str) -> tuple[Worker, ...]:
     for item in (p.strip() for p in text.split(",")):
         if not item:
             continue
-        host, sep, port_text = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
-        if not sep:
-            host, port_text = item, str(WORKER_PORT)
-        host = host.strip("[]")
+        if item.startswith("[") and "]:" in item:  # [IPv6]:port
+            host, _, port_text = item[1:].partition("]:")
+        elif item.count(":") == 1:  # host:port
+            host, _, port_text = item.partition(":")
+        else:  # host, [IPv6] or a bare IPv6 address
+            host, port_text = item.strip("[]"), str(WORKER_PORT)
         try:
             port = int(port_text)
         except ValueError:
@@ -227,9 +229,9 @@ def describe(i: int, w: Worker, timeout: float = 5.0) -> dict[str, object]:
     try:
         info = json.loads(data)
     except ValueError:
-        raise ConfigError(f"worker {w.name} is not an llmpi worker (its description is not JSON)") from None
-    if not isinstance(info, dict):
-        raise ConfigError(f"worker {w.name} is not an llmpi worker")
+        info = None
+    if not isinstance(info, dict):  # cut short, or not an llmpi worker on that port: said while waiting
+        raise WorkerUnreachable(f"{w.name} answered with something that is not an llmpi worker's description")
     return info
 
 
@@ -322,10 +324,12 @@ def split_layers(shape: fit.ModelShape, est: fit.Estimate, boards: Sequence[Boar
         )
     total = sum(capacity)
     layers = [min(c, n_layer * c // total) for c in capacity]
-    # what rounding left over goes to the boards with room, most room first
-    for i in sorted(range(len(boards)), key=lambda k: capacity[k] - layers[k], reverse=True):
-        extra = min(capacity[i] - layers[i], n_layer - sum(layers))
-        layers[i] += max(0, extra)
+    # the layers rounding left over: one each to the boards with the largest remainders (that have room)
+    order = sorted(range(len(boards)), key=lambda k: (n_layer * capacity[k] % total, capacity[k]), reverse=True)
+    while sum(layers) < n_layer:
+        for i in order:
+            if sum(layers) < n_layer and layers[i] < capacity[i]:
+                layers[i] += 1
     return Split(tuple(layers), per_layer, head_fixed, tuple(boards))
 
 

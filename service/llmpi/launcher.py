@@ -400,8 +400,10 @@ def cluster_fit(
 ) -> tuple[fit.Estimate, cluster.Split]:
     """Slots and context for the memory of all boards together, then the layers per board; the prompt cache (host
     memory on the head) sized from what the head has left after its share."""
+    if not boards:
+        raise ConfigError("LLMPI_WORKERS is set but no worker has described itself")
     head = cluster.Board("this board (head)", budget, source)
-    pooled = budget + sum(b.budget - cluster.WORKER_OVERHEAD for b in boards)
+    pooled = budget + sum(max(0, b.budget - cluster.WORKER_OVERHEAD) for b in boards)
     where = f"{len(boards) + 1} boards together"
     est = fit_memory(dataclasses.replace(s, prompt_cache=0), model, None, pooled, where, amx=amx)
     try:
@@ -432,7 +434,7 @@ def plan_cluster(
         f"{fit.fmt_bytes(split.per_layer)}:\n" + split.table()
     )
     if split.worker_layers == 0:
-        notes.append("the model fits this board alone: the workers hold nothing (docs/cluster.md: when it helps)")
+        notes.append("the workers have no room for a layer: this board holds them all")
     argv = [SERVER, *render_argv(not_overridden(s, notes, model_options(s, model, est, threads)))]
     return argv + cluster.server_args(split, len(boards)), est
 
@@ -580,8 +582,11 @@ def model_on_board(s: Settings, hw: hardware.Hardware, env: Mapping[str, str], o
 
 
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
-    """llama-server's environment: everything but the key settings (the server reads keys from its files)."""
-    return {k: v for k, v in env.items() if not k.startswith(("LLMPI_API_KEY", "LLMPI_ADMIN_KEY"))}
+    """llama-server's environment: everything but the key settings (the server reads keys from its files) and the
+    cluster secret (spiped's)."""
+    return {
+        k: v for k, v in env.items() if not k.startswith(("LLMPI_API_KEY", "LLMPI_ADMIN_KEY", "LLMPI_CLUSTER_SECRET"))
+    }
 
 
 def apply_keys(s: Settings, out: TextIO) -> keys.Auth:
@@ -700,6 +705,7 @@ def wait_for_workers(s: Settings, out: TextIO) -> list[cluster.Board]:
     answers with other versions is a refusal (ConfigError), not a wait."""
     if not s.workers:
         return []
+    runtime_dir()
     waiting = Path(markers.waiting_path())
     said, said_at = "", 0.0
     while True:
@@ -717,6 +723,10 @@ def wait_for_workers(s: Settings, out: TextIO) -> list[cluster.Board]:
             waiting.unlink()
         if said:
             print("llmpi: every worker answers", file=out, flush=True)
+            # llama-server stopped because a worker went away (it aborts on a lost RPC connection), or a worker was
+            # late: not a failed start of the model (MAX_START_ATTEMPTS)
+            with contextlib.suppress(FileNotFoundError):
+                Path(markers.start_attempts_path()).unlink()
         return boards
 
 
