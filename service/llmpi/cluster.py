@@ -197,9 +197,10 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 def reachable(w: Worker, timeout: float = 3.0) -> str | None:
-    """None when the worker's published RPC port accepts a TCP connection; else why not."""
+    """None when the worker's description port accepts a TCP connection; else why not. (Not the RPC port: spiped
+    connects to what is behind it as soon as a peer connects, and ggml-rpc-server logs every connection.)"""
     try:
-        socket.create_connection((w.host, w.port), timeout=timeout).close()
+        socket.create_connection((w.host, w.port + 1), timeout=timeout).close()
         return None
     except OSError as e:
         return str(e.strerror or e)

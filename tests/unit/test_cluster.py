@@ -369,7 +369,8 @@ def answers_hello(reply: bytes, seen: list[bytes]) -> Handler:
 
 
 class Ports:
-    """The head's tunnel ends for two workers (TUNNEL_BASE moved to ports bound here) and two published ports."""
+    """The head's tunnel ends for two workers (TUNNEL_BASE moved to ports bound here) and two workers' published
+    description ports."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.tunnels = self._tunnels(4)
@@ -400,7 +401,8 @@ class Ports:
         return self.tunnels[2 * i + 1]
 
     def worker(self, i: int) -> cluster.Worker:
-        return cluster.Worker("127.0.0.1", self.published[i].getsockname()[1])
+        """A worker whose description port (PORT + 1, what the launcher checks first) is published[i]."""
+        return cluster.Worker("127.0.0.1", self.published[i].getsockname()[1] - 1)
 
     def serve(self, sock: socket.socket, handle: Handler) -> Server:
         server = Server(sock, handle).start()
