@@ -141,7 +141,24 @@ print(json.dumps(out))
     return list(json.loads(in_head(project, code, timeout=600).strip().splitlines()[-1]))
 
 
-def one_board(project: Project, port: int, repack: bool, prompts: list[str] = PROMPTS) -> list[str]:
+def first_token_logprobs(project: Project, port: int, key: str | None, prompts: list[str] = PROMPTS) -> list[Any]:
+    """For each prompt, the 5 likeliest first tokens with their log-probabilities: [[id, logprob], ...]."""
+    code = f"""
+import json, urllib.request
+out = []
+for prompt in {prompts!r}:
+    body = json.dumps({{"prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0, "cache_prompt": False}})
+    req = urllib.request.Request("http://127.0.0.1:{port}/completion", body.encode(), {{"Content-Type": "application/json"}})
+    if {key!r}:
+        req.add_header("Authorization", "Bearer " + {key!r})
+    first = json.load(urllib.request.urlopen(req, timeout=300))["completion_probabilities"][0]
+    out.append([[t["id"], t["logprob"]] for t in first["top_logprobs"]])
+print(json.dumps(out))
+"""
+    return list(json.loads(in_head(project, code, timeout=900).strip().splitlines()[-1]))
+
+
+def one_board(project: Project, port: int, repack: bool, prompts: list[str] = PROMPTS, probe: Any = None) -> list[Any]:
     """The same model on one board: a plain llama-server in the head's container, same slot and context."""
     argv = ["llama-server", "-m", "/opt/llmpi/models/default.gguf", "--host", "127.0.0.1", "--port", str(port),
             "-c", "2048", "-np", "1", "--no-kv-unified", "-t", "2"] + ([] if repack else ["--no-repack"])  # fmt: skip
@@ -155,7 +172,7 @@ def one_board(project: Project, port: int, repack: bool, prompts: list[str] = PR
     )
     in_head(project, wait)
     try:
-        return completions(project, port, None, prompts)
+        return list((probe or completions)(project, port, None, prompts))
     finally:
         container(project, "llmpi").exec_run(["pkill", "-f", f"--port {port}"], user="llmpi")
 

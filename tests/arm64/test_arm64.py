@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -109,8 +110,10 @@ def test_cpu_variant_chosen_at_run_time(pi: Project, variant: str) -> None:
 
 def test_an_arm64_worker_serves_an_amd64_head(arm64_image: str, appliance_image: str) -> None:
     """Mixed boards: the amd64 head and worker1 with worker2 from the arm64 image (QEMU, Cortex-A76), same build and
-    protocol: the versions match, the layers split, and the greedy text is the all-amd64 cluster's (what is compared
-    and why: docs/cluster.md)."""
+    protocol: the versions match, the layers split, it generates. Its numbers are not bit-identical to an amd64
+    board's (NEON and AVX kernels sum in other orders; docs/cluster.md), so greedy texts can part after a few
+    tokens. What holds: the same likeliest first token for every prompt, and the top-5 log-probabilities within 0.3
+    of one amd64 board's (measured: at most 0.19 apart; repacking alone moves them up to 0.24 on one amd64 board)."""
     from tests.appliance import test_cluster as tc
 
     project = Project(
@@ -122,13 +125,20 @@ def test_an_arm64_worker_serves_an_amd64_head(arm64_image: str, appliance_image:
         project.up()
         project.wait_healthy(timeout=900)
         assert "llmpi worker: aarch64" in tc.service_logs(project, "worker2")
-        assert "worker2:50052 (aarch64)" in project.logs()
-        mixed = tc.completions(project, 8080, project.stored_key(), prompts=tc.PROMPTS[:2])
-        reference = tc.one_board(project, 8099, repack=False, prompts=tc.PROMPTS[:2])
+        assert "worker2:50052 (aarch64)" in tc.service_logs(project, "llmpi")
+        key = project.stored_key()
+        text = tc.completions(project, 8080, key, prompts=tc.PROMPTS[:1])
+        mixed = tc.first_token_logprobs(project, 8080, key)
+        reference = tc.one_board(project, 8099, repack=False, probe=tc.first_token_logprobs)
         ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "cluster-arm64-worker.json").write_text(repr({"mixed": mixed, "one_board": reference}))
-        assert all(text.strip() for text in mixed), mixed
-        assert mixed == reference
+        (ARTIFACTS / "cluster-arm64-worker.json").write_text(
+            json.dumps({"text": text, "mixed": mixed, "one_board_no_repack": reference}, indent=1)
+        )
+        assert text[0].strip(), text
+        for ours, theirs in zip(mixed, reference, strict=True):
+            assert ours[0][0] == theirs[0][0], (ours, theirs)  # the same likeliest token
+            common = {t: lp for t, lp in theirs}
+            assert all(abs(lp - common[t]) < 0.3 for t, lp in ours if t in common), (ours, theirs)
     finally:
         for service in ("llmpi", "worker1", "worker2"):
             (ARTIFACTS / f"{project.name}-{service}.log").write_text(tc.service_logs(project, service))
