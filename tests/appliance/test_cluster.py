@@ -148,7 +148,8 @@ import json, urllib.request
 out = []
 for prompt in {prompts!r}:
     body = json.dumps({{"prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0, "cache_prompt": False}})
-    req = urllib.request.Request("http://127.0.0.1:{port}/completion", body.encode(), {{"Content-Type": "application/json"}})
+    url = "http://127.0.0.1:{port}/completion"
+    req = urllib.request.Request(url, body.encode(), {{"Content-Type": "application/json"}})
     if {key!r}:
         req.add_header("Authorization", "Bearer " + {key!r})
     first = json.load(urllib.request.urlopen(req, timeout=300))["completion_probabilities"][0]
