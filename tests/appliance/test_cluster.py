@@ -312,9 +312,22 @@ def test_a_worker_lost_mid_stream_then_back(cluster: Project, key: str) -> None:
     code, out = cluster.exec(["python3", "-m", "llmpi.healthcheck"])
     assert code == 1 and "waiting for worker worker2:50052" in out, out
     worker.reload()
-    if worker.status != "running":
+    restarted_by_docker = worker.status == "running"
+    if not restarted_by_docker:
         worker.start()
+    back = time.monotonic()
     cluster.wait_healthy(300)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "cluster-recovery.json").write_text(
+        json.dumps(
+            {
+                "stream_error_after_kill_s": round(ended, 2),
+                "error": repr(error)[:300],
+                "worker_restarted_by_docker": restarted_by_docker,
+                "serving_again_after_worker_start_s": round(time.monotonic() - back, 1),
+            }
+        )
+    )
     reply = openai.OpenAI(
         base_url=f"{cluster.url}/v1", api_key=key, max_retries=0, timeout=120
     ).chat.completions.create(model="any", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
