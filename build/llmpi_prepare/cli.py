@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmpi import catalog, fit, pull, quants
+from llmpi import catalog, cluster, fit, pull, quants
 
 from . import convert, hub, pipeline, plan
 
@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--target", default=None, choices=sorted(plan.TARGETS), help="a named board")
         s.add_argument("--ctx", type=int, default=4096, help="context to plan for (tokens)")
         s.add_argument("--quant", default="auto", help="quantization type, or auto (best that fits)")
+        s.add_argument(
+            "--workers",
+            default=None,
+            help="plan for a cluster: this board (--ram/--target) as the head plus workers, each memory a size or "
+            "a named board, e.g. --workers 8G,pi5-8gb (README: Several Pis)",
+        )
         if name in ("download", "run"):
             s.add_argument("--out", required=True, type=Path, help="output directory")
         if name == "run":
@@ -64,15 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo, revision = (preset.repo, args.revision or preset.revision) if preset else (args.repo, args.revision)
         quant = args.quant if args.quant.lower() == "auto" else quants.normalize(args.quant)
         memory, source = plan.memory_for(args.ram, args.target)
+        workers = plan.worker_boards(args.workers) if args.workers else []
         token = hub.token_from_env()
         if preset and not preset.repo:
-            pull_ready_gguf(args, preset, quant, memory, source, token)
+            pull_ready_gguf(args, preset, quant, memory, source, token, workers)
             return 0
         if args.command == "run":
             run(args, preset, repo, revision, quant, memory, source, token)
             return 0
         model = hub.inspect(repo, revision, token)
-        chosen = plan.make_plan(model, memory, source, n_ctx=args.ctx, quant=quant)
+        chosen = plan.make_plan(model, memory, source, n_ctx=args.ctx, quant=quant, workers=workers)
         print(chosen.report())
         c = chosen.chosen
         print(f"chosen: {c.quant} ({c.size / 1e9:.2f} GB file, {c.needed / 1e9:.2f} GB memory)")
@@ -86,12 +93,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def pull_ready_gguf(
-    args: argparse.Namespace, entry: catalog.Entry, quant: str, memory: int, source: str, token: str | None
+    args: argparse.Namespace,
+    entry: catalog.Entry,
+    quant: str,
+    memory: int,
+    source: str,
+    token: str | None,
+    workers: Sequence[cluster.Board] = (),
 ) -> None:
     """A catalog entry with ready GGUF files only: the appliance's own pull (llmpi.pull, the same fit table as
     `llmpi models pull`); `plan` prints the table, `download` and `run` put the files and the manifest in --out."""
     ref = pull.parse_ref(entry.name if quant == "auto" else f"{entry.name}:{quant}", catalog.load())
-    p = pull.plan_pull(ref, pull.inspect(ref, token), memory - fit.DEFAULT_RESERVE, source, token)
+    budget = memory - fit.DEFAULT_RESERVE
+    boards = [cluster.Board("this board (head)", budget, source), *workers] if workers else []
+    p = pull.plan_pull(ref, pull.inspect(ref, token), budget, source, token, boards)
     print(p.table)
     if args.command == "plan":
         return

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llmpi import fit, hardware, quants
+from llmpi import cluster, fit, hardware, quants
 
 from .hfshape import shape_from_config
 from .hub import RemoteModel
@@ -35,6 +36,17 @@ def memory_for(ram: str | None = None, target: str | None = None) -> tuple[int, 
     return mem.total, f"this machine ({mem.source})"
 
 
+def worker_boards(text: str, reserve: int = fit.DEFAULT_RESERVE) -> list[cluster.Board]:
+    """--workers 8G,pi5-8gb: each worker's memory (a size or a named board), less the reserve each keeps."""
+    boards = []
+    for i, item in enumerate(p.strip() for p in text.split(",") if p.strip()):
+        memory, source = memory_for(None, item) if item in TARGETS else memory_for(item, None)
+        boards.append(cluster.Board(f"worker {i + 1}", memory - reserve, f"{source} minus a reserve"))
+    if not boards:
+        raise ValueError("--workers: give each worker's memory, e.g. --workers 8G,pi5-8gb")
+    return boards
+
+
 @dataclass(frozen=True)
 class Plan:
     model: RemoteModel
@@ -45,6 +57,7 @@ class Plan:
     memory_source: str
     n_ctx: int
     shape: fit.ModelShape
+    boards: tuple[cluster.Board, ...] = ()  # with --workers: this board first, then the workers
 
     def report(self) -> str:
         m = self.model
@@ -53,7 +66,16 @@ class Plan:
             f"{self.n_ctx} tokens of context; memory {fit.fmt_bytes(self.memory)} ({self.memory_source}) "
             f"minus {fit.fmt_bytes(self.memory - self.budget)} reserve"
         )
-        return head + "\n" + quants.render(self.rows, self.budget, self.chosen.quant)
+        if not self.boards:
+            return head + "\n" + quants.render(self.rows, self.budget, self.chosen.quant)
+        where = f"across {len(self.boards)} boards"
+        return (
+            head
+            + f", and {len(self.boards) - 1} workers\n"
+            + quants.render(self.rows, self.budget, self.chosen.quant, where)
+            + "\n"
+            + quants.split_table(self.shape, self.chosen, self.n_ctx, self.boards)
+        )
 
 
 def make_plan(
@@ -64,16 +86,20 @@ def make_plan(
     quant: str = "auto",
     reserve: int = fit.DEFAULT_RESERVE,
     mmproj_bytes: int = 0,
+    workers: Sequence[cluster.Board] = (),
 ) -> Plan:
-    """Raises fit.FitError (with the table's numbers) when nothing, or not the requested type, fits."""
+    """Raises fit.FitError (with the table's numbers) when nothing, or not the requested type, fits. With workers
+    (llmpi.cluster: several boards, one model), a type fits when its layers can be split across this board and
+    them, as the head's launcher splits them."""
     shape = shape_from_config(model.config, model.n_params)
     budget = memory - reserve
-    rows = quants.table(shape, model.n_params, budget, n_ctx, extra=mmproj_bytes)
+    boards = (cluster.Board("this board (head)", budget, memory_source), *workers) if workers else ()
+    rows = quants.table(shape, model.n_params, budget, n_ctx, extra=mmproj_bytes, boards=boards)
+    where = f"across {len(boards)} boards" if boards else ""
     try:
         chosen = quants.choose(rows, quant)
     except fit.FitError as e:
-        table = quants.render(rows, budget)
-        raise fit.FitError(
-            f"{model.repo_id} does not fit in {fit.fmt_bytes(memory)} ({memory_source}): {e}\n{table}"
-        ) from None
-    return Plan(model, rows, chosen, memory, budget, memory_source, n_ctx, shape)
+        table = quants.render(rows, budget, where=where)
+        whom = f"{fit.fmt_bytes(memory)} ({memory_source})" + (f" and {len(workers)} workers" if workers else "")
+        raise fit.FitError(f"{model.repo_id} does not fit in {whom}: {e}\n{table}") from None
+    return Plan(model, rows, chosen, memory, budget, memory_source, n_ctx, shape, boards)

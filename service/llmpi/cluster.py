@@ -280,14 +280,24 @@ def board_from(w: Worker, info: dict[str, object]) -> Board:
     )
 
 
+def parameters(shape: fit.ModelShape) -> int:
+    """The model's parameters: the GGUF's count when it is one (it holds at least the token embeddings), else
+    estimated from the shape (attention Q, K, V, O and a gated feed-forward a layer, plus the embeddings)."""
+    embeddings = shape.n_vocab * shape.n_embd
+    if shape.n_params > embeddings:
+        return shape.n_params
+    n_ff = shape.n_ff or 4 * shape.n_embd
+    per_layer = shape.n_embd * (2 * shape.n_embd + shape.k_width + shape.v_width) + 3 * shape.n_embd * n_ff
+    return max(1, shape.n_layer * per_layer + embeddings)
+
+
 def layer_bytes(shape: fit.ModelShape, est: fit.Estimate) -> tuple[int, int]:
     """(bytes of one repeating layer with its share of the KV cache, bytes that stay on the head whatever the
     split). The token embeddings and the output layer stay on the head (llama.cpp offloads the output only when
     every layer is offloaded); their size is the embedding matrix's share of the parameters."""
     n_layer = max(1, shape.n_layer)
     embedding_params = shape.n_vocab * shape.n_embd
-    share = min(0.95, embedding_params / shape.n_params) if shape.n_params else 0.0
-    embeddings = int(shape.weights_bytes * share)
+    embeddings = int(shape.weights_bytes * min(0.95, embedding_params / parameters(shape)))
     per_layer = (shape.weights_bytes - embeddings + est.kv_cache) // n_layer
     return per_layer, est.total - per_layer * n_layer
 

@@ -541,9 +541,16 @@ def pull_progress(name: str) -> dict[str, object]:
     }
 
 
-def pull_model(s: Settings, ref: pull.Ref, hw: hardware.Hardware, env: Mapping[str, str], out: TextIO) -> Path:
-    """Download what LLMPI_MODEL names (the quant that fits this board) into the models directory, while a status
-    page answers on the server's port. Returns the manifest's path."""
+def pull_model(
+    s: Settings,
+    ref: pull.Ref,
+    hw: hardware.Hardware,
+    env: Mapping[str, str],
+    out: TextIO,
+    workers: Sequence[cluster.Board] = (),
+) -> Path:
+    """Download what LLMPI_MODEL names (the quant that fits this board, or with workers the boards together) into
+    the models directory, while a status page answers on the server's port. Returns the manifest's path."""
 
     def say(message: str) -> None:
         print(f"llmpi: {message}", file=out, flush=True)
@@ -559,22 +566,25 @@ def pull_model(s: Settings, ref: pull.Ref, hw: hardware.Hardware, env: Mapping[s
         with page:
             token = pull.token_from_env(env)
             remote = pull.inspect(ref, token)
-            p = pull.plan_pull(ref, remote, budget, source, token)
+            boards = [cluster.Board("this board (head)", budget, source), *workers] if workers else []
+            p = pull.plan_pull(ref, remote, budget, source, token, boards)
             say(p.table)
             return pull.download(p, s.models_dir, token, say)
     except pull.PullError as e:
         raise ConfigError(f"LLMPI_MODEL={ref.text}: {e}") from None
 
 
-def model_on_board(s: Settings, hw: hardware.Hardware, env: Mapping[str, str], out: TextIO) -> Settings:
+def model_on_board(
+    s: Settings, hw: hardware.Hardware, env: Mapping[str, str], out: TextIO, workers: Sequence[cluster.Board] = ()
+) -> Settings:
     """The settings with a named LLMPI_MODEL resolved to its file in the models directory, pulled first when it is
-    not there (the side effect: a download)."""
+    not there (the side effect: a download), in the quant that fits this board or, with workers, the boards."""
     ref = named_model(s)
     if ref is None:
         return s
     local = pull.find_local(ref, pull.local_models(s.models_dir))
     if local is None:
-        pull_model(s, ref, hw, env, out)
+        pull_model(s, ref, hw, env, out, workers)
         local = pull.find_local(ref, pull.local_models(s.models_dir))
     if local is None:
         raise ConfigError(f"LLMPI_MODEL={ref.text}: pulled, but no finished model is in {s.models_dir}")
@@ -741,8 +751,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return refuse(refusal)
         env = dict(os.environ)
         hw = hardware.detect()
-        settings = model_on_board(Settings.read(env), hw, env, sys.stdout)  # may download it (a status page answers)
+        settings = Settings.read(env)
         boards = wait_for_workers(settings, sys.stdout)  # LLMPI_WORKERS: waits (unhealthy) until each answers
+        settings = model_on_board(settings, hw, env, sys.stdout, boards)  # may download it (a status page answers)
         p = plan(settings, hw, boards)
         auth = apply_keys(settings, sys.stdout)  # may generate the key (on the data volume)
         write_files(p.files)  # the router's preset, health.json

@@ -19,14 +19,14 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from . import catalog, fit, gguf, quants
+from . import catalog, cluster, fit, gguf, quants
 from .config import runtime_dir
 
 DEFAULT_PATTERN = "*{quant}*.gguf"
@@ -283,9 +283,12 @@ def choose_auto(rows: list[quants.Row], ceiling: str) -> quants.Row:
     return max(under, key=lambda r: r.bits) if under else min(fitting, key=lambda r: r.bits)
 
 
-def plan_pull(ref: Ref, remote: Remote, budget: int, source: str, token: str | None) -> PullPlan:
+def plan_pull(
+    ref: Ref, remote: Remote, budget: int, source: str, token: str | None, boards: Sequence[cluster.Board] = ()
+) -> PullPlan:
     """The file to download: `ref.quant`, or with auto the best quality that fits `budget` (the same table as
-    `llmpi-prepare plan`). PullError with the table when nothing (or not the asked-for type) fits."""
+    `llmpi-prepare plan`), or with `boards` (a cluster: the head first) the best that can be split across them.
+    PullError with the table when nothing (or not the asked-for type) fits."""
     by_quant = quant_files(ref, remote)
     if not by_quant:
         ggufs = sorted(n for n in remote.files if n.lower().endswith(".gguf"))
@@ -304,16 +307,20 @@ def plan_pull(ref: Ref, remote: Remote, budget: int, source: str, token: str | N
     n_ctx = min(shape.n_ctx_train or PLAN_CONTEXT, PLAN_CONTEXT)
     extra = remote.files[mmproj].size if mmproj else 0
     sizes = {q: remote.files[f].size for q, f in by_quant.items()}
-    rows = quants.table_from_sizes(shape, sizes, budget, n_ctx, extra=extra)
+    rows = quants.table_from_sizes(shape, sizes, budget, n_ctx, extra=extra, boards=boards)
     head = (
         f"{ref.repo}@{remote.revision[:12]}: {info.architecture}, trained context {shape.n_ctx_train}, planned for "
         f"{n_ctx} tokens of context; {fit.fmt_bytes(budget)} usable ({source})"
+        + (f", across {len(boards)} boards: " + ", ".join(b.name for b in boards) if boards else "")
     )
+    where = f"across {len(boards)} boards" if boards else ""
     try:
         chosen = quants.choose(rows, ref.quant) if ref.quant != "auto" else choose_auto(rows, AUTO_CEILING[kind])
     except (fit.FitError, quants.UnknownQuant) as e:
-        raise PullError(f"{ref.text} does not fit: {e}\n{head}\n{quants.render(rows, budget)}") from None
-    table = head + "\n" + quants.render(rows, budget, chosen.quant)
+        raise PullError(f"{ref.text} does not fit: {e}\n{head}\n{quants.render(rows, budget, where=where)}") from None
+    table = head + "\n" + quants.render(rows, budget, chosen.quant, where)
+    if boards:
+        table += "\n" + quants.split_table(shape, chosen, n_ctx, boards, extra)
     return PullPlan(ref, remote, by_quant[chosen.quant], mmproj, chosen.quant, kind, shape, table)
 
 

@@ -8,9 +8,10 @@ with llama-quantize's own figures for Llama-3-8B within a few percent (tests/uni
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import fit
+from . import cluster, fit
 
 # name -> (effective bits per weight, one-line note); best quality first
 QUANTS: dict[str, tuple[float, str]] = {
@@ -60,23 +61,58 @@ class Row:
     note: str
 
 
-def table(shape: fit.ModelShape, n_params: int, budget: int, n_ctx: int, n_seq: int = 1, extra: int = 0) -> list[Row]:
+def table(
+    shape: fit.ModelShape,
+    n_params: int,
+    budget: int,
+    n_ctx: int,
+    n_seq: int = 1,
+    extra: int = 0,
+    boards: Sequence[cluster.Board] = (),
+) -> list[Row]:
     """One row per quant type: file size and memory needed to serve it with `n_ctx` tokens of context."""
-    return table_from_sizes(shape, {q: weights_bytes(n_params, q) for q in QUANTS}, budget, n_ctx, n_seq, extra)
+    sizes = {q: weights_bytes(n_params, q) for q in QUANTS}
+    return table_from_sizes(shape, sizes, budget, n_ctx, n_seq, extra, boards)
+
+
+def sized(shape: fit.ModelShape, size: int) -> fit.ModelShape:
+    return fit.ModelShape(**{**shape.__dict__, "weights_bytes": size})
 
 
 def table_from_sizes(
-    shape: fit.ModelShape, sizes: dict[str, int], budget: int, n_ctx: int, n_seq: int = 1, extra: int = 0
+    shape: fit.ModelShape,
+    sizes: dict[str, int],
+    budget: int,
+    n_ctx: int,
+    n_seq: int = 1,
+    extra: int = 0,
+    boards: Sequence[cluster.Board] = (),
 ) -> list[Row]:
-    """Rows for known file sizes (e.g. ready GGUF files on the hub), in quality order."""
+    """Rows for known file sizes (e.g. ready GGUF files on the hub), in quality order. With `boards` (the head
+    first, then the workers), a row fits when its layers can be split across them (llmpi.cluster.split_layers)."""
     rows = []
     for q, (bits, note) in QUANTS.items():
         if q not in sizes:
             continue
-        sized = fit.ModelShape(**{**shape.__dict__, "weights_bytes": sizes[q]})
-        need = fit.estimate(sized, n_ctx, n_seq, extra=extra).total
-        rows.append(Row(q, bits, sizes[q], need, need <= budget, note))
+        est = fit.estimate(sized(shape, sizes[q]), n_ctx, n_seq, extra=extra)
+        fits = est.total <= budget if not boards else split_fits(sized(shape, sizes[q]), est, boards)
+        rows.append(Row(q, bits, sizes[q], est.total, fits, note))
     return rows
+
+
+def split_fits(shape: fit.ModelShape, est: fit.Estimate, boards: Sequence[cluster.Board]) -> bool:
+    try:
+        cluster.split_layers(shape, est, boards)
+        return True
+    except fit.FitError:
+        return False
+
+
+def split_table(shape: fit.ModelShape, row: Row, n_ctx: int, boards: Sequence[cluster.Board], extra: int = 0) -> str:
+    """The chosen row's layers per board."""
+    est = fit.estimate(sized(shape, row.size), n_ctx, extra=extra)
+    split = cluster.split_layers(sized(shape, row.size), est, boards)
+    return f"{row.quant} across {len(boards)} boards, {shape.n_layer} layers:\n" + split.table()
 
 
 def choose(rows: list[Row], wanted: str = "auto") -> Row:
@@ -104,9 +140,11 @@ def choose(rows: list[Row], wanted: str = "auto") -> Row:
     )
 
 
-def render(rows: list[Row], budget: int, chosen: str | None = None) -> str:
-    """The table: file size in GB (as the recipe's table 11.1 and the hub list them), memory in GiB (as RAM is)."""
-    lines = [f"{'type':8} {'bits':>5} {'file':>9} {'memory':>10}  fits in {fit.fmt_bytes(budget)}?  note", "-" * 86]
+def render(rows: list[Row], budget: int, chosen: str | None = None, where: str = "") -> str:
+    """The table: file size in GB (as the recipe's table 11.1 and the hub list them), memory in GiB (as RAM is).
+    `where`: what the fits column is about, when not one board's budget (e.g. "3 boards")."""
+    fits_in = f"fits {where}?" if where else f"fits in {fit.fmt_bytes(budget)}?"
+    lines = [f"{'type':8} {'bits':>5} {'file':>9} {'memory':>10}  {fits_in}  note", "-" * 86]
     for r in rows:
         mark = "<-" if r.quant == chosen else "  "
         lines.append(

@@ -185,3 +185,21 @@ def test_not_enough_disk_is_refused_before_downloading(stub: Hub, tmp_path: Path
         assert not any((small / "dl").iterdir())
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_plan_with_workers_splits_what_one_board_cannot_hold(stub: Hub) -> None:
+    """`llmpi-prepare plan <repo> --ram 3G --workers 4G,4G`: the same fit the head's launcher applies across boards."""
+    model = hub.inspect("mistralai/Mistral-7B-v0.1")
+    p = plan.make_plan(model, 3 * fit.GiB, "--ram 3G", n_ctx=4096, workers=plan.worker_boards("4G,4G"))
+    assert p.chosen.quant == "Q8_0"  # 7.7 GB across 2.75 + 3.75 + 3.75 GiB; alone, 3 GiB fits nothing
+    report = p.report()
+    assert "fits across 3 boards?" in report and "Q8_0 across 3 boards, 32 layers:" in report
+    assert "this board (head):" in report and "worker 1:" in report and "worker 2:" in report
+    with pytest.raises(fit.FitError, match=r"does not fit in 3\.00 GiB \(--ram 3G\) and 1 workers"):
+        plan.make_plan(model, 3 * fit.GiB, "--ram 3G", n_ctx=4096, workers=plan.worker_boards("512M"))
+    with pytest.raises(ValueError, match="not a size"):
+        plan.worker_boards("eight gigs")
+    assert [b.budget for b in plan.worker_boards("pi5-8gb,2G")] == [
+        plan.TARGETS["pi5-8gb"] - fit.DEFAULT_RESERVE,
+        2 * fit.GiB - fit.DEFAULT_RESERVE,
+    ]

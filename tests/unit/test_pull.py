@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from llmpi import catalog, fit, pull
+from llmpi import catalog, cluster, fit, gguf, pull
 from tests.ggufmaker import llama_like, write_gguf
 from tests.hubstub import Hub, Repo
 
@@ -177,3 +177,35 @@ def test_missing_repo_and_quant(hub: Hub, tiny_repo: Repo) -> None:
     ref = pull.parse_ref("someone/Tiny-GGUF:Q5_K_M", ENTRIES)
     with pytest.raises(pull.PullError, match="Q5_K_M is not available"):
         pull.plan_pull(ref, pull.inspect(ref, None), 8 * fit.GiB, "test", None)
+
+
+def test_a_cluster_plan_splits_what_one_board_cannot_hold(hub: Hub, tmp_path: Path) -> None:
+    """With workers (a cluster's head pulling LLMPI_MODEL, or llmpi-prepare plan --workers) a type fits when its
+    layers can be split across the boards; the table says so and the chosen type's split is shown per board."""
+    header = big_header(tmp_path / "h.gguf")
+    sizes = {"Q8_0": 7_700_000_000, "Q6_K": 5_940_000_000, "Q4_K_M": 4_370_000_000, "Q2_K": 2_720_000_000}
+    hub.repos["someone/Mistral-7B-GGUF"] = Repo(
+        {f"Mistral-7B-{q}.gguf": header for q in sizes},
+        listed_sizes={f"Mistral-7B-{q}.gguf": n for q, n in sizes.items()},
+    )
+    ref = pull.parse_ref("someone/Mistral-7B-GGUF", ENTRIES)
+    remote = pull.inspect(ref, None)
+    pi4_4gb = int(3.7 * fit.GiB) - fit.DEFAULT_RESERVE
+    assert pull.plan_pull(ref, remote, pi4_4gb, "test", None).quant == "Q2_K"  # alone
+    boards = [
+        cluster.Board("this board (head)", pi4_4gb, "test"),
+        cluster.Board("worker 1", pi4_4gb, "test"),
+        cluster.Board("worker 2", pi4_4gb, "test"),
+    ]
+    p = pull.plan_pull(ref, remote, pi4_4gb, "test", None, boards)
+    assert p.quant == "Q4_K_M"  # three 4 GB boards hold the 4.4 GB file
+    assert "fits across 3 boards?" in p.table and "Q4_K_M across 3 boards" in p.table
+    lines = [line for line in p.table.splitlines() if " layers, needs " in line]
+    assert [line.split(":")[0].strip() for line in lines] == ["this board (head)", "worker 1", "worker 2"]
+    assert (
+        sum(int(line.split(": ")[1].split(" layers")[0]) for line in lines)
+        == fit.ModelShape.from_gguf(gguf.read_gguf(tmp_path / "h.gguf")).n_layer
+    )
+    with pytest.raises(pull.PullError, match="does not fit"):
+        small = [cluster.Board("this board (head)", 2 * fit.GiB, "t"), cluster.Board("w", 64 * fit.MiB, "t")]
+        pull.plan_pull(ref, remote, 2 * fit.GiB, "test", None, small)
