@@ -405,7 +405,14 @@ def cluster_fit(
     head = cluster.Board("this board (head)", budget, source)
     pooled = budget + sum(max(0, b.budget - cluster.WORKER_OVERHEAD) for b in boards)
     where = f"{len(boards) + 1} boards together"
-    est = fit_memory(dataclasses.replace(s, prompt_cache=0), model, None, pooled, where, amx=amx)
+    try:
+        est = fit_memory(dataclasses.replace(s, prompt_cache=0), model, None, pooled, where, amx=amx)
+    except ConfigError as e:
+        lines = [f"  {b.name}: {fit.fmt_bytes(b.budget)} ({b.source})" for b in (head, *boards)]
+        raise ConfigError(
+            f"{e}\nThe boards (a worker's {fit.fmt_bytes(cluster.WORKER_OVERHEAD)} of overhead not counted for "
+            "layers):\n" + "\n".join(lines)
+        ) from None
     try:
         split = cluster.split_layers(model.shape, est, [head, *boards])
         if s.prompt_cache != 0:

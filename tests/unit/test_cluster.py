@@ -691,6 +691,19 @@ def test_plan_with_workers_too_small(cluster_env: dict[str, str]) -> None:
     assert any(line.startswith("  b:50052 (aarch64): ") for line in lines)
 
 
+def test_plan_with_too_little_memory_even_pooled(cluster_env: dict[str, str]) -> None:
+    """Not even the smallest context fits the boards' memory together: the fit's own message, then each board."""
+    cluster_env["LLMPI_MEMORY_LIMIT"] = "260M"
+    with pytest.raises(ConfigError) as e:
+        launcher.plan(Settings.read(cluster_env), HW, workers_boards(20))
+    message = str(e.value)
+    assert message.startswith("the model does not fit in memory with ") and "(3 boards together)" in message
+    lines = message.splitlines()
+    assert lines[1].startswith("The boards (a worker's 48 MiB of overhead not counted for layers):")
+    assert lines[2].startswith("  this board (head): 4 MiB (260 MiB LLMPI_MEMORY_LIMIT minus a reserve of 256 MiB")
+    assert lines[3] == "  a:50052 (aarch64): 20 MiB (worker a's memory)"
+
+
 # --- the worker ---------------------------------------------------------------------------------------------------
 
 PROC_TCP = """\
