@@ -11,6 +11,9 @@ shows. A server that is up but refuses work (503 while it drains on stop) fails 
 longer than three checks (about an hour) shows `unhealthy` with its progress until it ends.
 
 /health is public, so no key is needed; /models is not, so the check reads the key file that llama-server reads.
+
+A cluster head (LLMPI_WORKERS) is healthy only while every worker's port answers: an idle head whose worker went away
+would fail its next request. While the launcher waits for a worker, the check fails at once with what it waits for.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
-from . import keys, pull
-from .config import config_error_marker, runtime_dir
+from . import cluster, keys, pull
+from .config import ConfigError, config_error_marker, runtime_dir
 from .markers import start_attempts_path, waiting_path
 
 LOAD_WAIT = 20 * 60  # below the Dockerfile's HEALTHCHECK --timeout
@@ -65,6 +69,21 @@ def pulling_now() -> str:
     return "; " + pull.describe(snap) if snap is not None else ""
 
 
+def workers_missing(env: Mapping[str, str]) -> list[str]:
+    """A cluster head's workers (LLMPI_WORKERS) whose port does not answer now: the next request would fail, so the
+    head is not healthy even while idle (llama.cpp notices a lost worker only when it next sends it work)."""
+    try:
+        workers = cluster.parse_workers(env.get("LLMPI_WORKERS", ""))
+    except ConfigError:
+        return []  # the launcher refuses with the reason
+    out = []
+    for w in workers:
+        why = cluster.reachable(w, timeout=2.0)
+        if why is not None:
+            out.append(f"{w.name} ({why})")
+    return out
+
+
 def probe(base: str) -> tuple[str, str]:
     """One look: ("ok" | "starting" | "failed", what was seen)."""
     marker = config_error_marker()
@@ -80,6 +99,9 @@ def probe(base: str) -> tuple[str, str]:
         waiting = models_not_loaded(base)
         if waiting:
             return "starting", "not loaded yet: " + ", ".join(waiting)
+        missing = workers_missing(os.environ)
+        if missing:
+            return "failed", "a worker does not answer: " + ", ".join(missing)
         return "ok", f"{url}: 200"
     except urllib.error.HTTPError as e:
         body = e.read(4000).decode(errors="replace")

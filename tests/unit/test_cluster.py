@@ -762,3 +762,23 @@ def test_worker_rpc_argv_and_description() -> None:
 def test_version_matches_pyproject() -> None:
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert llmpi.__version__ == pyproject["project"]["version"]
+
+
+def test_health_check_names_a_worker_that_stopped_answering() -> None:
+    """A serving head whose worker went away while idle is unhealthy at the next check, naming the worker."""
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    try:
+        port = listening.getsockname()[1]  # a worker's description port (PORT + 1) that answers
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+        closed.close()  # and one that does not
+        env = {"LLMPI_WORKERS": f"127.0.0.1:{port - 1},127.0.0.1:{dead - 1}"}
+        missing = healthcheck.workers_missing(env)
+        assert len(missing) == 1 and missing[0].startswith(f"127.0.0.1:{dead - 1} (")
+        assert healthcheck.workers_missing({"LLMPI_WORKERS": f"127.0.0.1:{port - 1}"}) == []
+        assert healthcheck.workers_missing({}) == []
+    finally:
+        listening.close()
