@@ -206,6 +206,25 @@ def reachable(w: Worker, timeout: float = 3.0) -> str | None:
         return str(e.strerror or e)
 
 
+def lost_channels(n_workers: int, proc: Path = Path("/proc/net")) -> list[int]:
+    """The workers whose RPC channel the head's llama-server still holds although the other end has closed it
+    (its connection to the tunnel's port in CLOSE_WAIT): the worker went away, and llama.cpp will find out only at
+    its next call to it."""
+    ports = {rpc_tunnel(i): i for i in range(n_workers)}
+    lost: set[int] = set()
+    try:
+        lines = (proc / "tcp").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "08":  # CLOSE_WAIT
+            remote = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote in ports:
+                lost.add(ports[remote])
+    return sorted(lost)
+
+
 def describe(i: int, w: Worker, timeout: float = 5.0) -> dict[str, object]:
     """The worker's description through its tunnel. spiped closes a channel without a word both when the secrets
     differ (its handshake failed) and when the worker's end has nothing behind it yet: the message names both."""

@@ -13,7 +13,9 @@ longer than three checks (about an hour) shows `unhealthy` with its progress unt
 /health is public, so no key is needed; /models is not, so the check reads the key file that llama-server reads.
 
 A cluster head (LLMPI_WORKERS) is healthy only while every worker's port answers: an idle head whose worker went away
-would fail its next request. While the launcher waits for a worker, the check fails at once with what it waits for.
+would fail its next request. When llama-server's own connection to a worker was closed from the other end, the check
+stops llama-server, so that it reconnects (the launcher waits for the worker) before a request finds out. While the
+launcher waits for a worker, the check fails at once with what it waits for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -84,6 +87,26 @@ def workers_missing(env: Mapping[str, str]) -> list[str]:
     return out
 
 
+def reconnect_lost_workers(env: Mapping[str, str]) -> list[str]:
+    """The workers whose connection the idle head lost (a worker that restarted or went away): llama-server is
+    stopped (SIGTERM: it drains, and supervisord starts the launcher again, which waits for the worker and loads
+    the model anew), instead of failing the next request. Returns the workers' names."""
+    try:
+        workers = cluster.parse_workers(env.get("LLMPI_WORKERS", ""))
+    except ConfigError:
+        return []
+    lost = [workers[i].name for i in cluster.lost_channels(len(workers))]
+    if lost:
+        from .models_cli import server_pid  # only here: it imports the launcher
+
+        pid = server_pid()
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(start_attempts_path())  # it served: not a failed start
+            os.kill(pid, signal.SIGTERM)
+    return lost
+
+
 def probe(base: str) -> tuple[str, str]:
     """One look: ("ok" | "starting" | "failed", what was seen)."""
     marker = config_error_marker()
@@ -99,6 +122,9 @@ def probe(base: str) -> tuple[str, str]:
         waiting = models_not_loaded(base)
         if waiting:
             return "starting", "not loaded yet: " + ", ".join(waiting)
+        lost = reconnect_lost_workers(os.environ)
+        if lost:
+            return "failed", f"lost the connection to worker {', '.join(lost)}: llama-server restarts to reconnect"
         missing = workers_missing(os.environ)
         if missing:
             return "failed", "a worker does not answer: " + ", ".join(missing)

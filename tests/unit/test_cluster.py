@@ -782,3 +782,19 @@ def test_health_check_names_a_worker_that_stopped_answering() -> None:
         assert healthcheck.workers_missing({}) == []
     finally:
         listening.close()
+
+
+def test_lost_channels_are_the_head_connections_closed_by_the_other_end(tmp_path: Path) -> None:
+    """llama-server's connections to the tunnels' RPC ports in CLOSE_WAIT (08): that worker's end went away."""
+    (tmp_path / "tcp").write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        # llama-server -> 127.0.0.1:51002 (worker 1's RPC tunnel), closed by the other end
+        "   0: 0100007F:A000 0100007F:C73A 08 00000000:00000000 00:00000000 00000000  1000  0 1\n"
+        # llama-server -> 127.0.0.1:51000 (worker 0's), established
+        "   1: 0100007F:A002 0100007F:C738 01 00000000:00000000 00:00000000 00000000  1000  0 2\n"
+        # another connection in CLOSE_WAIT, not to a tunnel
+        "   2: 0100007F:A004 0100007F:1F90 08 00000000:00000000 00:00000000 00000000  1000  0 3\n"
+    )
+    assert cluster.lost_channels(2, tmp_path) == [1]
+    assert cluster.lost_channels(1, tmp_path) == []
+    assert cluster.lost_channels(2, tmp_path / "missing") == []
