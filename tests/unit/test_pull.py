@@ -67,7 +67,8 @@ def test_names() -> None:
     assert pull.is_path("/data/models/x.gguf") and pull.is_path("model.GGUF") and not pull.is_path("a/b")
 
 
-def test_fit_table_chooses_q4_k_m_for_an_8gb_pi_and_refuses_a_2gb_one(hub: Hub, tmp_path: Path) -> None:
+def mistral_7b_repo(hub: Hub, tmp_path: Path) -> tuple[pull.Ref, pull.Remote]:
+    """A ready-GGUF repo on the stand-in hub: a 7B model's header, the hub listing four quant files' real sizes."""
     header = big_header(tmp_path / "h.gguf")
     sizes = {"Q8_0": 7_700_000_000, "Q6_K": 5_940_000_000, "Q4_K_M": 4_370_000_000, "Q2_K": 2_720_000_000}
     hub.repos["someone/Mistral-7B-GGUF"] = Repo(
@@ -75,7 +76,11 @@ def test_fit_table_chooses_q4_k_m_for_an_8gb_pi_and_refuses_a_2gb_one(hub: Hub, 
         listed_sizes={f"Mistral-7B-{q}.gguf": n for q, n in sizes.items()},
     )
     ref = pull.parse_ref("someone/Mistral-7B-GGUF", ENTRIES)
-    remote = pull.inspect(ref, None)
+    return ref, pull.inspect(ref, None)
+
+
+def test_fit_table_chooses_q4_k_m_for_an_8gb_pi_and_refuses_a_2gb_one(hub: Hub, tmp_path: Path) -> None:
+    ref, remote = mistral_7b_repo(hub, tmp_path)
     pi5_8gb = int(7.9 * fit.GiB) - fit.DEFAULT_RESERVE
     p = pull.plan_pull(ref, remote, pi5_8gb, "test", None)
     assert (p.quant, p.model_file, p.kind) == ("Q4_K_M", "Mistral-7B-Q4_K_M.gguf", "chat")
@@ -89,7 +94,7 @@ def test_fit_table_chooses_q4_k_m_for_an_8gb_pi_and_refuses_a_2gb_one(hub: Hub, 
     with pytest.raises(pull.PullError, match=r"does not fit: no quantization of this model fits(.|\n)*Q2_K"):
         pull.plan_pull(ref, remote, 2 * fit.GiB, "test", None)
     # only headers were read (ranged), never a whole file
-    assert sum(hub.stats.body_bytes.values()) < 10 * len(header)
+    assert sum(hub.stats.body_bytes.values()) < 10 * (tmp_path / "h.gguf").stat().st_size
 
 
 def test_download_writes_the_model_and_its_manifest_atomically(hub: Hub, tiny_repo: Repo, tmp_path: Path) -> None:
@@ -182,14 +187,7 @@ def test_missing_repo_and_quant(hub: Hub, tiny_repo: Repo) -> None:
 def test_a_cluster_plan_splits_what_one_board_cannot_hold(hub: Hub, tmp_path: Path) -> None:
     """With workers (a cluster's head pulling LLMPI_MODEL, or llmpi-prepare plan --workers) a type fits when its
     layers can be split across the boards; the table says so and the chosen type's split is shown per board."""
-    header = big_header(tmp_path / "h.gguf")
-    sizes = {"Q8_0": 7_700_000_000, "Q6_K": 5_940_000_000, "Q4_K_M": 4_370_000_000, "Q2_K": 2_720_000_000}
-    hub.repos["someone/Mistral-7B-GGUF"] = Repo(
-        {f"Mistral-7B-{q}.gguf": header for q in sizes},
-        listed_sizes={f"Mistral-7B-{q}.gguf": n for q, n in sizes.items()},
-    )
-    ref = pull.parse_ref("someone/Mistral-7B-GGUF", ENTRIES)
-    remote = pull.inspect(ref, None)
+    ref, remote = mistral_7b_repo(hub, tmp_path)
     pi4_4gb = int(3.7 * fit.GiB) - fit.DEFAULT_RESERVE
     assert pull.plan_pull(ref, remote, pi4_4gb, "test", None).quant == "Q2_K"  # alone
     boards = [
