@@ -312,8 +312,8 @@ def parameters(shape: fit.ModelShape) -> int:
 
 def layer_bytes(shape: fit.ModelShape, est: fit.Estimate) -> tuple[int, int]:
     """(bytes of one repeating layer with its share of the KV cache, bytes that stay on the head whatever the
-    split). The token embeddings and the output layer stay on the head (llama.cpp offloads the output only when
-    every layer is offloaded); their size is the embedding matrix's share of the parameters."""
+    split). The token embeddings and the output weights stay on the head (server_args); their size is the
+    embedding matrix's share of the parameters."""
     n_layer = max(1, shape.n_layer)
     embedding_params = shape.n_vocab * shape.n_embd
     embeddings = int(shape.weights_bytes * min(0.95, embedding_params / parameters(shape)))
@@ -363,20 +363,33 @@ def split_layers(shape: fit.ModelShape, est: fit.Estimate, boards: Sequence[Boar
     return Split(tuple(layers), per_layer, head_fixed, tuple(boards))
 
 
+# the output layer's weights (or, with tied embeddings, the token embeddings it reuses) stay in the head's memory
+KEEP_ON_HEAD = "^(token_embd|output)[.]weight$=CPU"
+
+
 def server_args(split: Split, n_workers: int) -> list[str]:
     """llama-server's cluster options: the tunnels as RPC servers, the workers' layers (the last ones; the head
-    keeps the first and the output), their shares, no automatic fit, and the head's own layers in the layout the
-    workers use (no repacking; docs/cluster.md: identical output)."""
-    shares = ",".join(str(n) for n in split.layers[1:])
+    keeps the first), their shares, no automatic fit, and the head's own layers in the layout the workers use (no
+    repacking; docs/cluster.md: identical output).
+
+    llama.cpp counts the output layer as one more layer after the last: `--n-gpu-layers N` offloads it and N - 1
+    repeating layers, to the last device. So N is the workers' layers + 1, the last worker's share has the output
+    layer's 1, and the output weights are kept on the head (`--override-tensor`): else the last worker would hold a
+    copy of the embedding matrix (Gemma 3 270M: 160 MiB) and send the logits over the network at every token
+    (docs/cluster.md "Speed": 1 MB a token, 0.6 times the speed through spiped)."""
+    shares = [*split.layers[1:]]
+    shares[-1] += 1
     return [
         "--rpc",
         ",".join(f"127.0.0.1:{rpc_tunnel(i)}" for i in range(n_workers)),
         "--fit",
         "off",
         "--n-gpu-layers",
-        str(split.worker_layers),
+        str(split.worker_layers + 1),
         "--tensor-split",
-        shares,
+        ",".join(str(n) for n in shares),
+        "--override-tensor",
+        KEEP_ON_HEAD,
         "--no-repack",
     ]
 

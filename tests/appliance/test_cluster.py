@@ -116,7 +116,10 @@ def test_the_layers_are_split_across_the_three_boards(cluster: Project) -> None:
     assert sum(shares.values()) == 18 and all(n > 0 for n in shares.values()), shares
     exec_line = next(line for line in logs.splitlines() if line.startswith("llmpi: exec "))
     assert "--rpc 127.0.0.1:51000,127.0.0.1:51002" in exec_line
-    assert f"--tensor-split {shares['worker1:50052']},{shares['worker2:50052']}" in exec_line
+    assert f"--tensor-split {shares['worker1:50052']},{shares['worker2:50052'] + 1}" in exec_line
+    workers = shares["worker1:50052"] + shares["worker2:50052"]
+    assert f"offloading {workers} repeating layers to GPU" in logs  # llama.cpp's own count: the head keeps the rest
+    assert "--override-tensor ^(token_embd|output)[.]weight$=CPU" in exec_line
     assert "--no-repack" in exec_line and "--fit off" in exec_line
     for worker in ("worker1", "worker2"):
         text = service_logs(cluster, worker)

@@ -289,10 +289,12 @@ def test_server_args() -> None:
     assert args[-1] == "--no-repack"
     assert f["--rpc"] == "127.0.0.1:51000,127.0.0.1:51002"
     assert f["--fit"] == "off"
-    assert f["--n-gpu-layers"] == str(split.layers[1] + split.layers[2])
-    assert f["--tensor-split"] == f"{split.layers[1]},{split.layers[2]}"
+    # llama.cpp's output layer counts as one more offloaded layer, on the last worker; its weights stay on the head
+    assert f["--n-gpu-layers"] == str(split.layers[1] + split.layers[2] + 1)
+    assert f["--tensor-split"] == f"{split.layers[1]},{split.layers[2] + 1}"
+    assert f["--override-tensor"] == "^(token_embd|output)[.]weight$=CPU"
     fixed = cluster.Split((3, 5, 0), 1, 0, tuple(BOARDS_3_4_4))
-    assert cluster.server_args(fixed, 2)[1:8:2] == ["127.0.0.1:51000,127.0.0.1:51002", "off", "5", "5,0"]
+    assert cluster.server_args(fixed, 2)[1:8:2] == ["127.0.0.1:51000,127.0.0.1:51002", "off", "6", "5,1"]
 
 
 # --- probing a worker over local sockets ------------------------------------------------------------------------
@@ -666,7 +668,8 @@ def test_plan_with_workers(cluster_env: dict[str, str]) -> None:
     assert p.argv[0] == "llama-server" and f["--model"] == cluster_env["LLMPI_MODEL"]
     assert f["--rpc"] == "127.0.0.1:51000,127.0.0.1:51002" and f["--fit"] == "off" and "--no-repack" in p.argv
     shares = [int(n) for n in f["--tensor-split"].split(",")]
-    assert len(shares) == 2 and int(f["--n-gpu-layers"]) == sum(shares) > 0
+    assert len(shares) == 2 and int(f["--n-gpu-layers"]) == sum(shares) > 1
+    shares[-1] -= 1  # the output layer's place (its weights stay on the head)
     assert "--models-preset" not in p.argv and "--models-max" not in p.argv
     assert [path.name for path in p.files] == ["health.json"]
     layers = table_layers(p.notes)
