@@ -117,14 +117,32 @@ def test_the_layers_are_split_across_the_three_boards(cluster: Project) -> None:
     exec_line = next(line for line in logs.splitlines() if line.startswith("llmpi: exec "))
     assert "--rpc 127.0.0.1:51000,127.0.0.1:51002" in exec_line
     assert f"--tensor-split {shares['worker1:50052']},{shares['worker2:50052'] + 1}" in exec_line
-    workers = shares["worker1:50052"] + shares["worker2:50052"]
-    assert f"offloading {workers} repeating layers to GPU" in logs  # llama.cpp's own count: the head keeps the rest
     assert "--override-tensor ^(token_embd|output)[.]weight$=CPU" in exec_line
+    for worker in ("worker1", "worker2"):  # each worker holds its layers (and the last no copy of the embeddings)
+        assert rpc_server_rss_mib(cluster, worker) < int(WORKER_MEMORY.rstrip("M")), worker
     assert "--no-repack" in exec_line and "--fit off" in exec_line
     for worker in ("worker1", "worker2"):
         text = service_logs(cluster, worker)
         assert "Accepted client connection" in text, text  # the head's llama-server holds the layers there
         assert "llmpi worker: " in text and " threads, " in text, text
+
+
+RSS = """
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if open(f"/proc/{pid}/comm").read().strip() == "ggml-rpc-server":
+            print(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")))
+    except OSError:
+        pass
+"""
+
+
+def rpc_server_rss_mib(project: Project, service: str) -> float:
+    """Resident memory of a worker's ggml-rpc-server, in MiB."""
+    out = project.compose("exec", "-T", service, "python3", "-c", RSS).stdout.split()
+    assert out, f"no ggml-rpc-server in {service}"
+    return int(out[0]) / 1024
 
 
 def completions(project: Project, port: int, key: str | None, prompts: list[str] = PROMPTS) -> list[str]:
