@@ -69,3 +69,37 @@ def test_bench_smoke(peer_image: str, tmp_path: Path) -> None:
     assert not _positive_numbers({k: v for k, v in rec.items() if k != "ratios"}), _positive_numbers(rec)
     assert rec["ratios"]["single_vs_hand"] > 0 and rec["ratios"]["x2_vs_peer"] > 0
     assert "llama-server by hand" in r.stdout and "ratios:" in r.stdout  # the printed table
+
+
+def test_bench_cluster_smoke(appliance_image: str) -> None:
+    """scripts/bench-cluster --quick: 1 and 2 nodes, with and without spiped, both placements of the output layer,
+    and the channel alone; its record is complete, every --no-repack row generates the same text, and with the
+    appliance's placement (output on the head) a token moves kilobytes, not the logits' megabyte."""
+    out = ARTIFACTS / "bench-cluster-quick.json"
+    ARTIFACTS.mkdir(exist_ok=True)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bench-cluster"), "--quick", "--json", str(out)],
+        env=compose_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    rows = {r["label"]: r for r in record["rows"]}
+    assert set(rows) == {
+        "1 node",
+        "1 node, --no-repack",
+        "2 nodes, no channel",
+        "2 nodes, spiped",
+        "2 nodes, no channel, output on head",
+        "2 nodes, spiped, output on head",
+    }
+    assert all(r["all_tokens"] and r["gen_tps"] > 0 and r["prompt_tps"] > 0 for r in rows.values())
+    same = rows["1 node, --no-repack"]["text"]
+    assert all(r["text"] == same for label, r in rows.items() if label != "1 node"), "a --no-repack row differs"
+    assert rows["2 nodes, spiped, output on head"]["network_bytes_per_token"] < 200_000
+    assert rows["2 nodes, spiped"]["network_bytes_per_token"] > 1_000_000  # the logits, with the output on the worker
+    channel = record["channel"]
+    assert channel["spiped"]["mb_per_s"] > 0 and channel["direct"]["mb_per_s"] > channel["spiped"]["mb_per_s"]
