@@ -376,7 +376,8 @@ def server_args(split: Split, n_workers: int) -> list[str]:
     repeating layers, to the last device. So N is the workers' layers + 1, the last worker's share has the output
     layer's 1, and the output weights are kept on the head (`--override-tensor`): else the last worker would hold a
     copy of the embedding matrix (Gemma 3 270M: 160 MiB) and send the logits over the network at every token
-    (docs/cluster.md "Speed": 1 MB a token, 0.6 times the speed through spiped)."""
+    (docs/cluster.md "Speed": 1 MB a token, 0.6 times the speed through spiped). A vision projector stays on the
+    head too (upstream would put it on the first RPC device)."""
     shares = [*split.layers[1:]]
     shares[-1] += 1
     return [
@@ -390,6 +391,7 @@ def server_args(split: Split, n_workers: int) -> list[str]:
         ",".join(str(n) for n in shares),
         "--override-tensor",
         KEEP_ON_HEAD,
+        "--no-mmproj-offload",  # a vision model's projector on the head, where the fit counts it
         "--no-repack",
     ]
 

@@ -293,6 +293,7 @@ def test_server_args() -> None:
     assert f["--n-gpu-layers"] == str(split.layers[1] + split.layers[2] + 1)
     assert f["--tensor-split"] == f"{split.layers[1]},{split.layers[2] + 1}"
     assert f["--override-tensor"] == "^(token_embd|output)[.]weight$=CPU"
+    assert "--no-mmproj-offload" in args
     fixed = cluster.Split((3, 5, 0), 1, 0, tuple(BOARDS_3_4_4))
     assert cluster.server_args(fixed, 2)[1:8:2] == ["127.0.0.1:51000,127.0.0.1:51002", "off", "6", "5,1"]
 
