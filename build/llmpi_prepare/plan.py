@@ -94,7 +94,8 @@ def make_plan(
     shape = shape_from_config(model.config, model.n_params)
     budget = memory - reserve
     boards = (cluster.Board("this board (head)", budget, memory_source), *workers) if workers else ()
-    rows = quants.table(shape, model.n_params, budget, n_ctx, extra=mmproj_bytes, boards=boards)
+    sizes = quants.estimated_sizes(model.n_params)
+    rows = quants.table_from_sizes(shape, sizes, budget, n_ctx, extra=mmproj_bytes, boards=boards)
     where = f"across {len(boards)} boards" if boards else ""
     try:
         chosen = quants.choose(rows, quant)

@@ -61,18 +61,10 @@ class Row:
     note: str
 
 
-def table(
-    shape: fit.ModelShape,
-    n_params: int,
-    budget: int,
-    n_ctx: int,
-    n_seq: int = 1,
-    extra: int = 0,
-    boards: Sequence[cluster.Board] = (),
-) -> list[Row]:
-    """One row per quant type: file size and memory needed to serve it with `n_ctx` tokens of context."""
-    sizes = {q: weights_bytes(n_params, q) for q in QUANTS}
-    return table_from_sizes(shape, sizes, budget, n_ctx, n_seq, extra, boards)
+def estimated_sizes(n_params: int) -> dict[str, int]:
+    """Each quant type's file size for a model of `n_params` parameters, from its bits per weight (for a model not
+    converted yet; ready GGUF files have their real sizes)."""
+    return {q: weights_bytes(n_params, q) for q in QUANTS}
 
 
 def sized(shape: fit.ModelShape, size: int) -> fit.ModelShape:

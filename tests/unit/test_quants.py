@@ -44,7 +44,9 @@ def test_sizes_match_llama_quantize_for_another_model(quant: str, gib: float) ->
 def test_table_and_choice_for_a_pi() -> None:
     shape = shape_from_config(MISTRAL_7B, MISTRAL_7B_PARAMS)
     assert (shape.n_layer, shape.k_width, shape.n_ff) == (32, 1024, 14336)
-    rows = quants.table(shape, MISTRAL_7B_PARAMS, budget=int(7.6 * fit.GiB) - fit.DEFAULT_RESERVE, n_ctx=4096)
+    rows = quants.table_from_sizes(
+        shape, quants.estimated_sizes(MISTRAL_7B_PARAMS), budget=int(7.6 * fit.GiB) - fit.DEFAULT_RESERVE, n_ctx=4096
+    )
     # 4096 tokens of f16 KV cache for Mistral 7B: 32 layers x 2 x 1024 x 2 bytes = 128 KiB a token = 512 MiB
     q4 = next(r for r in rows if r.quant == "Q4_K_M")
     assert q4.needed - q4.size == pytest.approx(
@@ -61,9 +63,11 @@ def test_table_and_choice_for_a_pi() -> None:
 
 def test_nothing_fits_a_4gb_pi_at_7b_except_small_types() -> None:
     shape = shape_from_config(MISTRAL_7B, MISTRAL_7B_PARAMS)
-    rows = quants.table(shape, MISTRAL_7B_PARAMS, budget=int(3.7 * fit.GiB) - fit.DEFAULT_RESERVE, n_ctx=4096)
+    rows = quants.table_from_sizes(
+        shape, quants.estimated_sizes(MISTRAL_7B_PARAMS), budget=int(3.7 * fit.GiB) - fit.DEFAULT_RESERVE, n_ctx=4096
+    )
     assert quants.choose(rows).quant == "Q2_K"
-    rows = quants.table(shape, MISTRAL_7B_PARAMS, budget=2 * fit.GiB, n_ctx=4096)
+    rows = quants.table_from_sizes(shape, quants.estimated_sizes(MISTRAL_7B_PARAMS), budget=2 * fit.GiB, n_ctx=4096)
     with pytest.raises(fit.FitError, match="no quantization of this model fits: even Q2_K needs"):
         quants.choose(rows)
 
