@@ -20,7 +20,6 @@ from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, runtime
 from .settings import Settings
 
 RPC_SERVER = "ggml-rpc-server"
-RPC_CACHE = "rpc-cache"  # under the data volume: tensors the head sent before, so a restart does not resend them
 
 
 def key_file() -> Path:
@@ -68,11 +67,11 @@ def serve() -> int:
             raise ConfigError(f"the channel's key file {key_file()} was not written at start")
         hw = hardware.detect()
         argv = rpc_argv(s, hw)
-        cache = s.data_dir / RPC_CACHE
-        cache.mkdir(exist_ok=True)
     except ConfigError as e:
         return refuse(str(e))
-    env = dict(os.environ, LLAMA_CACHE=str(s.data_dir))  # ggml-rpc-server keeps its cache in $LLAMA_CACHE/rpc
+    # ggml-rpc-server keeps its tensor cache in $LLAMA_CACHE/rpc (made by it): tensors over 10 MiB that the head sent
+    # before are not sent again after a restart
+    env = dict(os.environ, LLAMA_CACHE=str(s.data_dir))
     env.pop("LLMPI_CLUSTER_SECRET", None)
     info = description(s, hw)
     print(
