@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import fit
+from . import fit, keys
 from .config import ConfigError
 
 WORKER_PORT = 50052  # published on the worker; PORT + 1 is its description
@@ -127,20 +127,14 @@ def load_or_create_secret(path: Path) -> tuple[str, bool]:
     except FileNotFoundError:
         pass
     secret = new_secret()
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.touch(mode=0o600)
-    tmp.write_text(secret + "\n")
-    tmp.replace(path)
+    keys.write_private(path, secret + "\n")
     return secret, True
 
 
 def write_key_file(path: Path, secret: str) -> None:
     """spiped's key file: the secret's bytes, nothing else (spiped keys on the SHA-256 of the whole file, so a
     trailing newline in one board's file and not another's would be a different key)."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.touch(mode=0o600)
-    tmp.write_text(secret)
-    tmp.replace(path)
+    keys.write_private(path, secret)
 
 
 def rpc_tunnel(i: int) -> int:
@@ -211,18 +205,26 @@ def lost_channels(n_workers: int, proc: Path = Path("/proc/net")) -> list[int]:
     (its connection to the tunnel's port in CLOSE_WAIT): the worker went away, and llama.cpp will find out only at
     its next call to it."""
     ports = {rpc_tunnel(i): i for i in range(n_workers)}
-    lost: set[int] = set()
-    try:
-        lines = (proc / "tcp").read_text().splitlines()[1:]
-    except OSError:
-        return []
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 3 and fields[3] == "08":  # CLOSE_WAIT
-            remote = int(fields[2].rsplit(":", 1)[1], 16)
-            if remote in ports:
-                lost.add(ports[remote])
-    return sorted(lost)
+    return sorted({ports[remote] for _, remote, state in tcp_sockets(proc) if state == CLOSE_WAIT and remote in ports})
+
+
+LISTEN, CLOSE_WAIT = "0A", "08"  # TCP states as /proc/net/tcp writes them
+
+
+def tcp_sockets(proc: Path = Path("/proc/net"), tables: Sequence[str] = ("tcp",)) -> list[tuple[int, int, str]]:
+    """(local port, remote port, state) of each TCP socket in this network namespace, from /proc (no connection
+    made: the one-client RPC server must not be probed); a table that cannot be read counts as empty."""
+    out = []
+    for name in tables:
+        try:
+            lines = (proc / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3:
+                out.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16), fields[3]))
+    return out
 
 
 def describe(i: int, w: Worker, timeout: float = 5.0) -> dict[str, object]:
@@ -342,8 +344,6 @@ def split_layers(shape: fit.ModelShape, est: fit.Estimate, boards: Sequence[Boar
     room = [boards[0].budget - head_fixed] + [b.budget - WORKER_OVERHEAD for b in boards[1:]]
     capacity = [max(0, r // max(1, per_layer)) for r in room]
     if room[0] < 0 or sum(capacity) < n_layer:
-        want = [0] * len(boards)
-        want[0] = n_layer
         raise fit.FitError(
             f"the model does not fit across {len(boards)} boards: {n_layer} layers of about "
             f"{fit.fmt_bytes(per_layer)} each (with their KV cache), and the head needs "

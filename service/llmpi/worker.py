@@ -109,17 +109,7 @@ def describe_forever() -> int:
 def listening_ports(proc: Path = Path("/proc/net")) -> set[int]:
     """TCP ports in LISTEN state in this network namespace (read from /proc: no connection to the one-client RPC
     server, which a probe would occupy)."""
-    ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = (proc / name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A":
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+    return {local for local, _, state in cluster.tcp_sockets(proc, ("tcp", "tcp6")) if state == cluster.LISTEN}
 
 
 def health() -> int:
