@@ -105,7 +105,7 @@ def pull_ready_gguf(
     `llmpi models pull`); `plan` prints the table, `download` and `run` put the files and the manifest in --out."""
     ref = pull.parse_ref(entry.name if quant == "auto" else f"{entry.name}:{quant}", catalog.load())
     budget = memory - fit.DEFAULT_RESERVE
-    boards = [cluster.Board("this board (head)", budget, source), *workers] if workers else []
+    boards = cluster.with_head(budget, source, workers)
     p = pull.plan_pull(ref, pull.inspect(ref, token), budget, source, token, boards)
     print(p.table)
     if args.command == "plan":

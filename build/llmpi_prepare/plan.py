@@ -68,11 +68,10 @@ class Plan:
         )
         if not self.boards:
             return head + "\n" + quants.render(self.rows, self.budget, self.chosen.quant)
-        where = f"across {len(self.boards)} boards"
         return (
             head
             + f", and {len(self.boards) - 1} workers\n"
-            + quants.render(self.rows, self.budget, self.chosen.quant, where)
+            + quants.render(self.rows, self.budget, self.chosen.quant, len(self.boards))
             + "\n"
             + quants.split_table(self.shape, self.chosen, self.n_ctx, self.boards)
         )
@@ -93,14 +92,13 @@ def make_plan(
     them, as the head's launcher splits them."""
     shape = shape_from_config(model.config, model.n_params)
     budget = memory - reserve
-    boards = (cluster.Board("this board (head)", budget, memory_source), *workers) if workers else ()
+    boards = cluster.with_head(budget, memory_source, workers)
     sizes = quants.estimated_sizes(model.n_params)
     rows = quants.table_from_sizes(shape, sizes, budget, n_ctx, extra=mmproj_bytes, boards=boards)
-    where = f"across {len(boards)} boards" if boards else ""
     try:
         chosen = quants.choose(rows, quant)
     except fit.FitError as e:
-        table = quants.render(rows, budget, where=where)
+        table = quants.render(rows, budget, boards=len(boards))
         whom = f"{fit.fmt_bytes(memory)} ({memory_source})" + (f" and {len(workers)} workers" if workers else "")
         raise fit.FitError(f"{model.repo_id} does not fit in {whom}: {e}\n{table}") from None
     return Plan(model, rows, chosen, memory, budget, memory_source, n_ctx, shape, boards)

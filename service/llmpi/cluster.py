@@ -79,6 +79,14 @@ class Split:
         return board_table(self.boards, self.layers, self.per_layer, self.head_fixed)
 
 
+HEAD = "this board (head)"
+
+
+def with_head(budget: int, source: str, workers: Sequence[Board]) -> tuple[Board, ...]:
+    """The boards of a plan: this one (the head) first, then the workers; none when there are no workers."""
+    return (Board(HEAD, budget, source), *workers) if workers else ()
+
+
 def parse_workers(text: str) -> tuple[Worker, ...]:
     """LLMPI_WORKERS: `host[:port],...` (port defaults to 50052)."""
     out: list[Worker] = []

@@ -402,25 +402,25 @@ def cluster_fit(
     memory on the head) sized from what the head has left after its share."""
     if not boards:
         raise ConfigError("LLMPI_WORKERS is set but no worker has described itself")
-    head = cluster.Board("this board (head)", budget, source)
+    every = cluster.with_head(budget, source, boards)
     pooled = budget + sum(max(0, b.budget - cluster.WORKER_OVERHEAD) for b in boards)
     where = f"{len(boards) + 1} boards together"
     try:
         est = fit_memory(dataclasses.replace(s, prompt_cache=0), model, None, pooled, where, amx=amx)
     except ConfigError as e:
-        lines = [f"  {b.name}: {fit.fmt_bytes(b.budget)} ({b.source})" for b in (head, *boards)]
+        lines = [f"  {b.name}: {fit.fmt_bytes(b.budget)} ({b.source})" for b in every]
         raise ConfigError(
             f"{e}\nThe boards (a worker's {fit.fmt_bytes(cluster.WORKER_OVERHEAD)} of overhead not counted for "
             "layers):\n" + "\n".join(lines)
         ) from None
     try:
-        split = cluster.split_layers(model.shape, est, [head, *boards])
+        split = cluster.split_layers(model.shape, est, every)
         if s.prompt_cache != 0:
             left = budget - split.head_fixed - split.layers[0] * split.per_layer
             cache = s.prompt_cache if s.prompt_cache is not None else min(max(0, left), est.kv_cache)
             cache = cache // fit.MiB * fit.MiB if cache >= fit.MIN_PROMPT_CACHE or s.prompt_cache else 0
             est = dataclasses.replace(est, prompt_cache=cache)
-            split = cluster.split_layers(model.shape, est, [head, *boards])
+            split = cluster.split_layers(model.shape, est, every)
     except fit.FitError as e:
         raise ConfigError(str(e)) from None
     return est, split
@@ -573,8 +573,7 @@ def pull_model(
         with page:
             token = pull.token_from_env(env)
             remote = pull.inspect(ref, token)
-            boards = [cluster.Board("this board (head)", budget, source), *workers] if workers else []
-            p = pull.plan_pull(ref, remote, budget, source, token, boards)
+            p = pull.plan_pull(ref, remote, budget, source, token, cluster.with_head(budget, source, workers))
             say(p.table)
             return pull.download(p, s.models_dir, token, say)
     except pull.PullError as e:

@@ -313,12 +313,13 @@ def plan_pull(
         f"{n_ctx} tokens of context; {fit.fmt_bytes(budget)} usable ({source})"
         + (f", across {len(boards)} boards: " + ", ".join(b.name for b in boards) if boards else "")
     )
-    where = f"across {len(boards)} boards" if boards else ""
     try:
         chosen = quants.choose(rows, ref.quant) if ref.quant != "auto" else choose_auto(rows, AUTO_CEILING[kind])
     except (fit.FitError, quants.UnknownQuant) as e:
-        raise PullError(f"{ref.text} does not fit: {e}\n{head}\n{quants.render(rows, budget, where=where)}") from None
-    table = head + "\n" + quants.render(rows, budget, chosen.quant, where)
+        raise PullError(
+            f"{ref.text} does not fit: {e}\n{head}\n{quants.render(rows, budget, boards=len(boards))}"
+        ) from None
+    table = head + "\n" + quants.render(rows, budget, chosen.quant, len(boards))
     if boards:
         table += "\n" + quants.split_table(shape, chosen, n_ctx, boards, extra)
     return PullPlan(ref, remote, by_quant[chosen.quant], mmproj, chosen.quant, kind, shape, table)

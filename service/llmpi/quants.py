@@ -132,10 +132,10 @@ def choose(rows: list[Row], wanted: str = "auto") -> Row:
     )
 
 
-def render(rows: list[Row], budget: int, chosen: str | None = None, where: str = "") -> str:
+def render(rows: list[Row], budget: int, chosen: str | None = None, boards: int = 0) -> str:
     """The table: file size in GB (as the recipe's table 11.1 and the hub list them), memory in GiB (as RAM is).
-    `where`: what the fits column is about, when not one board's budget (e.g. "3 boards")."""
-    fits_in = f"fits {where}?" if where else f"fits in {fit.fmt_bytes(budget)}?"
+    With `boards` (a cluster's), the fits column is across them, not one board's budget."""
+    fits_in = f"fits across {boards} boards?" if boards else f"fits in {fit.fmt_bytes(budget)}?"
     lines = [f"{'type':8} {'bits':>5} {'file':>9} {'memory':>10}  {fits_in}  note", "-" * 86]
     for r in rows:
         mark = "<-" if r.quant == chosen else "  "
