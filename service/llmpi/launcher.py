@@ -190,10 +190,9 @@ def load_embedding_model(s: Settings, threads: int) -> Served | None:
 
 def memory_budget(s: Settings, hw: hardware.Hardware) -> tuple[int, str]:
     """Bytes the model(s) may use, and where that number comes from (for notes and refusals)."""
-    memory = s.memory_limit if s.memory_limit is not None else hw.memory.total
-    source = "LLMPI_MEMORY_LIMIT" if s.memory_limit is not None else hw.memory.source
-    return memory - s.memory_reserve, (
-        f"{fit.fmt_bytes(memory)} {source} minus a reserve of {fit.fmt_bytes(s.memory_reserve)}"
+    memory = s.memory(hw)
+    return memory.total - s.memory_reserve, (
+        f"{fit.fmt_bytes(memory.total)} {memory.source} minus a reserve of {fit.fmt_bytes(s.memory_reserve)}"
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cluster, fit
+from . import cluster, fit, hardware
 from .config import ConfigError, file_env, get, get_bool, get_int
 
 C_INT_MAX = 2**31 - 1
@@ -117,6 +117,13 @@ class Settings:
     host_port: str
     data_dir: Path
     llama_args: Mapping[str, str]  # LLAMA_ARG_* variables the user set: each wins over the launcher's choice
+
+    def memory(self, hw: hardware.Hardware) -> hardware.Memory:
+        """The memory to plan for, before the reserve: LLMPI_MEMORY_LIMIT, else the machine's (its container limit
+        or MemTotal)."""
+        if self.memory_limit is not None:
+            return hardware.Memory(self.memory_limit, "LLMPI_MEMORY_LIMIT")
+        return hw.memory
 
     @property
     def models_dir(self) -> Path:

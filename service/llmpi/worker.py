@@ -29,13 +29,13 @@ def key_file() -> Path:
 def description(s: Settings, hw: hardware.Hardware) -> dict[str, object]:
     """What the head needs to split the model: versions, memory for layers (as the launcher's own fit counts it),
     threads, architecture."""
-    memory = s.memory_limit if s.memory_limit is not None else hw.memory.total
-    source = "LLMPI_MEMORY_LIMIT" if s.memory_limit is not None else hw.memory.source
+    memory = s.memory(hw)
+    reserve = s.memory_reserve
     return {
         **cluster.own_versions(),
         "arch": platform.machine(),
-        "budget": memory - s.memory_reserve,
-        "budget_source": f"{memory // (1 << 20)} MiB {source} minus a reserve of {s.memory_reserve // (1 << 20)} MiB",
+        "budget": memory.total - reserve,
+        "budget_source": f"{memory.total >> 20} MiB {memory.source} minus a reserve of {reserve >> 20} MiB",
         "threads": s.threads or hw.physical_cores,
     }
 
