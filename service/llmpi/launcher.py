@@ -636,14 +636,21 @@ def write_files(files: Mapping[Path, str]) -> None:
         os.replace(tmp, path)
 
 
-def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Plan:
-    """All that main() does before the exec: settings, the model (pulled if named and missing), plan, keys, runtime
-    files."""
-    settings = model_on_board(Settings.read(env), hw, env, out)
-    p = plan(settings, hw)
-    apply_keys(settings, out)
-    write_files(p.files)
-    return p
+class Prepared(NamedTuple):
+    settings: Settings
+    plan: Plan
+    auth: keys.Auth
+
+
+def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Prepared:
+    """All that main() does before the exec: settings, the workers, the model, plan, keys, runtime files."""
+    settings = Settings.read(env)
+    boards = wait_for_workers(settings, out)  # LLMPI_WORKERS: waits (unhealthy) until each answers
+    settings = model_on_board(settings, hw, env, out, boards)  # may download it (a status page answers)
+    p = plan(settings, hw, boards)
+    auth = apply_keys(settings, out)  # may generate the key (on the data volume)
+    write_files(p.files)  # the router's preset, health.json
+    return Prepared(settings, p, auth)
 
 
 def banner(port: str, data_dir: Path) -> str:
@@ -756,12 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return refuse(refusal)
         env = dict(os.environ)
         hw = hardware.detect()
-        settings = Settings.read(env)
-        boards = wait_for_workers(settings, sys.stdout)  # LLMPI_WORKERS: waits (unhealthy) until each answers
-        settings = model_on_board(settings, hw, env, sys.stdout, boards)  # may download it (a status page answers)
-        p = plan(settings, hw, boards)
-        auth = apply_keys(settings, sys.stdout)  # may generate the key (on the data volume)
-        write_files(p.files)  # the router's preset, health.json
+        settings, p, auth = prepare(env, hw, sys.stdout)
         count_start_attempt()
     except ConfigError as e:
         return refuse(str(e))

@@ -43,7 +43,7 @@ def flags(argv: list[str]) -> dict[str, str | None]:
 
 
 def test_defaults(env: dict[str, str]) -> None:
-    p = launcher.prepare(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO()).plan
     f = flags(p.argv)
     assert p.argv[0] == "llama-server"
     assert f["--model"] == env["LLMPI_MODEL"]
@@ -78,7 +78,7 @@ def test_settings_become_flags(env: dict[str, str], tmp_path: Path) -> None:
         LLMPI_CHAT_TEMPLATE_FILE=str(template),
         LLMPI_API_KEY="sk-test-0123456789",
     )
-    p = launcher.prepare(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO()).plan
     f = flags(p.argv)
     assert (f["--threads"], f["--parallel"], f["--ctx-size"], f["--port"], f["--host"], f["--alias"]) == (
         "3",
@@ -103,17 +103,17 @@ def test_template_next_to_the_model_and_links(env: dict[str, str], tmp_path: Pat
     link = tmp_path / "default.gguf"
     link.symlink_to(model.name)
     env["LLMPI_MODEL"] = str(link)
-    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     assert f["--alias"] == "tiny-chat.Q4_K_M"  # the real file's name, not the link's
     assert f["--chat-template-file"] == str(model.with_name("tiny-chat.Q4_K_M.jinja"))
     env["LLMPI_CHAT_TEMPLATE"] = "chatml"  # a configured template wins over the file next to the model
-    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     assert f["--chat-template"] == "chatml" and "--chat-template-file" not in f
 
 
 def test_llama_arg_variables_win(env: dict[str, str]) -> None:
     env.update(LLAMA_ARG_THREADS="7", LLAMA_ARG_CTX_SIZE="2048")
-    p = launcher.prepare(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO()).plan
     f = flags(p.argv)
     assert "--threads" not in f and "--ctx-size" not in f
     assert launcher.child_env(env)["LLAMA_ARG_THREADS"] == "7"
@@ -436,11 +436,11 @@ def test_manifest_next_to_the_model_adds_projector_and_embeddings(env: dict[str,
     model = Path(env["LLMPI_MODEL"])
     projector = llama_like(tmp_path / "tiny-chat.Q4_K_M.mmproj.gguf")
     model.with_suffix(".json").write_text(json.dumps({"kind": "embedding", "mmproj": {"file": projector.name}}))
-    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     assert f["--mmproj"] == str(projector)
     assert "--embeddings" in f
     env["LLMPI_EMBEDDINGS"] = "off"
-    assert "--embeddings" not in flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    assert "--embeddings" not in flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     projector.write_bytes(projector.read_bytes()[:-100])
     with pytest.raises(ConfigError, match=r"cannot use the vision projector: .* is truncated"):
         launcher.prepare(env, HW, out=io.StringIO())
@@ -450,16 +450,16 @@ def test_manifest_next_to_the_model_adds_projector_and_embeddings(env: dict[str,
 
 
 def test_image_limits_with_a_projector(env: dict[str, str], tmp_path: Path) -> None:
-    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     assert "--image-max-tokens" not in f and "--image-max-pixels" not in f  # a text-only model: nothing to limit
     env["LLMPI_MMPROJ"] = str(llama_like(tmp_path / "projector.gguf"))
-    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     assert f["--image-max-tokens"] == "256" and "--image-min-tokens" not in f
     assert f["--image-max-pixels"] == "50000000"
     assert f["--media-max-bytes"] == str(20 * 1024 * 1024)
     env.update(LLMPI_IMAGE_MAX_TOKENS="1024", LLMPI_IMAGE_MIN_TOKENS="64", LLMPI_MEDIA_MAX_BYTES="5M")
     env["LLAMA_ARG_IMAGE_MAX_PIXELS"] = "1000"
-    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     assert (f["--image-max-tokens"], f["--image-min-tokens"]) == ("1024", "64")
     assert f["--media-max-bytes"] == str(5 * 1024 * 1024)
     assert "--image-max-pixels" not in f  # the LLAMA_ARG_* variable wins
@@ -484,7 +484,7 @@ def test_bad_image_limits_are_refused(env: dict[str, str], tmp_path: Path, name:
 
 def test_embedding_model_beside_the_chat_model_is_router_mode(env: dict[str, str], tmp_path: Path) -> None:
     env["LLMPI_EMBEDDING_MODEL"] = str(llama_like(tmp_path / "minilm.F16.gguf", n_ctx_train=512))
-    p = launcher.prepare(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO()).plan
     f = flags(p.argv)
     assert "--model" not in f and "--ctx-size" not in f  # model settings go to the preset, not the router
     assert f["--models-max"] == "2" and f["--port"] == "8080" and "--api-key-file" in f
@@ -568,7 +568,7 @@ def test_supervisord_first_poll_does_not_wait(monkeypatch: pytest.MonkeyPatch) -
 def test_trained_context_from_llama_arg_is_fitted_too(env: dict[str, str]) -> None:
     """LLAMA_ARG_CTX_SIZE=0 asks llama-server for the model's trained context: the fit covers that pool."""
     env["LLAMA_ARG_CTX_SIZE"] = "0"
-    p = launcher.prepare(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO()).plan
     f = flags(p.argv)
     assert "--ctx-size" not in f and f["--parallel"] == "8"  # 8 slots of 4096 / 8
     env["LLMPI_MEMORY_LIMIT"] = "262M"  # 6 MiB usable: the trained pool does not fit
@@ -579,12 +579,12 @@ def test_trained_context_from_llama_arg_is_fitted_too(env: dict[str, str]) -> No
 def test_slots_halve_before_contexts_get_short(env: dict[str, str], tmp_path: Path) -> None:
     big = llama_like(tmp_path / "wide.gguf", n_layer=16, n_embd=1024, n_ctx_train=8192)
     env.update(LLMPI_MODEL=str(big), LLMPI_MEMORY_LIMIT="600M", LLMPI_PROMPT_CACHE="0")
-    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     slots = int(str(f["--parallel"]))
     per_slot = int(str(f["--ctx-size"])) // slots
     assert per_slot >= fit.SLOT_CONTEXT_FLOOR and slots < 8 and f["--ctx-size"] == str(slots * per_slot)
     env["LLMPI_PARALLEL"] = "8"  # asked for: the context shrinks instead
-    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     assert f["--parallel"] == "8" and int(str(f["--ctx-size"])) // 8 < fit.SLOT_CONTEXT_FLOOR
 
 
@@ -593,7 +593,7 @@ def test_prompt_cache_is_counted_in_the_fit(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=r"prompt cache of 1.00 GiB"):
         launcher.prepare(env, HW, out=io.StringIO())
     env["LLMPI_PROMPT_CACHE"] = "0"
-    assert flags(launcher.prepare(env, HW, out=io.StringIO()).argv)["--cache-ram"] == "0"
+    assert flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)["--cache-ram"] == "0"
 
 
 def pulled(models: Path, name: str, quant: str = "Q4_K_M", kind: str = "chat", **shape: int) -> Path:
@@ -618,7 +618,7 @@ def test_every_model_in_the_models_directory_is_served_by_name(env: dict[str, st
     models = tmp_path / "data" / "models"
     pulled(models, "other-chat")
     pulled(models, "embedder", kind="embedding", n_ctx_train=512)
-    p = launcher.prepare(env, HW, out=io.StringIO())
+    p = launcher.prepare(env, HW, out=io.StringIO()).plan
     f = flags(p.argv)
     assert f["--models-default"] == "tiny-chat.Q4_K_M" and "--admin-key-file" in f
     top, sections = preset_sections(Path(str(f["--models-preset"])).read_text())
@@ -667,7 +667,7 @@ def test_a_named_model_on_the_board_is_served_without_the_hub(
     models = tmp_path / "data" / "models"
     model = pulled(models, "qwen3-4b-instruct")
     env["LLMPI_MODEL"] = "qwen3-4b-instruct"
-    f = flags(launcher.prepare(env, HW, out=io.StringIO()).argv)
+    f = flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
     assert (f["--model"], f["--alias"]) == (str(model), "qwen3-4b-instruct")  # one model: no router
     env["LLMPI_MODEL"] = "qwen3-4b-instruct:Q8_0"  # not on the board, and the hub cannot be reached
     with pytest.raises(ConfigError, match=r"cannot reach the hub(.|\n)*docker compose cp"):
