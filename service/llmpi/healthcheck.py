@@ -28,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import cluster, keys, pull
@@ -72,13 +72,18 @@ def pulling_now() -> str:
     return "; " + pull.describe(snap) if snap is not None else ""
 
 
-def workers_missing(env: Mapping[str, str]) -> list[str]:
-    """A cluster head's workers (LLMPI_WORKERS) whose port does not answer now: the next request would fail, so the
-    head is not healthy even while idle (llama.cpp notices a lost worker only when it next sends it work)."""
+def cluster_workers(env: Mapping[str, str]) -> tuple[cluster.Worker, ...]:
+    """A cluster head's workers (LLMPI_WORKERS); none on a single board, or when the setting is wrong (the launcher
+    refuses with the reason)."""
     try:
-        workers = cluster.parse_workers(env.get("LLMPI_WORKERS", ""))
+        return cluster.parse_workers(env.get("LLMPI_WORKERS", ""))
     except ConfigError:
-        return []  # the launcher refuses with the reason
+        return ()
+
+
+def workers_missing(workers: Sequence[cluster.Worker]) -> list[str]:
+    """The workers whose port does not answer now: the next request would fail, so the head is not healthy even
+    while idle (llama.cpp notices a lost worker only when it next sends it work)."""
     out = []
     for w in workers:
         why = cluster.reachable(w, timeout=2.0)
@@ -87,14 +92,10 @@ def workers_missing(env: Mapping[str, str]) -> list[str]:
     return out
 
 
-def reconnect_lost_workers(env: Mapping[str, str]) -> list[str]:
+def reconnect_lost_workers(workers: Sequence[cluster.Worker]) -> list[str]:
     """The workers whose connection the idle head lost (a worker that restarted or went away): llama-server is
     stopped (SIGTERM: it drains, and supervisord starts the launcher again, which waits for the worker and loads
     the model anew), instead of failing the next request. Returns the workers' names."""
-    try:
-        workers = cluster.parse_workers(env.get("LLMPI_WORKERS", ""))
-    except ConfigError:
-        return []
     lost = [workers[i].name for i in cluster.lost_channels(len(workers))]
     if lost:
         from .models_cli import server_pid  # only here: it imports the launcher
@@ -122,10 +123,11 @@ def probe(base: str) -> tuple[str, str]:
         waiting = models_not_loaded(base)
         if waiting:
             return "starting", "not loaded yet: " + ", ".join(waiting)
-        lost = reconnect_lost_workers(os.environ)
+        workers = cluster_workers(os.environ)
+        lost = reconnect_lost_workers(workers)
         if lost:
             return "failed", f"lost the connection to worker {', '.join(lost)}: llama-server restarts to reconnect"
-        missing = workers_missing(os.environ)
+        missing = workers_missing(workers)
         if missing:
             return "failed", "a worker does not answer: " + ", ".join(missing)
         return "ok", f"{url}: 200"

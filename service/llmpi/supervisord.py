@@ -12,6 +12,7 @@ The container's entrypoint: `python3 -m llmpi.supervisord --configuration ...` (
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import types
@@ -75,6 +76,8 @@ def with_channels(argv: list[str]) -> list[str]:
     if "--configuration" not in argv[:-1]:
         return argv
     at = argv.index("--configuration") + 1
+    if not os.environ.get("LLMPI_WORKERS", "").strip() and not argv[at].endswith("supervisord.worker.conf"):
+        return argv  # one board: nothing to prepare (no Python process more at every start)
     done = subprocess.run(
         [sys.executable, "-m", "llmpi.cluster", argv[at]], stdout=subprocess.PIPE, text=True, check=False
     )

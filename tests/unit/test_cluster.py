@@ -780,10 +780,12 @@ def test_health_check_names_a_worker_that_stopped_answering() -> None:
         dead = closed.getsockname()[1]
         closed.close()  # and one that does not
         env = {"LLMPI_WORKERS": f"127.0.0.1:{port - 1},127.0.0.1:{dead - 1}"}
-        missing = healthcheck.workers_missing(env)
+        missing = healthcheck.workers_missing(healthcheck.cluster_workers(env))
         assert len(missing) == 1 and missing[0].startswith(f"127.0.0.1:{dead - 1} (")
-        assert healthcheck.workers_missing({"LLMPI_WORKERS": f"127.0.0.1:{port - 1}"}) == []
-        assert healthcheck.workers_missing({}) == []
+        assert (
+            healthcheck.workers_missing(healthcheck.cluster_workers({"LLMPI_WORKERS": f"127.0.0.1:{port - 1}"})) == []
+        )
+        assert healthcheck.cluster_workers({}) == () and healthcheck.cluster_workers({"LLMPI_WORKERS": "a:x"}) == ()
     finally:
         listening.close()
 
