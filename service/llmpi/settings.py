@@ -27,6 +27,8 @@ DEFAULT_IMAGE_MAX_PIXELS = 50_000_000  # an 8000 x 6000 phone photo; over that, 
 DEFAULT_MEDIA_MAX_BYTES = "20M"  # OpenAI's own per-image limit
 # below supervisord's stopwaitsecs (30 s), itself below compose's stop_grace_period (45 s)
 DRAIN_SECONDS = 25
+# LLMPI_ANNOUNCE: auto = through the host's avahi-daemon when its D-Bus socket is mounted, else python-zeroconf
+ANNOUNCE_MODES = ("auto", "avahi", "zeroconf", "off")
 LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "trace": 4, "debug": 5}
 
 # name -> the default as the README table shows it. Settings that only compose reads (ports, image names) are in
@@ -65,6 +67,8 @@ SETTINGS: dict[str, str] = {
     "LLMPI_WORKERS": "—",
     "LLMPI_CLUSTER_SECRET": "generated",
     "LLMPI_CLUSTER_SECRET_FILE": "—",
+    "LLMPI_ANNOUNCE": "auto",
+    "LLMPI_SYSFS_PATH": "/sys",
     "LLMPI_HOST": "0.0.0.0",
     "LLMPI_PORT": "8080",
     "LLMPI_HOST_PORT": "8080",
@@ -112,6 +116,8 @@ class Settings:
     webui: bool
     workers: tuple[cluster.Worker, ...]  # LLMPI_WORKERS: the boards that hold part of the model (empty: this one alone)
     cluster_secret: str | None  # LLMPI_CLUSTER_SECRET or its _FILE; None = the head's generated one
+    announce: str  # LLMPI_ANNOUNCE: one of ANNOUNCE_MODES (llmpi.announce)
+    sysfs: Path  # LLMPI_SYSFS_PATH: where the board's sysfs is read (llmpi.board)
     host: str
     port: int
     host_port: str
@@ -185,12 +191,24 @@ class Settings:
             webui=get_bool(env, "LLMPI_WEBUI", True),
             workers=cluster.parse_workers(get(env, "LLMPI_WORKERS")),
             cluster_secret=cluster_secret(env),
+            announce=announce_mode(env),
+            sysfs=Path(get(env, "LLMPI_SYSFS_PATH", "/sys")),
             host=get(env, "LLMPI_HOST", "0.0.0.0"),
             port=_ranged(env, "LLMPI_PORT", 8080, maximum=65535),
             host_port=get(env, "LLMPI_HOST_PORT") or get(env, "LLMPI_PORT", "8080"),
             data_dir=Path(get(env, "LLMPI_DATA_DIR", "/data")),
             llama_args=llama_args,
         )
+
+
+def announce_mode(env: Mapping[str, str]) -> str:
+    mode = get(env, "LLMPI_ANNOUNCE", "auto").lower()
+    mode = {"on": "auto", "true": "auto", "yes": "auto", "1": "auto", "false": "off", "no": "off", "0": "off"}.get(
+        mode, mode
+    )
+    if mode not in ANNOUNCE_MODES:
+        raise ConfigError(f"LLMPI_ANNOUNCE={mode!r}: use one of {', '.join(ANNOUNCE_MODES)}")
+    return mode
 
 
 def cluster_secret(env: Mapping[str, str]) -> str | None:
