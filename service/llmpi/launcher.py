@@ -292,6 +292,7 @@ def server_options(s: Settings, router: bool) -> list[Option]:
         opts.append(("LLAMA_ARG_STATIC_PATH", "--path", str(WEB_DIR)))
     if s.metrics:
         opts.append(("LLAMA_ARG_ENDPOINT_METRICS", "--metrics", None))
+        opts.append(("LLAMA_ARG_METRICS_TEXTFILE", "--metrics-textfile", str(runtime_dir() / "board.prom")))
     if s.auth:
         opts.append(("LLAMA_ARG_API_KEY_FILE", "--api-key-file", str(keys.server_keys_file())))
     if router:

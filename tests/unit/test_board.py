@@ -1,0 +1,202 @@
+"""llmpi.board against fixture sysfs trees (tests/board/trees.py): what is read, what is accumulated since start, what
+is rendered, and what is absent where a file is."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from llmpi import board, launcher
+from llmpi.settings import Settings
+from tests.board import trees
+
+pytestmark = pytest.mark.unit
+
+
+def reading(sysfs: Path, proc: Path) -> board.Reading:
+    return board.read(board.find_sources(sysfs), proc)
+
+
+@pytest.fixture
+def proc(tmp_path: Path) -> Path:
+    return trees.meminfo(tmp_path / "proc")
+
+
+def test_pi4_tree(tmp_path: Path, proc: Path) -> None:
+    sysfs = trees.pi4(tmp_path / "sys")
+    sources = board.find_sources(sysfs)
+    assert sources.throttled == sysfs / trees.PI4_THROTTLED
+    assert sources.volt_alarm is None  # get_throttled has all four conditions; rpi_volt only under-voltage
+    r = board.read(sources, proc)
+    assert r.model == "Raspberry Pi 4 Model B Rev 1.4"
+    assert r.temp_c == pytest.approx(52.582)
+    assert r.thermal_type == "cpu-thermal"
+    assert r.get_throttled == 0
+    assert r.scaling_hz == {0: 1_800_000_000, 1: 1_800_000_000, 2: 1_800_000_000, 3: 1_800_000_000}
+    assert r.mem_available == 3_000_000 * 1024
+    assert board.found_line(sources, r) == (
+        f"board: Raspberry Pi 4 Model B Rev 1.4, get_throttled at {sysfs / trees.PI4_THROTTLED}, "
+        "thermal zone cpu-thermal"
+    )
+
+
+def test_pi5_tree(tmp_path: Path, proc: Path) -> None:
+    sysfs = trees.pi5(tmp_path / "sys")
+    r = reading(sysfs, proc)
+    assert board.find_sources(sysfs).throttled == sysfs / trees.PI5_THROTTLED
+    assert r.model == "Raspberry Pi 5 Model B Rev 1.0"
+    assert r.temp_c == pytest.approx(61.45)
+    assert r.cpu_hz == {cpu: 2_400_000_000 for cpu in range(4)}
+
+
+def test_not_a_pi_has_no_pi_metrics(tmp_path: Path, proc: Path) -> None:
+    (tmp_path / "sys").mkdir()
+    sources = board.find_sources(tmp_path / "sys")
+    r = board.read(sources, proc)
+    assert r == board.Reading(mem_available=3_000_000 * 1024)
+    text = board.render_prometheus(r, 0)
+    assert "rpi_" not in text and "node_thermal" not in text and "llmpi_board_info" not in text
+    assert "node_memory_MemAvailable_bytes 3.072e+09" in text
+    assert "no Raspberry Pi firmware found" in board.found_line(sources, r)
+    assert board.describe(board.snapshot(r, 0, 0.0))[:2] == [
+        "board: not a Raspberry Pi (no device tree model)",
+        "throttling: not reported on this machine (no Raspberry Pi firmware)",
+    ]
+
+
+def test_nothing_at_all_renders_nothing(tmp_path: Path) -> None:
+    assert board.render_prometheus(board.read(board.find_sources(tmp_path), tmp_path), 0) == ""
+
+
+def test_missing_and_unreadable_files_are_absent(tmp_path: Path, proc: Path) -> None:
+    sysfs = trees.pi4(tmp_path / "sys")
+    (sysfs / "class/thermal/thermal_zone0/type").unlink()
+    (sysfs / "devices/system/cpu/cpu2/cpufreq/scaling_cur_freq").unlink()
+    (sysfs / "devices/system/cpu/cpu3/cpufreq/scaling_cur_freq").write_text("garbage\n")
+    throttled = sysfs / trees.PI4_THROTTLED
+    sources = board.find_sources(sysfs)
+    throttled.unlink()
+    throttled.mkdir()  # unreadable as a file (root reads any mode, so a directory stands in for it)
+    r = board.read(sources, proc)
+    assert r.thermal_type is None and r.temp_c is not None
+    assert set(r.scaling_hz) == {0, 1}
+    assert r.get_throttled is None
+    text = board.render_prometheus(r, 0)
+    assert 'node_thermal_zone_temp{zone="0",type=""} 52.582' in text
+    assert "rpi_throttled" not in text
+
+
+def test_throttled_now_then_cleared_stays_since_start(tmp_path: Path, proc: Path) -> None:
+    sysfs = trees.pi5(tmp_path / "sys")
+    log = io.StringIO()
+    watch = board.Watch(board.find_sources(sysfs), proc, log)
+    (sysfs / trees.PI5_THROTTLED).write_text("50005\n")  # the kernel prints it without 0x
+    r = watch.poll()
+    assert board.names(board.now_bits(r) or 0) == ["under_voltage", "throttled"]
+    assert "UNDER-VOLTAGE" in log.getvalue() and "27 W (Pi 5) / 15 W (Pi 4)" in log.getvalue()
+    (sysfs / trees.PI5_THROTTLED).write_text("0\n")
+    r = watch.poll()
+    assert board.now_bits(r) == 0
+    assert board.names(watch.since_start) == ["under_voltage", "throttled"]
+    assert log.getvalue().splitlines()[-1] == "board: no throttling now (it was: under_voltage, throttled)"
+    text = board.render_prometheus(r, watch.since_start)
+    assert 'rpi_throttled{condition="under_voltage"} 0' in text
+    assert 'rpi_throttled_since_start{condition="under_voltage"} 1' in text
+    assert 'rpi_throttled_since_start{condition="throttled"} 1' in text
+    assert 'rpi_throttled_since_start{condition="arm_frequency_capped"} 0' in text
+    assert "rpi_get_throttled 0" in text
+    watch.poll()
+    assert len(log.getvalue().splitlines()) == 2  # one line a change, none a poll
+
+
+def test_sticky_bits_only(tmp_path: Path, proc: Path) -> None:
+    """0x80000: the soft temperature limit occurred since the kernel's last clear, and is not active now."""
+    sysfs = trees.pi4(tmp_path / "sys")
+    (sysfs / trees.PI4_THROTTLED).write_text("0x80000\n")
+    log = io.StringIO()
+    watch = board.Watch(board.find_sources(sysfs), proc, log)
+    r = watch.poll()
+    assert board.now_bits(r) == 0 and log.getvalue() == ""
+    assert board.names(watch.since_start) == ["soft_temp_limit"]
+    snap = board.snapshot(r, watch.since_start, 0.0)
+    assert snap["throttled_now"] == [] and snap["throttled_since_start"] == ["soft_temp_limit"]
+    assert "since start, not now: soft temp limit" in board.describe(snap)
+
+
+def test_hwmon_only_board(tmp_path: Path, proc: Path) -> None:
+    sysfs = trees.pi5_hwmon_only(tmp_path / "sys")
+    sources = board.find_sources(sysfs)
+    assert sources.throttled is None and sources.volt_alarm == sysfs / "class/hwmon/hwmon2/in0_lcrit_alarm"
+    watch = board.Watch(sources, proc, io.StringIO())
+    sources.volt_alarm.write_text("1\n")
+    watch.poll()
+    sources.volt_alarm.write_text("0\n")
+    r = watch.poll()
+    text = board.render_prometheus(r, watch.since_start)
+    assert 'node_hwmon_in_lcrit_alarm{chip="rpi_volt",sensor="in0"} 0' in text
+    assert 'rpi_throttled{condition="under_voltage"} 0' in text
+    assert 'rpi_throttled_since_start{condition="under_voltage"} 1' in text
+    assert "arm_frequency_capped" not in text and "rpi_get_throttled" not in text
+    assert "under-voltage from the rpi_volt hwmon" in board.found_line(sources, r)
+
+
+def test_rendering_is_prometheus_text(tmp_path: Path, proc: Path) -> None:
+    r = reading(trees.pi5(tmp_path / "sys"), proc)
+    text = board.render_prometheus(r, 0)
+    assert text.endswith("\n")
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert families == [
+        "node_thermal_zone_temp",
+        "node_memory_MemAvailable_bytes",
+        "node_cpu_scaling_frequency_hertz",
+        "node_cpu_frequency_hertz",
+        "rpi_throttled",
+        "rpi_throttled_since_start",
+        "rpi_get_throttled",
+        "llmpi_board_info",
+    ]
+    assert 'node_thermal_zone_temp{zone="0",type="cpu-thermal"} 61.45' in text
+    assert 'node_cpu_frequency_hertz{cpu="3"} 2.4e+09' in text
+    assert 'llmpi_board_info{model="Raspberry Pi 5 Model B Rev 1.0"} 1' in text
+    for line in text.splitlines():
+        assert line.startswith("# ") or len(line.rsplit(" ", 1)) == 2
+
+
+def test_label_values_are_escaped() -> None:
+    r = board.Reading(model='a "b"\\c')
+    assert 'llmpi_board_info{model="a \\"b\\"\\\\c"} 1' in board.render_prometheus(r, 0)
+
+
+def test_watch_writes_both_files(tmp_path: Path, proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(board, "POLL_SECONDS", 0.0)
+    log = io.StringIO()
+    board.Watch(board.find_sources(trees.pi4(tmp_path / "sys")), proc, log).run(polls=3)
+    assert log.getvalue().startswith("board: Raspberry Pi 4 Model B Rev 1.4, get_throttled at ")
+    assert len(log.getvalue().splitlines()) == 1
+    assert "rpi_get_throttled 0" in (tmp_path / "run/board.prom").read_text()
+    snap = json.loads((tmp_path / "run/board.json").read_text())
+    assert snap["model"] == "Raspberry Pi 4 Model B Rev 1.4" and snap["conditions"] == list(board.CONDITIONS)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["board.json", "board.prom"]
+
+
+def test_describe_under_voltage_now(tmp_path: Path, proc: Path) -> None:
+    sysfs = trees.pi4(tmp_path / "sys")
+    (sysfs / trees.PI4_THROTTLED).write_text("50005\n")
+    lines = board.describe(board.read_once(sysfs, proc))
+    assert lines[:2] == ["board: Raspberry Pi 4 Model B Rev 1.4", "temperature: 52.6 °C (cpu-thermal)"]
+    assert lines[2].startswith("UNDER-VOLTAGE: the power supply cannot keep up; use the official 27 W (Pi 5)")
+    assert lines[3].startswith("THROTTLED:")
+    assert "clock (asked for, scaling_cur_freq; hides firmware throttling): cpu0 1800 MHz" in lines[-2]
+    assert lines[-1] == "memory available: 2.86 GiB"
+
+
+def test_launcher_points_metrics_textfile_at_the_watch_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path))
+    opts = launcher.server_options(Settings.read({}), router=False)
+    assert ("LLAMA_ARG_METRICS_TEXTFILE", "--metrics-textfile", str(board.prom_path())) in opts
+    off = launcher.server_options(Settings.read({"LLMPI_METRICS": "off"}), router=False)
+    assert not [o for o in off if o[0] == "LLAMA_ARG_METRICS_TEXTFILE"]
