@@ -5,6 +5,7 @@
     llmpi keys add NAME        make a key for one device (printed once, here, never in the log)
     llmpi keys revoke NAME     remove a named key
     llmpi models [list|pull NAME|rm NAME [--force]|show NAME]   the models on this board (llmpi.models_cli)
+    llmpi status               the server's state and the board's health: temperature, throttling, clocks, memory
 
 A key change takes effect at once: llama-server re-reads its key file when it changes; requests already running
 finish.
@@ -13,12 +14,16 @@ finish.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
-from . import cluster, fit, keys, models_cli
-from .config import ConfigError
+from . import board, cluster, fit, healthcheck, keys, models_cli
+from .config import ConfigError, config_error_marker
 from .settings import Settings
 
 
@@ -102,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cluster", help="several boards, one model").add_subparsers(dest="action", required=True)
     c.add_parser("secret", help="print the cluster secret to give each worker (made on the head if there is none)")
     c.add_parser("status", help="each worker of LLMPI_WORKERS: reachable, versions, memory")
+    sub.add_parser("status", help="the server's state and the board's health (temperature, throttling, clocks)")
     return p
 
 
@@ -131,6 +137,42 @@ def cluster_status(s: Settings) -> str:
     return "\n".join(lines)
 
 
+def server_state(s: Settings) -> str:
+    """The server as its /health shows it (no key needed), or the launcher's refusal."""
+    marker = config_error_marker()
+    if marker.exists():
+        return f"server: refused to start: {marker.read_text().strip()}"
+    port = s.llama_args.get("LLAMA_ARG_PORT") or str(s.port)
+    url = f"http://127.0.0.1:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=4) as resp:
+            return f"server: serving on port {port} (/health {resp.status})"
+    except urllib.error.HTTPError as e:
+        body = e.read(4000).decode(errors="replace")
+        if e.code == 503 and '"pulling"' in body:
+            return f"server: {healthcheck.pull_line(body)}"
+        if e.code == 503 and "loading" in body.lower():
+            return "server: loading the model"
+        return f"server: /health answers {e.code} {body.strip()[:200]}"
+    except OSError as e:
+        return f"server: not answering on port {port} ({getattr(e, 'reason', e)})"
+
+
+def board_snapshot(s: Settings) -> dict[str, Any]:
+    """The board watch's latest board.json; where there is none yet, one reading taken now."""
+    try:
+        snap = json.loads(board.json_path().read_text())
+        if isinstance(snap, dict):
+            return snap
+    except (OSError, ValueError):
+        pass
+    return board.read_once(s.sysfs)
+
+
+def status(s: Settings) -> str:
+    return "\n".join([server_state(s), *board.describe(board_snapshot(s))])
+
+
 def models_main(args: argparse.Namespace, s: Settings) -> None:
     if args.action in (None, "list"):
         print(models_cli.models_list(s))
@@ -147,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         s = Settings.read(os.environ)
-        if args.command == "models":
+        if args.command == "status":
+            print(status(s))
+        elif args.command == "models":
             models_main(args, s)
         elif args.command == "cluster":
             print(cluster_secret(s) if args.action == "secret" else cluster_status(s))

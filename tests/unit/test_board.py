@@ -200,3 +200,20 @@ def test_launcher_points_metrics_textfile_at_the_watch_file(monkeypatch: pytest.
     assert ("LLAMA_ARG_METRICS_TEXTFILE", "--metrics-textfile", str(board.prom_path())) in opts
     off = launcher.server_options(Settings.read({"LLMPI_METRICS": "off"}), router=False)
     assert not [o for o in off if o[0] == "LLAMA_ARG_METRICS_TEXTFILE"]
+
+
+def test_status_reads_the_watch_file_else_the_board(
+    tmp_path: Path, proc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmpi import cli
+
+    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
+    sysfs = trees.pi5(tmp_path / "sys")
+    s = Settings.read({"LLMPI_SYSFS_PATH": str(sysfs), "LLMPI_PORT": "1"})
+    assert cli.board_snapshot(s)["model"] == "Raspberry Pi 5 Model B Rev 1.0"  # no watch file: read now
+    watch = board.Watch(board.find_sources(sysfs), proc, io.StringIO())
+    (sysfs / trees.PI5_THROTTLED).write_text("80008\n")
+    watch.write(watch.poll())
+    out = cli.status(s)
+    assert out.splitlines()[0].startswith("server: not answering on port 1")
+    assert "SOFT TEMPERATURE LIMIT: the SoC is hot; add cooling (a heatsink and fan) (now)" in out
