@@ -208,10 +208,12 @@ FROM ${DEBIAN_TARGET_IMAGE} AS runtime
 # python3 (supervisor, the launcher) minus what nothing here runs: Python's own tests and test modules, its IDE and
 # docs, supervisor's tests (docs/benchmarks.md: runtime image 149.0 MB); huggingface_hub's dependencies and the CA
 # certificates, to pull models from the hub (docs/models.md: what they add); spiped, the cluster's encrypted channel
-# (docs/cluster.md)
+# (docs/cluster.md); python-zeroconf and avahi's client tools, to announce the appliance on the network
+# (docs/discovery.md)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 supervisor libgomp1 ca-certificates python3-requests \
       python3-yaml python3-tqdm python3-filelock python3-packaging python3-typing-extensions spiped \
+      python3-zeroconf avahi-utils \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && rm -rf /usr/lib/python3.*/test /usr/lib/python3.*/pydoc_data /usr/lib/python3.*/ensurepip \
            /usr/lib/python3.*/idlelib /usr/lib/python3.*/turtledemo /usr/lib/python3.*/lib2to3 \

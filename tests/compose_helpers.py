@@ -21,8 +21,9 @@ ARTIFACTS = ROOT / "artifacts"
 PREPARE_IMAGE = os.environ.get("LLMPI_PREPARE_IMAGE", "llmpi-prepare:latest")
 PIPELINE_OVERRIDE = ROOT / "tests" / "pipeline" / "compose.pipeline.yaml"
 KEY_RE = re.compile(r"sk-llmpi-[A-Za-z0-9_\-]+")
-# every test project binds to loopback on a random free port
-TEST_ENV = {"LLMPI_BIND_ADDRESS": "127.0.0.1", "LLMPI_HOST_PORT": ""}
+# every test project binds to loopback on a random free port and announces nothing on this machine's network (the
+# `lan` tests announce on networks of their own)
+TEST_ENV = {"LLMPI_BIND_ADDRESS": "127.0.0.1", "LLMPI_HOST_PORT": "", "LLMPI_ANNOUNCE": "off"}
 
 
 def compose_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -28,6 +28,9 @@ INFO_LOCAL_PORT = 50153  # the worker's description on its loopback
 TUNNEL_BASE = 51000  # the head's loopback ends of the tunnels: 51000 + 2 i (RPC), 51001 + 2 i (description)
 LLAMA_DIR = Path("/opt/llama")
 VERSION_FILE = LLAMA_DIR / "version.json"  # written by the image build: llama.cpp's build and the RPC protocol
+AUTO_WAIT = 30.0  # LLMPI_WORKERS=auto: seconds a head waits at start for the workers announced on the network
+AUTO_SETTLE = 6.0  # ... and for more after the first one is heard (the announcer browses every 10 s)
+WORKERS_FILE = "workers.json"  # the workers the head's announcer hears (llmpi.announce), on the data volume
 KEY_FILE_NAME = "cluster.key"  # the secret generated on the head, on its data volume
 MIN_SECRET = 32  # characters; the generated one has 256 bits (43 characters)
 RPC_CMD_HELLO = 14  # fixed in every protocol version (ggml-rpc.cpp static_assert)
@@ -404,6 +407,47 @@ def server_args(split: Split, n_workers: int) -> list[str]:
     ]
 
 
+def auto_workers_path() -> str:
+    """LLMPI_WORKERS=auto: the workers this container found at its start, as host:port,... (Settings reads it)."""
+    from .markers import runtime_dir_path
+
+    return str(Path(runtime_dir_path()) / "workers.auto")
+
+
+def heard_workers(data_dir: Path) -> list[str]:
+    """host:port of each worker the announcer heard on the network (data_dir/workers.json), none when unreadable."""
+    try:
+        heard = json.loads((data_dir / WORKERS_FILE).read_text())
+        return [f"{w['host']}:{int(w['port'])}" for w in heard if isinstance(w, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def resolve_auto_workers(data_dir: Path, wait: float = AUTO_WAIT, settle: float = AUTO_SETTLE) -> list[str]:
+    """LLMPI_WORKERS=auto, at container start: the workers announced on the network (heard by this head's announce
+    service), waiting up to `wait` seconds for the first and `settle` more for others; written for Settings."""
+    import time
+
+    print(
+        f"llmpi: LLMPI_WORKERS=auto: looking for workers announced on the network (up to {wait:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    deadline = time.monotonic() + wait
+    found = heard_workers(data_dir)
+    while not found and time.monotonic() < deadline:
+        time.sleep(1)
+        found = heard_workers(data_dir)
+    if found:
+        time.sleep(settle)
+        found = heard_workers(data_dir)
+    path = Path(auto_workers_path())
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(",".join(found) + "\n")
+    print(f"llmpi: LLMPI_WORKERS=auto: {', '.join(found) or 'no worker found'}", file=sys.stderr, flush=True)
+    return found
+
+
 def prepare_channels(configuration: str, env: dict[str, str]) -> str:
     """At container start, before supervisord: spiped's key file from the cluster secret, and on a head with
     workers a supervisord configuration with a channel per worker port. Returns the configuration to run. A
@@ -413,6 +457,9 @@ def prepare_channels(configuration: str, env: dict[str, str]) -> str:
 
     try:
         s = Settings.read(env)
+        if s.workers_auto and not configuration.endswith("supervisord.worker.conf"):
+            resolve_auto_workers(s.data_dir)
+            s = Settings.read(env)
     except ConfigError:
         return configuration
     worker = configuration.endswith("supervisord.worker.conf")

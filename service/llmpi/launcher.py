@@ -446,6 +446,12 @@ def plan_cluster(
     return argv + cluster.server_args(split, len(boards)), est
 
 
+def announce_file(s: Settings, models: list[str]) -> dict[Path, str]:
+    """What the announce service (llmpi.announce) tells the network, on the data volume they share: the model ids,
+    whether a key is needed, whether the page is on. Never a key."""
+    return {s.data_dir / "announce.json": json.dumps({"models": models, "auth": s.auth, "webui": s.webui})}
+
+
 def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = ()) -> Plan:
     """Every decision, no side effect: the command line and the contents of the runtime files. `boards`: the
     workers' descriptions, when LLMPI_WORKERS is set."""
@@ -457,7 +463,8 @@ def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = (
         argv, est = plan_cluster(s, hw, model, threads, boards, notes)
         argv += render_argv(not_overridden(s, notes, server_options(s, False)))
         notes.insert(0, f"model {model.info.path.name}: {est.breakdown()} across the boards")
-        return Plan(argv=argv, notes=notes, files={runtime_dir() / "health.json": json.dumps(health)})
+        head_files = {runtime_dir() / "health.json": json.dumps(health), **announce_file(s, [model.alias])}
+        return Plan(argv=argv, notes=notes, files=head_files)
     second = load_embedding_model(s, threads)
     budget, source = memory_budget(s, hw)
     taken = {model.info.path.resolve()} | ({Path(s.embedding_model).resolve()} if second else set())
@@ -483,6 +490,7 @@ def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = (
         )
     argv += render_argv(not_overridden(s, notes, server_options(s, router)))
     files[runtime_dir() / "health.json"] = json.dumps(health)
+    files.update(announce_file(s, [m.alias for m in served] if router else [model.alias]))
     shape = model.shape
     notes.insert(
         0,
@@ -632,6 +640,7 @@ def apply_keys(s: Settings, out: TextIO) -> keys.Auth:
 def write_files(files: Mapping[Path, str]) -> None:
     """The runtime files, each replaced whole (the router may re-read its preset at any time)."""
     for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial")
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -646,6 +655,12 @@ class Prepared(NamedTuple):
 def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Prepared:
     """All that main() does before the exec: settings, the workers, the model, plan, keys, runtime files."""
     settings = Settings.read(env)
+    if settings.workers_auto and not settings.workers:
+        raise ConfigError(
+            "LLMPI_WORKERS=auto: no worker announced itself on the network when this container started. Start "
+            "each worker (docker compose --profile worker up -d worker), see `docker compose logs announce` on this "
+            "board, then: docker compose restart llmpi"
+        )
     boards = wait_for_workers(settings, out)  # LLMPI_WORKERS: waits (unhealthy) until each answers
     settings = model_on_board(settings, hw, env, out, boards)  # may download it (a status page answers)
     p = plan(settings, hw, boards)

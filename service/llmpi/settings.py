@@ -115,6 +115,7 @@ class Settings:
     embedding_parallel: int
     webui: bool
     workers: tuple[cluster.Worker, ...]  # LLMPI_WORKERS: the boards that hold part of the model (empty: this one alone)
+    workers_auto: bool  # LLMPI_WORKERS=auto: `workers` are those announced on the network at this container's start
     cluster_secret: str | None  # LLMPI_CLUSTER_SECRET or its _FILE; None = the head's generated one
     announce: str  # LLMPI_ANNOUNCE: one of ANNOUNCE_MODES (llmpi.announce)
     sysfs: Path  # LLMPI_SYSFS_PATH: where the board's sysfs is read (llmpi.board)
@@ -189,7 +190,8 @@ class Settings:
             embedding_alias=get(env, "LLMPI_EMBEDDING_ALIAS"),
             embedding_parallel=get_int(env, "LLMPI_EMBEDDING_PARALLEL", DEFAULT_EMBEDDING_PARALLEL) or 1,
             webui=get_bool(env, "LLMPI_WEBUI", True),
-            workers=cluster.parse_workers(get(env, "LLMPI_WORKERS")),
+            workers=cluster.parse_workers(workers_text(env)),
+            workers_auto=get(env, "LLMPI_WORKERS").lower() == "auto",
             cluster_secret=cluster_secret(env),
             announce=announce_mode(env),
             sysfs=Path(get(env, "LLMPI_SYSFS_PATH", "/sys")),
@@ -199,6 +201,18 @@ class Settings:
             data_dir=Path(get(env, "LLMPI_DATA_DIR", "/data")),
             llama_args=llama_args,
         )
+
+
+def workers_text(env: Mapping[str, str]) -> str:
+    """LLMPI_WORKERS as host[:port] list; for `auto`, the workers found on the network when this container started
+    (llmpi.cluster.resolve_auto_workers wrote them before supervisord started), none before that."""
+    text = get(env, "LLMPI_WORKERS")
+    if text.lower() != "auto":
+        return text
+    try:
+        return Path(cluster.auto_workers_path()).read_text().strip()
+    except OSError:
+        return ""
 
 
 def announce_mode(env: Mapping[str, str]) -> str:

@@ -1,0 +1,384 @@
+"""The appliance on the home network: DNS-SD over mDNS, from the compose service `announce` (host networking).
+
+llama-server stays on its Docker bridge; multicast from a bridge does not reach the LAN, so this small process runs
+in the host's network namespace and announces the port compose publishes:
+
+  * `_llmpi._tcp` (the API; TXT: version, api=/v1, models, auth=key|none; never a key) and `_http._tcp` (the page);
+  * through the host's avahi-daemon when its D-Bus socket is mounted (Raspberry Pi OS runs avahi; two mDNS
+    responders answering for one host name conflict), with `avahi-publish`, one process per service; else with
+    python-zeroconf, answering for `<hostname>.local` on the LAN addresses only (never loopback, link-local or a
+    Docker bridge's);
+  * only while the server answers /health; withdrawn (a goodbye) when it stops answering and when this stops;
+  * a cluster worker (`python3 -m llmpi.announce worker`) announces `_llmpi-worker._tcp` instead, and a head with
+    LLMPI_WORKERS=auto keeps the workers it hears in /data/workers.json (llmpi.cluster reads it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from . import __version__, discovery
+from .config import ConfigError, get
+
+ANNOUNCE_FILE = "announce.json"  # written by the launcher (llmpi.launcher.plan) on the shared data volume
+WORKERS_FILE = "workers.json"  # written here on a head with LLMPI_WORKERS=auto
+DBUS_SOCKET = Path("/run/dbus/system_bus_socket")
+CHECK_SECONDS = 5.0
+DOWN_CHECKS = 3  # the server must miss this many health checks in a row before it is withdrawn
+TXT_VALUE_MAX = 200  # a TXT string is at most 255 bytes, key included
+# interfaces that are never the home network: loopback, Docker's and other container or VM bridges
+SKIPPED_PREFIXES = ("lo", "docker", "br-", "veth", "virbr", "cni", "flannel", "podman", "vnet", "tap")
+WORKER_PORT = 50052  # llmpi.cluster.WORKER_PORT, not imported: the cluster module is the launcher's
+
+
+@dataclass(frozen=True)
+class Service:
+    """One DNS-SD service to announce."""
+
+    type: str  # e.g. "_llmpi._tcp.local."
+    name: str  # the instance name
+    port: int
+    txt: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    def publish(self, services: Sequence[Service]) -> None: ...  # replaces what was published (TXT changes too)
+    def withdraw(self) -> None: ...  # a goodbye for everything published
+    def close(self) -> None: ...
+
+
+def log(message: str) -> None:
+    print(f"llmpi-announce: {message}", flush=True)
+
+
+def lan_addresses(adapters: Sequence[tuple[str, Sequence[str]]], bind: str = "") -> list[str]:
+    """The IPv4 addresses other devices of the home network reach this machine at: `adapters` is (interface name,
+    its addresses); loopback, link-local and container/VM bridge interfaces are left out. `bind`: compose's
+    LLMPI_BIND_ADDRESS (the port is published on that address alone when it is not 0.0.0.0)."""
+    found = []
+    for name, addresses in adapters:
+        if name.startswith(SKIPPED_PREFIXES):
+            continue
+        for a in addresses:
+            ip = ipaddress.ip_address(a)
+            if ip.version == 4 and not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified):
+                found.append(str(ip))
+    if bind and bind not in ("0.0.0.0", "::"):
+        found = [a for a in found if a == bind]
+    return sorted(set(found), key=found.index)
+
+
+def machine_adapters() -> list[tuple[str, list[str]]]:
+    """This network namespace's interfaces and their addresses (ifaddr, python-zeroconf's own dependency)."""
+    import ifaddr
+
+    return [(a.nice_name, [ip.ip for ip in a.ips if isinstance(ip.ip, str)]) for a in ifaddr.get_adapters()]
+
+
+def short_list(items: Sequence[str], limit: int = TXT_VALUE_MAX) -> str:
+    """Comma-separated, cut to fit one TXT string: "a,b,+3" when the rest do not fit."""
+    out: list[str] = []
+    for i, item in enumerate(items):
+        rest = len(items) - i
+        candidate = ",".join([*out, item])
+        if len(candidate) > limit - (len(f",+{rest}") if rest > 1 else 0):
+            return ",".join([*out, f"+{rest}"])
+        out.append(item)
+    return ",".join(out)
+
+
+def appliance_services(hostname: str, port: int, state: Mapping[str, object]) -> list[Service]:
+    """What the head announces, from the launcher's announce.json: the API, and the page when it is on."""
+    listed = state.get("models")
+    models = [str(m) for m in listed] if isinstance(listed, list) else []
+    txt = {
+        "version": __version__,
+        "api": "/v1",
+        "models": short_list(models),
+        "auth": "key" if state.get("auth", True) else "none",
+    }
+    services = [Service(discovery.SERVICE_TYPE, f"llmpi on {hostname}", port, txt)]
+    if state.get("webui", True):
+        services.append(Service(discovery.HTTP_TYPE, f"llmpi chat on {hostname}", port, {"path": "/"}))
+    return services
+
+
+def worker_services(hostname: str, versions: Mapping[str, str]) -> list[Service]:
+    txt = {"version": __version__, **{k: str(v) for k, v in versions.items()}}
+    return [Service(discovery.WORKER_TYPE, f"llmpi worker on {hostname}", WORKER_PORT, txt)]
+
+
+class ZeroconfBackend:
+    """python-zeroconf, answering for `<hostname>.local` on the given addresses only."""
+
+    def __init__(self, hostname: str, addresses: Sequence[str]) -> None:
+        from zeroconf import Zeroconf
+
+        self.server = f"{hostname}.local."
+        self.addresses = list(addresses)
+        self.zc = Zeroconf(interfaces=self.addresses)
+        self.infos: dict[str, object] = {}
+
+    def publish(self, services: Sequence[Service]) -> None:
+        from zeroconf import ServiceInfo
+
+        for s in services:
+            info = ServiceInfo(
+                s.type,
+                f"{s.name}.{s.type}",
+                port=s.port,
+                properties=dict(s.txt),
+                server=self.server,
+                parsed_addresses=self.addresses,
+            )
+            key = s.type
+            if key in self.infos:
+                self.zc.update_service(info)
+            else:
+                self.zc.register_service(info, allow_name_change=True)
+            self.infos[key] = info
+
+    def withdraw(self) -> None:
+        if self.infos:
+            self.zc.unregister_all_services()  # sends the goodbyes (TTL 0)
+            self.infos.clear()
+
+    def close(self) -> None:
+        self.withdraw()
+        self.zc.close()
+
+
+class AvahiBackend:
+    """The host's avahi-daemon over its D-Bus socket: one `avahi-publish -s` per service; avahi answers for the
+    host's own name and addresses. A TXT change republishes (avahi-publish cannot update one)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.published: list[Service] = []
+
+    def publish(self, services: Sequence[Service]) -> None:
+        if list(services) == self.published and all(p.poll() is None for p in self.procs):
+            return
+        self.withdraw()
+        for s in services:
+            argv = ["avahi-publish", "-s", s.name, s.type.removesuffix(".local."), str(s.port)]
+            argv += [f"{k}={v}" for k, v in s.txt.items()]
+            self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        self.published = list(services)
+        time.sleep(1.0)
+        for p in self.procs:
+            if p.poll() is not None:
+                err = (p.stderr.read() if p.stderr else b"").decode(errors="replace").strip()
+                self.withdraw()
+                raise OSError(f"avahi-publish failed: {err or f'exit {p.returncode}'}")
+
+    def withdraw(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()  # avahi frees the entry group of a client that leaves: its goodbye
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs.clear()
+        self.published = []
+
+    def close(self) -> None:
+        self.withdraw()
+
+
+def avahi_answers() -> bool:
+    """Whether the host's avahi-daemon is reachable through a mounted D-Bus socket."""
+    if not DBUS_SOCKET.is_socket():
+        return False
+    try:
+        out = subprocess.run(["avahi-browse", "--version"], capture_output=True, timeout=5)
+        probe = subprocess.run(
+            ["avahi-resolve", "--name", "localhost.invalid"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    # avahi-resolve reports a failed lookup when the daemon answered, and "Daemon not running" / a D-Bus error
+    # when it did not
+    return out.returncode == 0 and "Failed to create client" not in probe.stderr
+
+
+def choose_backend(mode: str, hostname: str, addresses: Sequence[str]) -> Backend:
+    if mode in ("auto", "avahi") and avahi_answers():
+        log("announcing through the host's avahi-daemon (D-Bus)")
+        return AvahiBackend()
+    if mode == "avahi":
+        raise ConfigError(
+            f"LLMPI_ANNOUNCE=avahi but no avahi-daemon answers on {DBUS_SOCKET} (is avahi-daemon running on the "
+            "host, and /run/dbus mounted into the announce service?)"
+        )
+    log(f"announcing with python-zeroconf as {hostname}.local on {', '.join(addresses)}")
+    return ZeroconfBackend(hostname, addresses)
+
+
+def server_answers(url: str) -> bool:
+    """Whether llama-server (or the launcher's status page) answers at all: any HTTP status counts."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=3):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def read_state(data_dir: Path) -> dict[str, object]:
+    try:
+        state = json.loads((data_dir / ANNOUNCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def workers_heard(found: Sequence[discovery.Found]) -> list[dict[str, object]]:
+    """The workers as the head reaches them: an address (the head's container cannot resolve .local), the port."""
+    out = []
+    for f in found:
+        v4 = [a for a in f.addresses if ipaddress.ip_address(a.split("%")[0]).version == 4]
+        if v4:
+            out.append({"host": v4[0], "port": f.port, "name": f.name, "version": f.txt.get("version", "")})
+    return out
+
+
+def write_json_atomic(path: Path, value: object) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def watch_workers(data_dir: Path, stop: threading.Event) -> None:
+    """LLMPI_WORKERS=auto on a head: the workers announced on the network, kept in data_dir/workers.json."""
+    last: list[dict[str, object]] | None = None
+    while not stop.is_set():
+        try:
+            heard = workers_heard(discovery.browse(discovery.WORKER_TYPE, discovery.BROWSE_SECONDS))
+        except OSError as e:
+            log(f"cannot browse for workers: {e}")
+            heard = []
+        if heard != last:
+            write_json_atomic(data_dir / WORKERS_FILE, heard)
+            log(f"workers on the network: {', '.join(str(w['host']) for w in heard) or 'none'}")
+            last = heard
+        stop.wait(10)
+
+
+@dataclass
+class Announcer:
+    """Publishes while the server answers, withdraws after DOWN_CHECKS missed checks and at stop."""
+
+    backend: Backend
+    services_now: Callable[[], list[Service]]
+    server_up: Callable[[], bool]
+    published: bool = False
+    missed: int = 0
+
+    def step(self) -> None:
+        up = self.server_up()
+        if up:
+            self.missed = 0
+            services = self.services_now()
+            self.backend.publish(services)
+            if not self.published:
+                log("announced: " + "; ".join(f"{s.name} ({s.type}, port {s.port})" for s in services))
+            self.published = True
+        else:
+            self.missed += 1
+            if self.published and self.missed >= DOWN_CHECKS:
+                self.backend.withdraw()
+                self.published = False
+                log("the server does not answer: withdrawn until it does")
+
+
+def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    role = argv[0] if argv else "appliance"
+    from .settings import Settings
+
+    try:
+        s = Settings.read(env)
+    except ConfigError as e:
+        log(f"refused: {e}")
+        return idle()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if role == "appliance" and s.workers_auto:
+        threading.Thread(target=watch_workers, args=(s.data_dir, stop), daemon=True).start()
+    if s.announce == "off":
+        log("LLMPI_ANNOUNCE=off: announcing nothing")
+        stop.wait()
+        return 0
+    hostname = socket.gethostname().split(".")[0]
+    bind = get(env, "LLMPI_BIND_ADDRESS")
+    addresses = lan_addresses(machine_adapters(), bind)
+    if not addresses:
+        log(
+            "no home-network address to announce on (only loopback or container bridges"
+            + (f"; the port is published on {bind} alone" if bind and bind not in ("0.0.0.0", "::") else "")
+            + "): announcing nothing"
+        )
+        stop.wait()
+        return 0
+    try:
+        backend = choose_backend(s.announce, hostname, addresses)
+    except (ConfigError, OSError) as e:
+        log(f"refused: {e}")
+        return idle(stop)
+    if role == "worker":
+        versions = worker_versions()
+        announcer = Announcer(backend, lambda: worker_services(hostname, versions), lambda: True)
+    else:
+        port = int(s.host_port)
+        local = bind if bind and bind not in ("0.0.0.0", "::") else "127.0.0.1"
+        url = f"http://{local}:{port}"
+        announcer = Announcer(
+            backend, lambda: appliance_services(hostname, port, read_state(s.data_dir)), lambda: server_answers(url)
+        )
+    try:
+        while not stop.is_set():
+            try:
+                announcer.step()
+            except OSError as e:
+                log(f"announcing failed, retrying: {e}")
+            stop.wait(CHECK_SECONDS)
+    finally:
+        backend.close()
+        log("stopped: goodbye sent")
+    return 0
+
+
+def worker_versions() -> dict[str, str]:
+    try:
+        versions = json.loads(Path("/opt/llama/version.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: str(v) for k, v in versions.items()} if isinstance(versions, dict) else {}
+
+
+def idle(stop: threading.Event | None = None) -> int:
+    """A setting is wrong: say so once and wait for the stop (a restart would only repeat the refusal)."""
+    (stop or threading.Event()).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:], os.environ))
