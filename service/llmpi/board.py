@@ -238,7 +238,7 @@ def render_prometheus(r: Reading, since_start: int) -> str:
     )  # fmt: skip
     if r.volt_alarm is not None:
         lines += metric(
-            "node_hwmon_in_lcrit_alarm", "gauge", "Hardware sensor alarm status (in).",
+            "node_hwmon_in_lcrit_alarm_volts", "gauge", "Hardware monitor for voltage (lcrit_alarm): 0 or 1.",
             [('{chip="rpi_volt",sensor="in0"}', int(r.volt_alarm))],
         )  # fmt: skip
     if now is not None:
@@ -268,18 +268,14 @@ def render_prometheus(r: Reading, since_start: int) -> str:
 
 def found_line(sources: Sources, r: Reading) -> str:
     """The watch's first log line: what it found on this machine."""
-    parts = [r.model or "no device tree model"]
     if sources.throttled:
-        parts.append(f"get_throttled at {sources.throttled}")
+        where = f"get_throttled at {sources.throttled}"
     elif sources.volt_alarm:
-        parts.append(f"no get_throttled; under-voltage from the rpi_volt hwmon ({sources.volt_alarm})")
-    if r.thermal_type or r.temp_c is not None:
-        parts.append(f"thermal zone {r.thermal_type or '0'}")
-    if not sources.throttled and not sources.volt_alarm:
-        parts.append("no Raspberry Pi firmware found; throttling not reported")
-    if r.temp_c is None:
-        parts.append("no temperature")
-    return "board: " + ", ".join(parts)
+        where = f"no get_throttled; under-voltage only, from the rpi_volt hwmon ({sources.volt_alarm})"
+    else:
+        where = "no Raspberry Pi firmware found, so throttling is not reported"
+    temp = f"thermal zone {r.thermal_type or '0'}" if r.temp_c is not None else "no temperature (no thermal_zone0)"
+    return f"board: {r.model or 'no device tree model'}, {where}, {temp}"
 
 
 def change_line(before: int, after: int, known: Sequence[str]) -> str:

@@ -136,11 +136,11 @@ def test_hwmon_only_board(tmp_path: Path, proc: Path) -> None:
     sources.volt_alarm.write_text("0\n")
     r = watch.poll()
     text = board.render_prometheus(r, watch.since_start)
-    assert 'node_hwmon_in_lcrit_alarm{chip="rpi_volt",sensor="in0"} 0' in text
+    assert 'node_hwmon_in_lcrit_alarm_volts{chip="rpi_volt",sensor="in0"} 0' in text
     assert 'rpi_throttled{condition="under_voltage"} 0' in text
     assert 'rpi_throttled_since_start{condition="under_voltage"} 1' in text
     assert "arm_frequency_capped" not in text and "rpi_get_throttled" not in text
-    assert "under-voltage from the rpi_volt hwmon" in board.found_line(sources, r)
+    assert "under-voltage only, from the rpi_volt hwmon" in board.found_line(sources, r)
 
 
 def test_rendering_is_prometheus_text(tmp_path: Path, proc: Path) -> None:
