@@ -12,7 +12,8 @@ board.prom (Prometheus text, appended to llama-server's /metrics by --metrics-te
 `llmpi status`). It logs one line at start saying what it found and one line whenever the throttling conditions
 change. Paths, sources and metric names: docs/board.md.
 
-Standard library only, besides the runtime directory's helper: this process lives as long as the container.
+The watch that runs for ever imports the standard library and the runtime directory's helper only (`main` reads the
+settings first, then execs it): it lives as long as the container.
 """
 
 from __future__ import annotations
@@ -204,9 +205,14 @@ def label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def number(value: float) -> str:
+    """A sample's value: integers in full (a byte count, a clock in Hz), other numbers as Python writes them."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> list[str]:
     """One metric family: # HELP, # TYPE and its samples (label text, value); nothing at all without samples."""
-    lines = [f"{name}{labels} {value:g}" for labels, value in samples]
+    lines = [f"{name}{labels} {number(value)}" for labels, value in samples]
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines] if lines else []
 
 
@@ -385,19 +391,29 @@ def read_once(sysfs: Path, proc: Path = Path("/proc")) -> dict[str, Any]:
     return snapshot(r, seen_bits(r), time.time())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def settings_sysfs() -> Path:
+    """LLMPI_SYSFS_PATH, as the settings read it; /sys where a setting is wrong (the launcher refuses with the
+    reason, and the board is still worth watching)."""
     from .config import ConfigError
     from .settings import Settings
 
+    try:
+        return Settings.read(os.environ).sysfs
+    except ConfigError as e:
+        print(f"board: a setting is wrong ({e}); reading /sys", flush=True)
+        return Path("/sys")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`watch`: read the settings, then exec `watch SYSFS`, which runs for ever without the settings' imports in
+    memory (this process lives as long as the container; docs/board.md)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args != ["watch"]:
+    if args == ["watch"]:
+        os.execv(sys.executable, [sys.executable, "-m", "llmpi.board", "watch", str(settings_sysfs())])
+    if len(args) != 2 or args[0] != "watch":
         print("usage: python3 -m llmpi.board watch", file=sys.stderr)
         return 2
-    try:
-        sysfs = Settings.read(os.environ).sysfs
-    except ConfigError as e:  # the launcher refuses with the reason; the board is still worth watching
-        print(f"board: a setting is wrong ({e}); reading /sys", file=sys.stdout, flush=True)
-        sysfs = Path("/sys")
+    sysfs = Path(args[1])
     Watch(find_sources(sysfs), Path("/proc"), sys.stdout).run()
     return 0
 

@@ -59,7 +59,7 @@ def test_not_a_pi_has_no_pi_metrics(tmp_path: Path, proc: Path) -> None:
     assert r == board.Reading(mem_available=3_000_000 * 1024)
     text = board.render_prometheus(r, 0)
     assert "rpi_" not in text and "node_thermal" not in text and "llmpi_board_info" not in text
-    assert "node_memory_MemAvailable_bytes 3.072e+09" in text
+    assert "node_memory_MemAvailable_bytes 3072000000" in text
     assert "no Raspberry Pi firmware found" in board.found_line(sources, r)
     assert board.describe(board.snapshot(r, 0, 0.0))[:2] == [
         "board: not a Raspberry Pi (no device tree model)",
@@ -159,7 +159,7 @@ def test_rendering_is_prometheus_text(tmp_path: Path, proc: Path) -> None:
         "llmpi_board_info",
     ]
     assert 'node_thermal_zone_temp{zone="0",type="cpu-thermal"} 61.45' in text
-    assert 'node_cpu_frequency_hertz{cpu="3"} 2.4e+09' in text
+    assert 'node_cpu_frequency_hertz{cpu="3"} 2400000000' in text
     assert 'llmpi_board_info{model="Raspberry Pi 5 Model B Rev 1.0"} 1' in text
     for line in text.splitlines():
         assert line.startswith("# ") or len(line.rsplit(" ", 1)) == 2
@@ -217,3 +217,8 @@ def test_status_reads_the_watch_file_else_the_board(
     out = cli.status(s)
     assert out.splitlines()[0].startswith("server: not answering on port 1")
     assert "SOFT TEMPERATURE LIMIT: the SoC is hot; add cooling (a heatsink and fan) (now)" in out
+
+
+def test_watch_usage() -> None:
+    assert board.main(["watch", "/sys", "extra"]) == 2
+    assert board.main(["status"]) == 2
