@@ -23,9 +23,9 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from types import MappingProxyType
+from typing import Any, NamedTuple, TextIO
 
 from .markers import runtime_dir_path
 
@@ -45,10 +45,10 @@ ADVICE = {
     "throttled": "THROTTLED: the firmware has lowered the CPU clock, so replies are slower",
     "soft_temp_limit": "SOFT TEMPERATURE LIMIT: the SoC is hot; add cooling (a heatsink and fan)",
 }
+NO_CLOCKS: Mapping[int, int] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
-class Sources:
+class Sources(NamedTuple):
     """What the board offers, found once at start (the hardware does not change while the container runs)."""
 
     sysfs: Path
@@ -57,8 +57,7 @@ class Sources:
     thermal: Path | None  # thermal_zone0's directory
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
     """One poll. None (or an empty mapping) = that file is absent or unreadable here."""
 
     model: str | None = None
@@ -66,8 +65,8 @@ class Reading:
     thermal_type: str | None = None
     get_throttled: int | None = None
     volt_alarm: bool | None = None
-    cpu_hz: Mapping[int, int] = field(default_factory=dict)  # cpuinfo_cur_freq: the real clock (root only)
-    scaling_hz: Mapping[int, int] = field(default_factory=dict)  # scaling_cur_freq: what the governor asked for
+    cpu_hz: Mapping[int, int] = NO_CLOCKS  # cpuinfo_cur_freq: the real clock (root only)
+    scaling_hz: Mapping[int, int] = NO_CLOCKS  # scaling_cur_freq: what the governor asked for
     mem_available: int | None = None
 
 
@@ -189,7 +188,7 @@ def snapshot(r: Reading, since_start: int, at: float) -> dict[str, Any]:
     now = now_bits(r)
     return {
         "time": at,
-        **asdict(r),
+        **r._asdict(),
         "cpu_hz": {str(k): v for k, v in r.cpu_hz.items()},
         "scaling_hz": {str(k): v for k, v in r.scaling_hz.items()},
         "conditions": list(known),
