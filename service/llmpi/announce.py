@@ -15,6 +15,7 @@ in the host's network namespace and announces the port compose publishes:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -61,8 +62,27 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+STATE_FILE = Path("/tmp/llmpi-announce.state")  # what this announcer is doing, for its health check
+
+
 def log(message: str) -> None:
     print(f"llmpi-announce: {message}", flush=True)
+
+
+def say_state(state: str) -> None:
+    """The announcer's state in one line, for `python3 -m llmpi.announce health` (its compose health check)."""
+    with contextlib.suppress(OSError):
+        STATE_FILE.write_text(state + "\n")
+
+
+def health() -> int:
+    """0 unless the announcer refused (a wrong setting, avahi forced but absent): then the reason and 1."""
+    try:
+        state = STATE_FILE.read_text().strip()
+    except OSError:
+        state = "starting"
+    print(state)
+    return 1 if state.startswith("refused") else 0
 
 
 def lan_addresses(adapters: Sequence[tuple[str, Sequence[str]]], bind: str = "") -> list[str]:
@@ -311,12 +331,14 @@ class Announcer:
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     role = argv[0] if argv else "appliance"
+    if role == "health":
+        return health()
     from .settings import Settings
 
     try:
         s = Settings.read(env)
     except ConfigError as e:
-        log(f"refused: {e}")
+        refused(str(e))
         return idle()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -325,6 +347,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         threading.Thread(target=watch_workers, args=(s.data_dir, stop), daemon=True).start()
     if s.announce == "off":
         log("LLMPI_ANNOUNCE=off: announcing nothing")
+        say_state("off")
         stop.wait()
         return 0
     hostname = socket.gethostname().split(".")[0]
@@ -336,12 +359,13 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
             + (f"; the port is published on {bind} alone" if bind and bind not in ("0.0.0.0", "::") else "")
             + "): announcing nothing"
         )
+        say_state("no home-network address: announcing nothing")
         stop.wait()
         return 0
     try:
         backend = choose_backend(s.announce, hostname, addresses)
     except (ConfigError, OSError) as e:
-        log(f"refused: {e}")
+        refused(str(e))
         return idle(stop)
     if role == "worker":
         versions = worker_versions()
@@ -357,13 +381,20 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         while not stop.is_set():
             try:
                 announcer.step()
+                say_state("announcing" if announcer.published else "waiting for the server to answer")
             except OSError as e:
                 log(f"announcing failed, retrying: {e}")
+                say_state(f"failing, retrying: {e}")
             stop.wait(CHECK_SECONDS)
     finally:
         backend.close()
         log("stopped: goodbye sent")
     return 0
+
+
+def refused(reason: str) -> None:
+    log(f"refused: {reason}")
+    say_state(f"refused: {reason}")
 
 
 def worker_versions() -> dict[str, str]:
