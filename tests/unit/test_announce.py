@@ -1,0 +1,137 @@
+"""llmpi.announce and llmpi.discovery without a network: which addresses are announced, the TXT records, the
+announcer's publish/withdraw decisions, the finder's choice, and LLMPI_WORKERS=auto's resolution."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from llmpi import announce, cluster, discovery
+from llmpi.config import ConfigError
+from llmpi.settings import Settings
+
+pytestmark = [pytest.mark.unit]
+
+PI_HOST = [
+    ("lo", ["127.0.0.1", "::1"]),
+    ("eth0", ["192.168.1.20", "fe80::1"]),
+    ("wlan0", ["192.168.1.21", "169.254.3.4"]),
+    ("docker0", ["172.17.0.1"]),
+    ("br-0123456789ab", ["172.19.0.1"]),
+    ("veth12ab", ["fe80::2"]),
+]
+
+
+def test_only_home_network_addresses_are_announced() -> None:
+    assert announce.lan_addresses(PI_HOST) == ["192.168.1.20", "192.168.1.21"]
+
+
+def test_a_port_published_on_one_address_is_announced_there_alone() -> None:
+    assert announce.lan_addresses(PI_HOST, "192.168.1.21") == ["192.168.1.21"]
+    assert announce.lan_addresses(PI_HOST, "0.0.0.0") == ["192.168.1.20", "192.168.1.21"]
+    assert announce.lan_addresses(PI_HOST, "127.0.0.1") == []  # loopback only: nothing to announce
+
+
+def test_txt_records_name_version_api_models_and_auth_never_a_key() -> None:
+    api, page = announce.appliance_services("pi", 8080, {"models": ["qwen3-4b", "minilm"], "auth": True, "webui": True})
+    assert (api.type, api.name, api.port) == (discovery.SERVICE_TYPE, "llmpi on pi", 8080)
+    assert api.txt == {"version": "0.1.0", "api": "/v1", "models": "qwen3-4b,minilm", "auth": "key"}
+    assert (page.type, page.name, page.txt) == (discovery.HTTP_TYPE, "llmpi chat on pi", {"path": "/"})
+    only_api = announce.appliance_services("pi", 9000, {"models": [], "auth": False, "webui": False})
+    assert [s.txt["auth"] for s in only_api] == ["none"] and only_api[0].port == 9000
+
+
+def test_a_long_model_list_is_cut_to_fit_one_txt_string() -> None:
+    names = [f"model-number-{i:02d}-instruct-q4_k_m" for i in range(20)]
+    text = announce.short_list(names)
+    assert len(text) <= announce.TXT_VALUE_MAX and text.endswith(f",+{20 - text.count(',')}")
+    kept = text.split(",")[:-1]
+    assert kept == names[: len(kept)]
+    assert announce.short_list(["a", "b"]) == "a,b"
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def publish(self, services: Sequence[announce.Service]) -> None:
+        self.calls.append("publish " + ",".join(s.txt.get("models", "") for s in services))
+
+    def withdraw(self) -> None:
+        self.calls.append("withdraw")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_announced_while_the_server_answers_withdrawn_after_three_missed_checks() -> None:
+    backend = FakeBackend()
+    up = [True, True, False, False, True, False, False, False, False]
+    state = {"models": ["a"]}
+    a = announce.Announcer(backend, lambda: announce.appliance_services("pi", 8080, state)[:1], lambda: up.pop(0))
+    a.step()
+    state["models"] = ["a", "b"]  # llmpi models pull: the TXT follows
+    a.step()
+    for _ in range(7):
+        a.step()
+    assert backend.calls == ["publish a", "publish a,b", "publish a,b", "withdraw"]
+    assert not a.published
+
+
+def test_avahi_forced_but_absent_is_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(announce, "DBUS_SOCKET", tmp_path / "no-socket")
+    with pytest.raises(ConfigError, match="LLMPI_ANNOUNCE=avahi but no avahi-daemon answers"):
+        announce.choose_backend("avahi", "pi", ["192.168.1.20"])
+
+
+def test_announce_setting() -> None:
+    assert Settings.read({}).announce == "auto"
+    assert Settings.read({"LLMPI_ANNOUNCE": "OFF"}).announce == "off"
+    assert Settings.read({"LLMPI_ANNOUNCE": "on"}).announce == "auto"
+    with pytest.raises(ConfigError, match="LLMPI_ANNOUNCE='bonjour'"):
+        Settings.read({"LLMPI_ANNOUNCE": "bonjour"})
+
+
+def found(name: str, host: str, port: int = 8080) -> discovery.Found:
+    return discovery.Found(name, host, ("192.168.1.20", "fe80::1%eth0"), port, {"api": "/v1", "auth": "key"})
+
+
+def test_the_finder_picks_by_number_or_name() -> None:
+    both = [found("llmpi on kitchen", "kitchen.local"), found("llmpi on study", "study.local", 9000)]
+    assert discovery.choose(both, None).host == "kitchen.local"
+    assert discovery.choose(both, "2").base_url == "http://study.local:9000/v1"
+    assert discovery.choose(both, "STUDY").address_url() == "http://192.168.1.20:9000/v1"
+    with pytest.raises(LookupError, match="no appliance found matches 'garage'"):
+        discovery.choose(both, "garage")
+
+
+def test_the_head_keeps_the_workers_heard_by_address() -> None:
+    heard = announce.workers_heard(
+        [discovery.Found("llmpi worker on pi2", "pi2.local", ("fe80::9", "192.168.1.32"), 50052, {"version": "0.1.0"})]
+    )
+    assert heard == [{"host": "192.168.1.32", "port": 50052, "name": "llmpi worker on pi2", "version": "0.1.0"}]
+
+
+def test_workers_auto_takes_the_workers_heard_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
+    env = {"LLMPI_WORKERS": "auto", "LLMPI_DATA_DIR": str(tmp_path)}
+    assert Settings.read(env).workers == () and Settings.read(env).workers_auto  # before the start's resolution
+    (tmp_path / cluster.WORKERS_FILE).write_text(
+        json.dumps([{"host": "192.168.1.31", "port": 50052}, {"host": "192.168.1.32", "port": 50052}])
+    )
+    assert cluster.resolve_auto_workers(tmp_path, wait=1, settle=0) == ["192.168.1.31:50052", "192.168.1.32:50052"]
+    assert [w.host for w in Settings.read(env).workers] == ["192.168.1.31", "192.168.1.32"]
+
+
+def test_workers_auto_with_none_heard_is_a_refusal_naming_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from llmpi import hardware, launcher
+
+    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
+    assert cluster.resolve_auto_workers(tmp_path, wait=0.1, settle=0) == []
+    with pytest.raises(ConfigError, match=r"no worker announced itself.*docker compose restart llmpi"):
+        launcher.prepare({"LLMPI_WORKERS": "auto", "LLMPI_DATA_DIR": str(tmp_path)}, hardware.detect())
