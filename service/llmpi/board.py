@@ -56,6 +56,11 @@ class Sources(NamedTuple):
     volt_alarm: Path | None  # the rpi_volt hwmon's in0_lcrit_alarm, where get_throttled is absent
     thermal: Path | None  # thermal_zone0's directory
 
+    @property
+    def watched(self) -> bool:
+        """Whether there is anything to watch: a temperature or the Pi's throttling flags."""
+        return any((self.throttled, self.volt_alarm, self.thermal))
+
 
 class Reading(NamedTuple):
     """One poll. None (or an empty mapping) = that file is absent or unreadable here."""
@@ -373,9 +378,16 @@ class Watch:
             self.write_failed = True
 
     def run(self, polls: int | None = None) -> None:
-        """Poll and write every POLL_SECONDS, `polls` times (None: for ever)."""
+        """Poll and write every POLL_SECONDS, `polls` times (None: for ever). With no sensor to watch (not a Pi, no
+        thermal zone), the watch ends at once and writes nothing: its process would cost about 12 MiB for the
+        container's life (docs/board.md), and `llmpi status` reads the memory itself."""
         first = self.poll()
         print(found_line(self.sources, first), file=self.log, flush=True)
+        if not self.sources.watched:
+            for path in (prom_path(), json_path()):
+                path.unlink(missing_ok=True)
+            print("board: nothing to watch on this machine; the board watch ends", file=self.log, flush=True)
+            return
         self.write(first)
         done = 1
         while polls is None or done < polls:

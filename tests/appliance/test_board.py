@@ -179,9 +179,8 @@ def test_the_page_warns_while_throttled(board: Board, browser: webdriver.Chrome)
 
 
 def test_not_a_pi_has_no_board_metrics_and_no_errors(board: Board) -> None:
-    board.use("empty")
-    text = board.wait_metrics("node_memory_MemAvailable_bytes", absent=("llmpi_board_info",))
-    assert "llamacpp:prompt_tokens_total" in text
+    board.use("empty")  # the last use of the module's container: on it, the watch ends for good
+    text = board.wait_metrics("llamacpp:prompt_tokens_total", absent=("llmpi_board_info", "node_memory_"))
     for name in ("rpi_", "node_thermal_zone_temp", "node_hwmon_", "node_cpu_"):
         assert name not in text, text
     logs = board.project.logs()
@@ -189,6 +188,9 @@ def test_not_a_pi_has_no_board_metrics_and_no_errors(board: Board) -> None:
         "board: no device tree model, no Raspberry Pi firmware found, so throttling is not reported, "
         "no temperature (no thermal_zone0)"
     ) in logs
+    assert "board: nothing to watch on this machine; the board watch ends" in logs
+    code, out = board.project.exec(["python3", "-c", STOP_WATCH])
+    assert code == 0 and not out.strip(), out  # ended, and not restarted by supervisord
     assert "Traceback" not in logs and "board: cannot" not in logs
     code, out = board.project.exec(["llmpi", "status"])
     assert code == 0 and "throttling: not reported on this machine (no Raspberry Pi firmware)" in out, out

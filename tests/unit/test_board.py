@@ -183,6 +183,18 @@ def test_watch_writes_both_files(tmp_path: Path, proc: Path, monkeypatch: pytest
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["board.json", "board.prom"]
 
 
+def test_watch_ends_at_once_with_nothing_to_watch(tmp_path: Path, proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/board.prom").write_text("stale\n")  # from a watch before, on another tree
+    log = io.StringIO()
+    sources = board.find_sources(tmp_path / "empty")
+    assert not sources.watched
+    board.Watch(sources, proc, log).run()  # returns: no poll loop
+    assert log.getvalue().splitlines()[-1] == "board: nothing to watch on this machine; the board watch ends"
+    assert list((tmp_path / "run").iterdir()) == []
+
+
 def test_describe_under_voltage_now(tmp_path: Path, proc: Path) -> None:
     sysfs = trees.pi4(tmp_path / "sys")
     (sysfs / trees.PI4_THROTTLED).write_text("50005\n")
