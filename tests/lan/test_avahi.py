@@ -1,0 +1,141 @@
+"""The appliance announced through the host's avahi-daemon (issue 14), on a network of the test's own: `avahihost`
+stands for a Raspberry Pi OS host (the system D-Bus and avahi-daemon, Debian's configuration), the announcer is
+forced onto avahi (LLMPI_ANNOUNCE=avahi) and reaches it through the D-Bus socket on a volume. A client container on
+the same L2 segment finds the service under avahi's own host name, reaches the advertised address, and sees the
+goodbye at stop; the host keeps its name (llmpi never answers for it, so nothing conflicts with avahi)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, compose_env, wait_for
+from tests.lan.test_lan import API, CALL, HTTP, LAN_OVERRIDE, client, events
+
+pytestmark = [pytest.mark.lan]
+
+AVAHI_OVERRIDE = ROOT / "tests" / "lan" / "compose.avahi.yaml"
+HOST = "avahipi"
+THROUGH_AVAHI = "announcing through the host's avahi-daemon (D-Bus)"
+RESOLVE = """
+import sys
+from zeroconf import AddressResolverIPv4, Zeroconf
+zc = Zeroconf()
+r = AddressResolverIPv4(sys.argv[1])
+r.request(zc, 3000)
+print(" ".join(r.parsed_addresses()))
+zc.close()
+"""
+
+
+def announce_log(project: Project) -> str:
+    return project.compose("logs", "--no-color", "--no-log-prefix", "announce", check=False).stdout
+
+
+def host_log(project: Project) -> str:
+    return project.compose("logs", "--no-color", "--no-log-prefix", "avahihost", check=False).stdout
+
+
+def avahihost_address(project: Project) -> str:
+    out = project.compose("exec", "-T", "avahihost", "getent", "hosts", HOST, check=False).stdout.split()
+    assert out, "avahihost has no address"
+    return out[0]
+
+
+@pytest.fixture(scope="module")
+def avahi(appliance_image: str) -> Iterator[Project]:
+    project = Project(f"llmpi-avahi-{os.getpid()}", files=[COMPOSE_FILE, LAN_OVERRIDE, AVAHI_OVERRIDE])
+    ARTIFACTS.mkdir(exist_ok=True)
+    # the avahi host's image: Debian's avahi-daemon and dbus on the base image (seconds once its layers are cached)
+    build = project.compose("build", "avahihost", check=False)
+    (ARTIFACTS / "build-avahihost.log").write_text(build.stdout + build.stderr)
+    assert build.returncode == 0, build.stderr
+    try:
+        project.up()
+        wait_for(lambda: project.docker_health() == "healthy", 180, pause=1, what="llmpi healthy")
+        wait_for(lambda: "announced:" in announce_log(project), 30, pause=1, what="announced through avahi")
+        yield project
+    finally:
+        (ARTIFACTS / f"{project.name}-announce.log").write_text(announce_log(project))
+        (ARTIFACTS / f"{project.name}-avahihost.log").write_text(host_log(project))
+        project.down()
+
+
+def test_a_client_finds_it_under_avahis_host_name_and_calls_the_api(avahi: Project) -> None:
+    assert THROUGH_AVAHI in announce_log(avahi), announce_log(avahi)
+    found = [e for e in events(client(avahi, "/opt/find/lanclient.py", API, "6").stdout) if e["event"] == "Added"]
+    assert len(found) == 1, found
+    e = found[0]
+    address = avahihost_address(avahi)
+    # the server is the name avahi answers for: llmpi publishes the service records alone
+    assert e["name"] == f"llmpi on {HOST}.{API}" and e["server"] == f"{HOST}.local." and e["port"] == 8080, e
+    assert e["addresses"] == [address], e
+    txt = e["txt"]
+    assert isinstance(txt, dict)
+    assert txt["api"] == "/v1" and txt["auth"] == "key" and txt["version"] == "0.1.0", txt
+    key = avahi.exec(["llmpi", "keys", "show"])[1].strip()
+    assert key.startswith("sk-llmpi-") and all(key not in str(v) for v in txt.values())  # never the key
+    url = f"http://{address}:8080{txt['api']}/models"
+    assert client(avahi, "-c", CALL, url, "").stdout.strip() == "401"
+    status, _, body = client(avahi, "-c", CALL, url, key).stdout.partition(" ")
+    assert status == "200", body
+    assert txt["models"].split(",") == [m["id"] for m in json.loads(body)["data"]], (txt, body)
+    page = [e for e in events(client(avahi, "/opt/find/lanclient.py", HTTP, "4").stdout) if e["event"] == "Added"]
+    assert [(e["name"], e["server"], e["txt"]) for e in page] == [
+        (f"llmpi chat on {HOST}.{HTTP}", f"{HOST}.local.", {"path": "/"})
+    ], page
+
+
+def test_stop_says_goodbye(avahi: Project) -> None:
+    """avahi withdraws the entry groups of an avahi-publish that ends: the service disappears from a listening
+    client at `docker compose stop announce`, long before its records' TTL."""
+    cmd = ["docker", "compose", "-p", avahi.name]
+    for f in avahi.files:
+        cmd += ["-f", str(f)]
+    cmd += ["--profile", "client", "run", "--rm", "--no-deps", "-T", "client", "/opt/find/lanclient.py", API, "20"]
+    listener = subprocess.Popen(cmd, env=compose_env(avahi.env), stdout=subprocess.PIPE, text=True)
+    announced = announce_log(avahi).count("announced:")
+    try:
+        assert listener.stdout is not None
+        first = json.loads(listener.stdout.readline())
+        assert first["event"] == "Added", first
+        started_at = time.monotonic() - float(first["t"])  # the listener's clock started about then
+        stopped_at = time.monotonic()
+        avahi.compose("stop", "announce")
+        later = events("".join(iter(listener.stdout.readline, "")))  # read until the listener ends (20 s)
+        gone = next((e for e in later if e["event"] == "Removed"), None)
+        assert gone is not None and gone["name"] == first["name"], later
+        waited = float(str(gone["t"])) - (stopped_at - started_at)  # seconds from the stop to the goodbye
+        assert waited < 15, waited  # avahi's service records live 4500 s, the host's 120 s: this was the goodbye
+    finally:
+        listener.kill()
+        listener.wait()
+        avahi.compose("start", "announce")
+        wait_for(lambda: announce_log(avahi).count("announced:") > announced, 60, pause=1, what="announced again")
+
+
+def test_a_uid_the_host_does_not_know_is_turned_away(avahi: Project) -> None:
+    """The D-Bus side of a Pi: dbus-daemon accepts the EXTERNAL authentication of any uid, then drops the connection
+    of one missing from the host's own user database. The announcer's uid 10001 is a user of avahihost (its image
+    adds one); any other uid in the same container is refused the same socket."""
+    known = avahi.compose("exec", "-T", "announce", "avahi-resolve", "--name", f"{HOST}.local", check=False)
+    assert known.returncode == 0 and known.stdout.split()[0] == f"{HOST}.local", known.stdout + known.stderr
+    unknown = avahi.compose("exec", "-T", "-u", "4242", "announce", "avahi-resolve", "--name", f"{HOST}.local",
+                            check=False)  # fmt: skip
+    assert unknown.returncode != 0, unknown.stdout
+    assert "Failed to create client object: An unexpected D-Bus error occurred" in unknown.stderr, unknown.stderr
+
+
+def test_the_host_keeps_its_name(avahi: Project) -> None:
+    """avahi never renamed the host (`avahipi-2`) over a conflict, through the announcements, goodbye and
+    re-announcement above, and another device resolves the name to the host's address."""
+    log = host_log(avahi)
+    assert f"Server startup complete. Host name is {HOST}.local." in log, log
+    assert "conflict" not in log.lower(), log
+    resolved = client(avahi, "-c", RESOLVE, f"{HOST}.local.").stdout.split()
+    assert resolved == [avahihost_address(avahi)], resolved
