@@ -5,28 +5,28 @@ node_exporter's --path.sysfs) and from /proc/meminfo. A file that is missing or 
 result, never an error: on a machine that is not a Raspberry Pi (no get_throttled, no rpi_volt hwmon, no device tree
 model) the Pi's values are simply absent.
 
-`python3 -m llmpi.board watch` (supervisord's `board` program) polls once a second, keeps the throttling conditions
-seen since it started (the firmware's "has occurred" bits are cleared by the kernel's own 2 s poll, so a reader
-that only looks at them misses most of them), and replaces two files in the runtime directory whole at each poll:
-board.prom (Prometheus text, appended to llama-server's /metrics by --metrics-textfile) and board.json (read by
-`llmpi status`). It logs one line at start saying what it found and one line whenever the throttling conditions
-change. Paths, sources and metric names: docs/board.md.
+The watch (`Watch`, run by the FATAL listener between supervisord's events: llmpi.fatal_listener) polls once a
+second, keeps the throttling conditions seen since it started (the firmware's "has occurred" bits are cleared by the
+kernel's own 2 s poll, so a reader that only looks at them misses most of them), and replaces two files in the
+runtime directory whole at each poll: board.prom (Prometheus text, appended to llama-server's /metrics by
+--metrics-textfile) and board.json (read by `llmpi status`). It logs one line at start saying what it found and one
+line whenever the throttling conditions change. Paths, sources and metric names: docs/board.md.
 
-The watch that runs for ever imports the standard library and the runtime directory's helper only (`main` reads the
-settings first, then execs it): it lives as long as the container.
+It imports the standard library and the settings' low-level helpers only: it lives in a process that lasts as long
+as the container (docs/board.md: its memory).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple, TextIO
 
+from .config import get
 from .markers import runtime_dir_path
 
 POLL_SECONDS = 1.0
@@ -355,6 +355,7 @@ class Watch:
         self.since_start = 0
         self.now: int | None = None
         self.write_failed = False
+        self.next_at = 0.0  # time.monotonic() of the next poll
 
     def poll(self) -> Reading:
         r = read(self.sources, self.proc)
@@ -377,23 +378,30 @@ class Watch:
                 print(f"board: cannot write {prom_path().parent}: {e}", file=self.log, flush=True)
             self.write_failed = True
 
-    def run(self, polls: int | None = None) -> None:
-        """Poll and write every POLL_SECONDS, `polls` times (None: for ever). With no sensor to watch (not a Pi, no
-        thermal zone), the watch ends at once and writes nothing: its process would cost about 12 MiB for the
-        container's life (docs/board.md), and `llmpi status` reads the memory itself."""
+    def start(self) -> bool:
+        """The first poll and the line saying what was found. With nothing to watch (no temperature, not a Pi) the
+        watch writes nothing, says so, and returns False: the listener then waits for its events alone."""
         first = self.poll()
         print(found_line(self.sources, first), file=self.log, flush=True)
         if not self.sources.watched:
             for path in (prom_path(), json_path()):
                 path.unlink(missing_ok=True)
-            print("board: nothing to watch on this machine; the board watch ends", file=self.log, flush=True)
-            return
+            print("board: nothing to watch on this machine", file=self.log, flush=True)
+            return False
         self.write(first)
-        done = 1
-        while polls is None or done < polls:
-            time.sleep(POLL_SECONDS)
-            self.write(self.poll())
-            done += 1
+        self.next_at = time.monotonic() + POLL_SECONDS
+        return True
+
+    def seconds_left(self) -> float:
+        """Until the next poll is due (0 when it is)."""
+        return max(0.0, self.next_at - time.monotonic())
+
+    def tick(self) -> None:
+        """Poll and write when a poll is due (once every POLL_SECONDS), else nothing."""
+        if self.seconds_left() > 0:
+            return
+        self.write(self.poll())
+        self.next_at = max(self.next_at + POLL_SECONDS, time.monotonic())
 
 
 def read_once(sysfs: Path, proc: Path = Path("/proc")) -> dict[str, Any]:
@@ -402,32 +410,13 @@ def read_once(sysfs: Path, proc: Path = Path("/proc")) -> dict[str, Any]:
     return snapshot(r, seen_bits(r), time.time())
 
 
-def settings_sysfs() -> Path:
-    """LLMPI_SYSFS_PATH, as the settings read it; /sys where a setting is wrong (the launcher refuses with the
-    reason, and the board is still worth watching)."""
-    from .config import ConfigError
-    from .settings import Settings
-
-    try:
-        return Settings.read(os.environ).sysfs
-    except ConfigError as e:
-        print(f"board: a setting is wrong ({e}); reading /sys", flush=True)
-        return Path("/sys")
+def sysfs_setting(env: Mapping[str, str]) -> Path:
+    """LLMPI_SYSFS_PATH: Settings.read takes it from here, and so does the FATAL listener's process, which hosts the
+    watch and cannot afford the settings' imports (about 7 MiB for the container's whole life)."""
+    return Path(get(env, "LLMPI_SYSFS_PATH", "/sys"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`watch`: read the settings, then exec `watch SYSFS`, which runs for ever without the settings' imports in
-    memory (this process lives as long as the container; docs/board.md)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args == ["watch"]:
-        os.execv(sys.executable, [sys.executable, "-m", "llmpi.board", "watch", str(settings_sysfs())])
-    if len(args) != 2 or args[0] != "watch":
-        print("usage: python3 -m llmpi.board watch", file=sys.stderr)
-        return 2
-    sysfs = Path(args[1])
-    Watch(find_sources(sysfs), Path("/proc"), sys.stdout).run()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def start_watch(env: Mapping[str, str], log: TextIO) -> Watch | None:
+    """The watch of this machine's board, its first poll done; None when there is nothing to watch."""
+    watch = Watch(find_sources(sysfs_setting(env)), Path("/proc"), log)
+    return watch if watch.start() else None

@@ -11,18 +11,25 @@ health log and the container log" (the one failure state), never a Docker restar
   marker, or the last words), and the health check reports it.
 
 The event protocol: write READY, read a header line and a payload of `len` bytes, answer RESULT 2\\nOK.
-Logging goes to stderr; stdout belongs to the protocol. Standard library `os` only (resident for the container's
-whole life).
+Logging goes to stderr; stdout belongs to the protocol.
+
+This process also hosts the board watch (llmpi.board): while it waits for supervisord's next event it polls the
+board once a second. A process of its own for the watch cost 12.6 MiB for the container's whole life; here it adds
+about 2.4 MiB (docs/board.md), which keeps every process beside llama-server within 40 MB (docs/benchmarks.md).
+Nothing else is imported: the process is resident for the container's whole life.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import TextIO
+
+    from .board import Watch
 
 from .markers import config_error_path, last_words_path
 
@@ -92,11 +99,29 @@ class Listener:
         )
 
 
-def main(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, log: TextIO = sys.stderr) -> int:
+def wait_for_event(stdin: TextIO, watch: Watch) -> None:
+    """Until supervisord sends the next event, the board watch polls when due. supervisord sends nothing before
+    READY, so stdin's buffer is empty here and waiting on its descriptor is exact."""
+    while True:
+        watch.tick()
+        if select.select([stdin], [], [], watch.seconds_left())[0]:
+            return
+
+
+def main(
+    stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, log: TextIO = sys.stderr, watch: Watch | None = None
+) -> int:
+    """Answers supervisord's events for as long as it sends them; with a board `watch`, it polls between them."""
     listener = Listener(log)
     while True:
         stdout.write("READY\n")
         stdout.flush()
+        if watch is not None:
+            try:
+                wait_for_event(stdin, watch)
+            except Exception as e:  # the board watch must never end the listener: it stops, the listener goes on
+                print(f"llmpi: the board watch stopped: {type(e).__name__}: {e}", file=log, flush=True)
+                watch = None
         line = stdin.readline()
         if not line:
             return 0
@@ -111,4 +136,6 @@ def main(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, log: TextIO = s
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .board import start_watch
+
+    sys.exit(main(watch=start_watch(os.environ, sys.stderr)))

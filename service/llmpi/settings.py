@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cluster, fit, hardware
+from . import board, cluster, fit, hardware
 from .config import ConfigError, file_env, get, get_bool, get_int
 
 C_INT_MAX = 2**31 - 1
@@ -194,7 +194,7 @@ class Settings:
             workers_auto=get(env, "LLMPI_WORKERS").lower() == "auto",
             cluster_secret=cluster_secret(env),
             announce=announce_mode(env),
-            sysfs=Path(get(env, "LLMPI_SYSFS_PATH", "/sys")),
+            sysfs=board.sysfs_setting(env),
             host=get(env, "LLMPI_HOST", "0.0.0.0"),
             port=_ranged(env, "LLMPI_PORT", 8080, maximum=65535),
             host_port=get(env, "LLMPI_HOST_PORT") or get(env, "LLMPI_PORT", "8080"),

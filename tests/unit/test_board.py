@@ -174,7 +174,9 @@ def test_watch_writes_both_files(tmp_path: Path, proc: Path, monkeypatch: pytest
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setattr(board, "POLL_SECONDS", 0.0)
     log = io.StringIO()
-    board.Watch(board.find_sources(trees.pi4(tmp_path / "sys")), proc, log).run(polls=3)
+    watch = board.Watch(board.find_sources(trees.pi4(tmp_path / "sys")), proc, log)
+    assert watch.start()
+    watch.tick()
     assert log.getvalue().startswith("board: Raspberry Pi 4 Model B Rev 1.4, get_throttled at ")
     assert len(log.getvalue().splitlines()) == 1
     assert "rpi_get_throttled 0" in (tmp_path / "run/board.prom").read_text()
@@ -183,16 +185,67 @@ def test_watch_writes_both_files(tmp_path: Path, proc: Path, monkeypatch: pytest
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["board.json", "board.prom"]
 
 
-def test_watch_ends_at_once_with_nothing_to_watch(tmp_path: Path, proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watch_polls_only_when_due(tmp_path: Path, proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
+    sysfs = trees.pi4(tmp_path / "sys")
+    watch = board.Watch(board.find_sources(sysfs), proc, io.StringIO())
+    assert watch.start() and 0 < watch.seconds_left() <= board.POLL_SECONDS
+    (sysfs / trees.PI4_THROTTLED).write_text("50005\n")
+    watch.tick()  # not due yet: the files still say what the first poll saw
+    assert "rpi_get_throttled 0" in (tmp_path / "run/board.prom").read_text()
+    watch.next_at = 0.0
+    watch.tick()
+    assert "rpi_get_throttled 327685" in (tmp_path / "run/board.prom").read_text()
+
+
+def test_nothing_to_watch_writes_nothing(tmp_path: Path, proc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
     (tmp_path / "run").mkdir()
     (tmp_path / "run/board.prom").write_text("stale\n")  # from a watch before, on another tree
     log = io.StringIO()
     sources = board.find_sources(tmp_path / "empty")
     assert not sources.watched
-    board.Watch(sources, proc, log).run()  # returns: no poll loop
-    assert log.getvalue().splitlines()[-1] == "board: nothing to watch on this machine; the board watch ends"
+    assert not board.Watch(sources, proc, log).start()
+    assert log.getvalue().splitlines()[-1] == "board: nothing to watch on this machine"
     assert list((tmp_path / "run").iterdir()) == []
+    assert board.start_watch({"LLMPI_SYSFS_PATH": str(tmp_path / "empty")}, log) is None
+
+
+def test_the_listener_polls_the_board_between_events(
+    tmp_path: Path, proc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """supervisord's event listener hosts the watch: it polls while no event comes, and still answers events."""
+    import os
+    import threading
+    import time
+
+    from llmpi import fatal_listener
+
+    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(board, "POLL_SECONDS", 0.05)
+    sysfs = trees.pi5(tmp_path / "sys")
+    watch = board.start_watch({"LLMPI_SYSFS_PATH": str(sysfs)}, io.StringIO())
+    assert watch is not None
+    polls = []
+    real_poll = watch.poll
+    monkeypatch.setattr(watch, "poll", lambda: polls.append(1) or real_poll())
+    r, w = os.pipe()
+    payload = "processname:llama-server groupname:llama-server from_state:STARTING\n"
+    event = f"ver:3.0 eventname:PROCESS_STATE_STARTING len:{len(payload)}\n{payload}"
+
+    def supervisord() -> None:
+        time.sleep(0.5)
+        os.write(w, event.encode())
+        time.sleep(0.3)
+        os.close(w)
+
+    threading.Thread(target=supervisord).start()
+    out = io.StringIO()
+    with os.fdopen(r) as stdin:
+        assert fatal_listener.main(stdin, out, io.StringIO(), watch) == 0
+    assert out.getvalue() == "READY\nRESULT 2\nOKREADY\n"  # the event was answered
+    assert len(polls) >= 5  # about 16 in 0.8 s at 0.05 s a poll
+    assert "llmpi_board_info" in board.prom_path().read_text()
 
 
 def test_describe_under_voltage_now(tmp_path: Path, proc: Path) -> None:
@@ -231,6 +284,6 @@ def test_status_reads_the_watch_file_else_the_board(
     assert "SOFT TEMPERATURE LIMIT: the SoC is hot; add cooling (a heatsink and fan) (now)" in out
 
 
-def test_watch_usage() -> None:
-    assert board.main(["watch", "/sys", "extra"]) == 2
-    assert board.main(["status"]) == 2
+def test_the_sysfs_setting_is_one_reading() -> None:
+    assert board.sysfs_setting({}) == Path("/sys") == Settings.read({}).sysfs
+    assert board.sysfs_setting({"LLMPI_SYSFS_PATH": "/host/sys"}) == Settings.read({"LLMPI_SYSFS_PATH": "/host/sys"}).sysfs
