@@ -286,4 +286,6 @@ def test_status_reads_the_watch_file_else_the_board(
 
 def test_the_sysfs_setting_is_one_reading() -> None:
     assert board.sysfs_setting({}) == Path("/sys") == Settings.read({}).sysfs
-    assert board.sysfs_setting({"LLMPI_SYSFS_PATH": "/host/sys"}) == Settings.read({"LLMPI_SYSFS_PATH": "/host/sys"}).sysfs
+    assert (
+        board.sysfs_setting({"LLMPI_SYSFS_PATH": "/host/sys"}) == Settings.read({"LLMPI_SYSFS_PATH": "/host/sys"}).sysfs
+    )
