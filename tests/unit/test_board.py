@@ -226,9 +226,14 @@ def test_the_listener_polls_the_board_between_events(
     sysfs = trees.pi5(tmp_path / "sys")
     watch = board.start_watch({"LLMPI_SYSFS_PATH": str(sysfs)}, io.StringIO())
     assert watch is not None
-    polls = []
+    polls: list[float] = []
     real_poll = watch.poll
-    monkeypatch.setattr(watch, "poll", lambda: polls.append(1) or real_poll())
+
+    def counted_poll() -> board.Reading:
+        polls.append(time.monotonic())
+        return real_poll()
+
+    monkeypatch.setattr(watch, "poll", counted_poll)
     r, w = os.pipe()
     payload = "processname:llama-server groupname:llama-server from_state:STARTING\n"
     event = f"ver:3.0 eventname:PROCESS_STATE_STARTING len:{len(payload)}\n{payload}"
