@@ -222,8 +222,8 @@ RUN apt-get update \
            /usr/lib/python3/dist-packages/supervisor/tests /usr/share/doc/* /usr/share/man/* \
  && groupadd --system --gid 10001 llmpi \
  && useradd --system --uid 10001 --gid llmpi --home-dir /data --no-create-home --shell /usr/sbin/nologin llmpi \
- && mkdir -p /data/models /opt/llmpi/models \
- && chown -R llmpi:llmpi /data && chmod 0700 /data
+ && mkdir -p /data/models /opt/llmpi/models /announce \
+ && chown -R llmpi:llmpi /data /announce && chmod 0700 /data && chmod 0770 /announce
 COPY --from=llama /opt/llama/bin/ /opt/llama/bin/
 COPY --from=llama /opt/llama/version.json /opt/llama/version.json
 COPY --from=pylib /opt/pylib/ /opt/llmpi/lib/
@@ -241,6 +241,8 @@ ENV PATH=/opt/llmpi/service/bin:/opt/llama/bin:$PATH \
 USER llmpi
 WORKDIR /data
 VOLUME ["/data"]
+# /announce: what the announce service (running as nobody, group llmpi; docs/discovery.md) tells the network, shared
+# through compose's volume llmpi-announce; it never sees /data
 EXPOSE 8080
 # /health is 503 while the model loads and 200 once it serves. A Pi loading a 4 GB model from an SD card needs
 # minutes: the check itself waits while the server is loading (up to 20 minutes, llmpi.healthcheck.LOAD_WAIT), so

@@ -10,7 +10,11 @@ in the host's network namespace and announces the port compose publishes:
     Docker bridge's);
   * only while the server answers /health; withdrawn (a goodbye) when it stops answering and when this stops;
   * a cluster worker (`python3 -m llmpi.announce worker`) announces `_llmpi-worker._tcp` instead, and a head with
-    LLMPI_WORKERS=auto keeps the workers it hears in /data/workers.json (llmpi.cluster reads it).
+    LLMPI_WORKERS=auto keeps the workers it hears in /announce/workers.json (llmpi.cluster reads it).
+
+It runs as `nobody` (group llmpi): the host's D-Bus turns away a uid that is not a user of the host, and nobody is
+one on every Debian and Raspberry Pi OS. It shares only /announce with the server (compose's llmpi-announce
+volume), never the data volume.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from typing import Protocol
 from . import __version__, discovery
 from .config import ConfigError, get
 
-ANNOUNCE_FILE = "announce.json"  # written by the launcher (llmpi.launcher.plan) on the shared data volume
-WORKERS_FILE = "workers.json"  # written here on a head with LLMPI_WORKERS=auto
+ANNOUNCE_FILE = "announce.json"  # written by the launcher (llmpi.launcher.plan) in Settings.announce_dir
+WORKERS_FILE = "workers.json"  # written here on a head with LLMPI_WORKERS=auto (llmpi.cluster reads it)
 DBUS_SOCKET = Path("/run/dbus/system_bus_socket")
 CHECK_SECONDS = 5.0
 DOWN_CHECKS = 3  # the server must miss this many health checks in a row before it is withdrawn
@@ -222,31 +226,37 @@ class AvahiBackend:
         self.withdraw()
 
 
-def avahi_answers() -> bool:
-    """Whether the host's avahi-daemon is reachable through a mounted D-Bus socket."""
+def avahi_problem() -> str | None:
+    """None when the host's avahi-daemon answers through the mounted D-Bus socket; else why not."""
     if not DBUS_SOCKET.is_socket():
-        return False
+        return f"no D-Bus socket at {DBUS_SOCKET}"
     try:
-        out = subprocess.run(["avahi-browse", "--version"], capture_output=True, timeout=5)
+        # a failed lookup means the daemon answered; "Failed to create client object: ..." that it did not
         probe = subprocess.run(
             ["avahi-resolve", "--name", "localhost.invalid"], capture_output=True, text=True, timeout=5
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    # avahi-resolve reports a failed lookup when the daemon answered, and "Daemon not running" / a D-Bus error
-    # when it did not
-    return out.returncode == 0 and "Failed to create client" not in probe.stderr
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"avahi-resolve: {e}"
+    failed = [line for line in probe.stderr.splitlines() if "Failed to create client" in line]
+    if not failed:
+        return None
+    if "Daemon not running" in failed[0]:
+        return "avahi-daemon is not running on the host"
+    # dbus-daemon drops a client whose uid the host does not know (docs/discovery.md)
+    return f"the host's D-Bus turned uid {os.getuid()} away ({failed[0].strip()})"
 
 
 def choose_backend(mode: str, hostname: str, addresses: Sequence[str]) -> Backend:
-    if mode in ("auto", "avahi") and avahi_answers():
+    problem = avahi_problem() if mode in ("auto", "avahi") else "LLMPI_ANNOUNCE=zeroconf"
+    if problem is None:
         log("announcing through the host's avahi-daemon (D-Bus)")
         return AvahiBackend()
     if mode == "avahi":
         raise ConfigError(
-            f"LLMPI_ANNOUNCE=avahi but no avahi-daemon answers on {DBUS_SOCKET} (is avahi-daemon running on the "
-            "host, and /run/dbus mounted into the announce service?)"
+            f"LLMPI_ANNOUNCE=avahi but avahi cannot be used: {problem} (is avahi-daemon running on the host, and "
+            "/run/dbus mounted into the announce service?)"
         )
+    log(f"not through avahi: {problem}")
     log(f"announcing with python-zeroconf as {hostname}.local on {', '.join(addresses)}")
     return ZeroconfBackend(hostname, addresses)
 
@@ -262,9 +272,9 @@ def server_answers(url: str) -> bool:
         return False
 
 
-def read_state(data_dir: Path) -> dict[str, object]:
+def read_state(announce_dir: Path) -> dict[str, object]:
     try:
-        state = json.loads((data_dir / ANNOUNCE_FILE).read_text())
+        state = json.loads((announce_dir / ANNOUNCE_FILE).read_text())
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -286,8 +296,8 @@ def write_json_atomic(path: Path, value: object) -> None:
     os.replace(tmp, path)
 
 
-def watch_workers(data_dir: Path, stop: threading.Event) -> None:
-    """LLMPI_WORKERS=auto on a head: the workers announced on the network, kept in data_dir/workers.json."""
+def watch_workers(announce_dir: Path, stop: threading.Event) -> None:
+    """LLMPI_WORKERS=auto on a head: the workers announced on the network, kept in announce_dir/workers.json."""
     last: list[dict[str, object]] | None = None
     while not stop.is_set():
         try:
@@ -296,7 +306,7 @@ def watch_workers(data_dir: Path, stop: threading.Event) -> None:
             log(f"cannot browse for workers: {e}")
             heard = []
         if heard != last:
-            write_json_atomic(data_dir / WORKERS_FILE, heard)
+            write_json_atomic(announce_dir / WORKERS_FILE, heard)
             log(f"workers on the network: {', '.join(str(w['host']) for w in heard) or 'none'}")
             last = heard
         stop.wait(10)
@@ -344,7 +354,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if role == "appliance" and s.workers_auto:
-        threading.Thread(target=watch_workers, args=(s.data_dir, stop), daemon=True).start()
+        threading.Thread(target=watch_workers, args=(s.announce_dir, stop), daemon=True).start()
     if s.announce == "off":
         log("LLMPI_ANNOUNCE=off: announcing nothing")
         say_state("off")
@@ -375,7 +385,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         local = bind if bind and bind not in ("0.0.0.0", "::") else "127.0.0.1"
         url = f"http://{local}:{port}"
         announcer = Announcer(
-            backend, lambda: appliance_services(hostname, port, read_state(s.data_dir)), lambda: server_answers(url)
+            backend, lambda: appliance_services(hostname, port, read_state(s.announce_dir)), lambda: server_answers(url)
         )
     try:
         while not stop.is_set():

@@ -30,7 +30,7 @@ LLAMA_DIR = Path("/opt/llama")
 VERSION_FILE = LLAMA_DIR / "version.json"  # written by the image build: llama.cpp's build and the RPC protocol
 AUTO_WAIT = 30.0  # LLMPI_WORKERS=auto: seconds a head waits at start for the workers announced on the network
 AUTO_SETTLE = 6.0  # ... and for more after the first one is heard (the announcer browses every 10 s)
-WORKERS_FILE = "workers.json"  # the workers the head's announcer hears (llmpi.announce), on the data volume
+WORKERS_FILE = "workers.json"  # the workers the head's announcer hears (llmpi.announce), in Settings.announce_dir
 KEY_FILE_NAME = "cluster.key"  # the secret generated on the head, on its data volume
 MIN_SECRET = 32  # characters; the generated one has 256 bits (43 characters)
 RPC_CMD_HELLO = 14  # fixed in every protocol version (ggml-rpc.cpp static_assert)
@@ -414,16 +414,16 @@ def auto_workers_path() -> str:
     return str(Path(runtime_dir_path()) / "workers.auto")
 
 
-def heard_workers(data_dir: Path) -> list[str]:
-    """host:port of each worker the announcer heard on the network (data_dir/workers.json), none when unreadable."""
+def heard_workers(announce_dir: Path) -> list[str]:
+    """host:port of each worker the announcer heard on the network (workers.json), none when unreadable."""
     try:
-        heard = json.loads((data_dir / WORKERS_FILE).read_text())
+        heard = json.loads((announce_dir / WORKERS_FILE).read_text())
         return [f"{w['host']}:{int(w['port'])}" for w in heard if isinstance(w, dict)]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 
 
-def resolve_auto_workers(data_dir: Path, wait: float = AUTO_WAIT, settle: float = AUTO_SETTLE) -> list[str]:
+def resolve_auto_workers(announce_dir: Path, wait: float = AUTO_WAIT, settle: float = AUTO_SETTLE) -> list[str]:
     """LLMPI_WORKERS=auto, at container start: the workers announced on the network (heard by this head's announce
     service), waiting up to `wait` seconds for the first and `settle` more for others; written for Settings."""
     import time
@@ -434,13 +434,13 @@ def resolve_auto_workers(data_dir: Path, wait: float = AUTO_WAIT, settle: float 
         flush=True,
     )
     deadline = time.monotonic() + wait
-    found = heard_workers(data_dir)
+    found = heard_workers(announce_dir)
     while not found and time.monotonic() < deadline:
         time.sleep(1)
-        found = heard_workers(data_dir)
+        found = heard_workers(announce_dir)
     if found:
         time.sleep(settle)
-        found = heard_workers(data_dir)
+        found = heard_workers(announce_dir)
     path = Path(auto_workers_path())
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(",".join(found) + "\n")
@@ -458,7 +458,7 @@ def prepare_channels(configuration: str, env: dict[str, str]) -> str:
     try:
         s = Settings.read(env)
         if s.workers_auto and not configuration.endswith("supervisord.worker.conf"):
-            resolve_auto_workers(s.data_dir)
+            resolve_auto_workers(s.announce_dir)
             s = Settings.read(env)
     except ConfigError:
         return configuration

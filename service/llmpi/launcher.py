@@ -447,9 +447,9 @@ def plan_cluster(
 
 
 def announce_file(s: Settings, models: list[str]) -> dict[Path, str]:
-    """What the announce service (llmpi.announce) tells the network, on the data volume they share: the model ids,
+    """What the announce service (llmpi.announce) tells the network, in the directory they share: the model ids,
     whether a key is needed, whether the page is on. Never a key."""
-    return {s.data_dir / "announce.json": json.dumps({"models": models, "auth": s.auth, "webui": s.webui})}
+    return {s.announce_dir / "announce.json": json.dumps({"models": models, "auth": s.auth, "webui": s.webui})}
 
 
 def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = ()) -> Plan:

@@ -74,7 +74,7 @@ SETTINGS: dict[str, str] = {
     "LLMPI_HOST_PORT": "8080",
 }
 COMPOSE_SETTINGS = ("LLMPI_BIND_ADDRESS", "LLMPI_IMAGE", "LLMPI_BUILD_CA_BUNDLE", "LLMPI_DEBIAN_IMAGE")
-INTERNAL_SETTINGS = ("LLMPI_DATA_DIR",)  # set by the image, not by users
+INTERNAL_SETTINGS = ("LLMPI_DATA_DIR", "LLMPI_ANNOUNCE_DIR")  # set by the image or its tests, not by users
 # huggingface_hub's own variables, passed on by compose for pulling models by name (README "Models by name")
 HUB_VARIABLES = ("HF_TOKEN", "HF_TOKEN_FILE", "HF_ENDPOINT")
 
@@ -123,6 +123,7 @@ class Settings:
     port: int
     host_port: str
     data_dir: Path
+    announce_dir: Path  # shared with the announce service (llmpi.announce): announce.json, workers.json
     llama_args: Mapping[str, str]  # LLAMA_ARG_* variables the user set: each wins over the launcher's choice
 
     def memory(self, hw: hardware.Hardware) -> hardware.Memory:
@@ -199,6 +200,7 @@ class Settings:
             port=_ranged(env, "LLMPI_PORT", 8080, maximum=65535),
             host_port=get(env, "LLMPI_HOST_PORT") or get(env, "LLMPI_PORT", "8080"),
             data_dir=Path(get(env, "LLMPI_DATA_DIR", "/data")),
+            announce_dir=Path(get(env, "LLMPI_ANNOUNCE_DIR", "/announce")),
             llama_args=llama_args,
         )
 

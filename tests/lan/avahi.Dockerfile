@@ -7,8 +7,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends avahi-daemon dbus \
  && rm -rf /var/lib/apt/lists/* \
  && rm -f /etc/avahi/services/*.service
-# dbus-daemon turns away (after authentication) a client whose uid is not in its own user database: the announce
-# container's uid 10001 must be a user of the host, as on a Pi where `useradd --system --uid 10001 llmpi` was run
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin llmpi
+# no user is added: dbus-daemon turns away (after authentication) a client whose uid is not in its own user
+# database, and the announce service runs as nobody (65534), which every Debian and Raspberry Pi OS host has
 COPY avahi-host.sh /usr/local/bin/avahi-host
 ENTRYPOINT ["/usr/local/bin/avahi-host"]

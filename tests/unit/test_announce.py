@@ -83,7 +83,7 @@ def test_announced_while_the_server_answers_withdrawn_after_three_missed_checks(
 
 def test_avahi_forced_but_absent_is_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(announce, "DBUS_SOCKET", tmp_path / "no-socket")
-    with pytest.raises(ConfigError, match="LLMPI_ANNOUNCE=avahi but no avahi-daemon answers"):
+    with pytest.raises(ConfigError, match="LLMPI_ANNOUNCE=avahi but avahi cannot be used: no D-Bus socket at "):
         announce.choose_backend("avahi", "pi", ["192.168.1.20"])
 
 
@@ -117,7 +117,7 @@ def test_the_head_keeps_the_workers_heard_by_address() -> None:
 
 def test_workers_auto_takes_the_workers_heard_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
-    env = {"LLMPI_WORKERS": "auto", "LLMPI_DATA_DIR": str(tmp_path)}
+    env = {"LLMPI_WORKERS": "auto", "LLMPI_ANNOUNCE_DIR": str(tmp_path)}
     assert Settings.read(env).workers == () and Settings.read(env).workers_auto  # before the start's resolution
     (tmp_path / cluster.WORKERS_FILE).write_text(
         json.dumps([{"host": "192.168.1.31", "port": 50052}, {"host": "192.168.1.32", "port": 50052}])
@@ -134,4 +134,4 @@ def test_workers_auto_with_none_heard_is_a_refusal_naming_what_to_do(
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
     assert cluster.resolve_auto_workers(tmp_path, wait=0.1, settle=0) == []
     with pytest.raises(ConfigError, match=r"no worker announced itself.*docker compose restart llmpi"):
-        launcher.prepare({"LLMPI_WORKERS": "auto", "LLMPI_DATA_DIR": str(tmp_path)}, hardware.detect())
+        launcher.prepare({"LLMPI_WORKERS": "auto", "LLMPI_ANNOUNCE_DIR": str(tmp_path)}, hardware.detect())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from llmpi import settings
+from llmpi import board, settings
 from llmpi.config import ConfigError
 from llmpi.settings import COMPOSE_SETTINGS, HUB_VARIABLES, INTERNAL_SETTINGS, SETTINGS, Settings
 
@@ -42,6 +43,7 @@ def test_env_example_shows_every_setting() -> None:
 
 def test_settings_reads_only_listed_variables() -> None:
     source = Path(settings.__file__).read_text().split("INTERNAL_SETTINGS = ", 1)[1]
+    source += inspect.getsource(board.sysfs_setting)  # LLMPI_SYSFS_PATH, read there for Settings and the listener
     read = set(re.findall(r'"(LLMPI_[A-Z_]+)"', source))
     assert read <= set(SETTINGS) | set(INTERNAL_SETTINGS)
     assert set(SETTINGS) - read <= {f"{n}_FILE" for n in read}  # *_FILE variants are read by file_env
