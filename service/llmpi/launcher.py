@@ -59,6 +59,7 @@ class Plan:
     argv: list[str]
     notes: list[str] = field(default_factory=list)
     files: dict[Path, str] = field(default_factory=dict)
+    announced: list[str] = field(default_factory=list)  # the model ids the network is told about (llmpi.announce)
 
 
 @dataclass(frozen=True)
@@ -446,10 +447,15 @@ def plan_cluster(
     return argv + cluster.server_args(split, len(boards)), est
 
 
-def announce_file(s: Settings, models: list[str]) -> dict[Path, str]:
+def tell_announcer(s: Settings, p: Plan, out: TextIO) -> None:
     """What the announce service (llmpi.announce) tells the network, in the directory they share: the model ids,
-    whether a key is needed, whether the page is on. Never a key."""
-    return {s.announce_dir / "announce.json": json.dumps({"models": models, "auth": s.auth, "webui": s.webui})}
+    whether a key is needed, whether the page is on; never a key. Serving does not depend on it: where the directory
+    cannot be written (a `docker run` without it on a read-only root), the log says so and the server starts."""
+    state = {"models": p.announced, "auth": s.auth, "webui": s.webui}
+    try:
+        write_files({s.announce_dir / "announce.json": json.dumps(state)})
+    except OSError as e:
+        print(f"llmpi: the network announcement lists no models: cannot write {s.announce_dir}: {e}", file=out)
 
 
 def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = ()) -> Plan:
@@ -463,8 +469,8 @@ def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = (
         argv, est = plan_cluster(s, hw, model, threads, boards, notes)
         argv += render_argv(not_overridden(s, notes, server_options(s, False)))
         notes.insert(0, f"model {model.info.path.name}: {est.breakdown()} across the boards")
-        head_files = {runtime_dir() / "health.json": json.dumps(health), **announce_file(s, [model.alias])}
-        return Plan(argv=argv, notes=notes, files=head_files)
+        health_file = {runtime_dir() / "health.json": json.dumps(health)}
+        return Plan(argv=argv, notes=notes, files=health_file, announced=[model.alias])
     second = load_embedding_model(s, threads)
     budget, source = memory_budget(s, hw)
     taken = {model.info.path.resolve()} | ({Path(s.embedding_model).resolve()} if second else set())
@@ -490,7 +496,6 @@ def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = (
         )
     argv += render_argv(not_overridden(s, notes, server_options(s, router)))
     files[runtime_dir() / "health.json"] = json.dumps(health)
-    files.update(announce_file(s, [m.alias for m in served] if router else [model.alias]))
     shape = model.shape
     notes.insert(
         0,
@@ -505,7 +510,7 @@ def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = (
         notes.insert(1, f"embedding model {second.alias}: {second.estimate.breakdown()}")
     if model.info.path.resolve() == Path(EMBEDDED_MODEL).resolve():
         notes.append(EMBEDDED_NOTE)
-    return Plan(argv=argv, notes=notes, files=files)
+    return Plan(argv=argv, notes=notes, files=files, announced=[m.alias for m in served] if router else [model.alias])
 
 
 def named_model(s: Settings) -> pull.Ref | None:
@@ -666,6 +671,7 @@ def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.std
     p = plan(settings, hw, boards)
     auth = apply_keys(settings, out)  # may generate the key (on the data volume)
     write_files(p.files)  # the router's preset, health.json
+    tell_announcer(settings, p, out)  # /announce/announce.json
     return Prepared(settings, p, auth)
 
 

@@ -142,6 +142,7 @@ def apply_change(s: Settings, out: TextIO) -> None:
     preset = runtime_dir() / "models.ini"
     if router_running() and preset in plan.files:
         launcher.write_files(plan.files)
+        launcher.tell_announcer(s, plan, out)
         try:
             api(s, "/models?reload=1", keys.internal_admin_key(), timeout=60)
         except (OSError, ValueError) as e:

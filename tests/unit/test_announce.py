@@ -135,3 +135,27 @@ def test_workers_auto_with_none_heard_is_a_refusal_naming_what_to_do(
     assert cluster.resolve_auto_workers(tmp_path, wait=0.1, settle=0) == []
     with pytest.raises(ConfigError, match=r"no worker announced itself.*docker compose restart llmpi"):
         launcher.prepare({"LLMPI_WORKERS": "auto", "LLMPI_ANNOUNCE_DIR": str(tmp_path)}, hardware.detect())
+
+
+def test_the_announcer_is_told_the_models_and_a_failure_to_tell_it_does_not_stop_the_server(tmp_path: Path) -> None:
+    import io
+
+    from llmpi import launcher
+
+    s = Settings.read({"LLMPI_ANNOUNCE_DIR": str(tmp_path), "LLMPI_WEBUI": "off"})
+    plan = launcher.Plan(argv=["llama-server"], announced=["qwen3-4b", "minilm"])
+    out = io.StringIO()
+    launcher.tell_announcer(s, plan, out)
+    state = announce.read_state(tmp_path)
+    assert state == {"models": ["qwen3-4b", "minilm"], "auth": True, "webui": False} and out.getvalue() == ""
+    blocked = Settings.read({"LLMPI_ANNOUNCE_DIR": str(tmp_path / "file" / "dir")})
+    (tmp_path / "file").write_text("not a directory")
+    launcher.tell_announcer(blocked, plan, out)
+    assert out.getvalue().startswith("llmpi: the network announcement lists no models: cannot write ")
+
+
+def test_llmpi_find_is_a_console_script_of_the_package() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "llmpi-find"]
+    assert script.load() is discovery.main

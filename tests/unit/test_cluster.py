@@ -672,7 +672,7 @@ def test_plan_with_workers(cluster_env: dict[str, str]) -> None:
     assert len(shares) == 2 and int(f["--n-gpu-layers"]) == sum(shares) > 1
     shares[-1] -= 1  # the output layer's place (its weights stay on the head)
     assert "--models-preset" not in p.argv and "--models-max" not in p.argv
-    assert [path.name for path in p.files] == ["health.json", "announce.json"]
+    assert [path.name for path in p.files] == ["health.json"] and p.announced == ["tiny-chat.Q4_K_M"]
     layers = table_layers(p.notes)
     assert list(layers) == ["this board (head)", "a:50052 (aarch64)", "b:50052 (aarch64)"]
     assert sum(layers.values()) == 8 and [layers["a:50052 (aarch64)"], layers["b:50052 (aarch64)"]] == shares
