@@ -73,10 +73,12 @@ def pulling_now() -> str:
 
 
 def cluster_workers(env: Mapping[str, str]) -> tuple[cluster.Worker, ...]:
-    """A cluster head's workers (LLMPI_WORKERS); none on a single board, or when the setting is wrong (the launcher
-    refuses with the reason)."""
+    """A cluster head's workers (LLMPI_WORKERS, or those found at start for `auto`); none on a single board, or when
+    the setting is wrong (the launcher refuses with the reason)."""
+    from .settings import workers_text
+
     try:
-        return cluster.parse_workers(env.get("LLMPI_WORKERS", ""))
+        return cluster.parse_workers(workers_text(env))
     except ConfigError:
         return ()
 

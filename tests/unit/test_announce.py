@@ -124,6 +124,9 @@ def test_workers_auto_takes_the_workers_heard_at_start(monkeypatch: pytest.Monke
     )
     assert cluster.resolve_auto_workers(tmp_path, wait=1, settle=0) == ["192.168.1.31:50052", "192.168.1.32:50052"]
     assert [w.host for w in Settings.read(env).workers] == ["192.168.1.31", "192.168.1.32"]
+    from llmpi import healthcheck
+
+    assert [w.host for w in healthcheck.cluster_workers(env)] == ["192.168.1.31", "192.168.1.32"]
 
 
 def test_workers_auto_with_none_heard_is_a_refusal_naming_what_to_do(
