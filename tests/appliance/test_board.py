@@ -106,6 +106,11 @@ def test_pi5_throttling_now_then_since_start(board: Board) -> None:
         "rpi_get_throttled 0",
     )
     assert "llamacpp:prompt_tokens_total" in text  # one scrape: llama.cpp's metrics and the board's
+    # the page's question: the board alone, llama.cpp's metrics (and their scrape-to-scrape gauges) left alone
+    url = f"{board.project.url}/metrics?only=textfile"
+    assert requests.get(url, timeout=10).status_code == 401
+    alone = requests.get(url, headers={"Authorization": f"Bearer {board.key}"}, timeout=10).text
+    assert 'llmpi_board_info{model="Raspberry Pi 5 Model B Rev 1.0"} 1' in alone and "llamacpp:" not in alone
     assert re.search(r"^node_memory_MemAvailable_bytes \d", text, re.M)
     board.set_throttled("pi5", "0x50005")
     board.wait_metrics(
@@ -156,6 +161,8 @@ def test_pi4_and_llmpi_status(board: Board) -> None:
 
 
 def test_the_page_warns_while_throttled(board: Board, browser: webdriver.Chrome) -> None:
+    browser.get("about:blank")
+    browser.get_log("browser")  # type: ignore[no-untyped-call]  # drop what earlier tests' pages logged
     board.use("pi5")
     board.set_throttled("pi5", "0x50005")
     board.wait_metrics('rpi_throttled{condition="under_voltage"} 1')

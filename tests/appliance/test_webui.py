@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -37,7 +38,7 @@ EMBEDDED_FILE = f"/opt/llmpi/models/{EMBEDDED}.gguf"
 def test_page_is_served_without_the_key(appliance: Project) -> None:
     r = requests.get(f"{appliance.url}/", timeout=10)
     assert r.status_code == 200 and "<title>llmpi</title>" in r.text
-    assert len(r.content) < 20_000  # one small file, no framework
+    assert len(r.content) < 21_000  # one small file, no framework (20.1 kB with the board header of issue 14)
 
 
 def _open_with_key(browser: webdriver.Chrome, url: str, key: str, model: str | None = None) -> None:
@@ -128,7 +129,8 @@ def test_router_picker_lists_both_models(extra_project: Project, browser: webdri
     key = extra_project.stored_key()
     wait_for(lambda: extra_project.docker_health() == "healthy", 180, pause=1, what="both models loaded")
 
-    wait = WebDriverWait(browser, 120)
+    # the picker's options are rebuilt when the model list is refreshed: an option read mid-rebuild is stale
+    wait = WebDriverWait(browser, 120, ignored_exceptions=(StaleElementReferenceException,))
     _open_with_key(browser, extra_project.url, key)
     wait.until(lambda b: len(_options(b)) == 2)
     options = {value: (text, enabled) for value, text, enabled in _options(browser)}
