@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, compose_env, wait_for
-from tests.lan.test_lan import API, CALL, HTTP, LAN_OVERRIDE, client, events
+from tests.lan.test_lan import API, HTTP, LAN_OVERRIDE, assert_announced_api, client, events
 
 pytestmark = [pytest.mark.lan]
 
@@ -68,23 +68,8 @@ def avahi(appliance_image: str) -> Iterator[Project]:
 
 def test_a_client_finds_it_under_avahis_host_name_and_calls_the_api(avahi: Project) -> None:
     assert THROUGH_AVAHI in announce_log(avahi), announce_log(avahi)
-    found = [e for e in events(client(avahi, "/opt/find/lanclient.py", API, "6").stdout) if e["event"] == "Added"]
-    assert len(found) == 1, found
-    e = found[0]
-    address = avahihost_address(avahi)
     # the server is the name avahi answers for: llmpi publishes the service records alone
-    assert e["name"] == f"llmpi on {HOST}.{API}" and e["server"] == f"{HOST}.local." and e["port"] == 8080, e
-    assert e["addresses"] == [address], e
-    txt = e["txt"]
-    assert isinstance(txt, dict)
-    assert txt["api"] == "/v1" and txt["auth"] == "key" and txt["version"] == "0.1.0", txt
-    key = avahi.exec(["llmpi", "keys", "show"])[1].strip()
-    assert key.startswith("sk-llmpi-") and all(key not in str(v) for v in txt.values())  # never the key
-    url = f"http://{address}:8080{txt['api']}/models"
-    assert client(avahi, "-c", CALL, url, "").stdout.strip() == "401"
-    status, _, body = client(avahi, "-c", CALL, url, key).stdout.partition(" ")
-    assert status == "200", body
-    assert txt["models"].split(",") == [m["id"] for m in json.loads(body)["data"]], (txt, body)
+    assert_announced_api(avahi, HOST, avahihost_address(avahi))
     page = [e for e in events(client(avahi, "/opt/find/lanclient.py", HTTP, "4").stdout) if e["event"] == "Added"]
     assert [(e["name"], e["server"], e["txt"]) for e in page] == [
         (f"llmpi chat on {HOST}.{HTTP}", f"{HOST}.local.", {"path": "/"})

@@ -59,24 +59,29 @@ def lan(appliance_image: str) -> Iterator[Project]:
         project.down()
 
 
-def test_a_client_discovers_it_reads_txt_and_calls_the_api(lan: Project) -> None:
-    found = [e for e in events(client(lan, "/opt/find/lanclient.py", API, "6").stdout) if e["event"] == "Added"]
+def assert_announced_api(project: Project, hostname: str, address: str) -> None:
+    """A client finds `llmpi on <hostname>` (_llmpi._tcp) at `<hostname>.local`, port 8080, on `address` alone, with
+    its TXT records (never the key), and the keyed /v1/models answers at that address with the ids the TXT lists."""
+    found = [e for e in events(client(project, "/opt/find/lanclient.py", API, "6").stdout) if e["event"] == "Added"]
     assert len(found) == 1, found
     e = found[0]
-    address = pihost_address(lan)
-    assert e["name"] == f"llmpi on testpi.{API}" and e["server"] == "testpi.local." and e["port"] == 8080, e
+    assert e["name"] == f"llmpi on {hostname}.{API}" and e["server"] == f"{hostname}.local." and e["port"] == 8080, e
     assert e["addresses"] == [address], e  # the LAN address alone: no loopback, no Docker bridge of the server's
     txt = e["txt"]
     assert isinstance(txt, dict)
     assert txt["api"] == "/v1" and txt["auth"] == "key" and txt["version"] == "0.1.0", txt
-    key = lan.exec(["llmpi", "keys", "show"])[1].strip()
+    key = project.exec(["llmpi", "keys", "show"])[1].strip()
     assert key.startswith("sk-llmpi-") and all(key not in str(v) for v in txt.values())  # never the key
     url = f"http://{address}:8080{txt['api']}/models"
-    assert client(lan, "-c", CALL, url, "").stdout.strip() == "401"  # the address is reachable, and keyed
-    status, _, body = client(lan, "-c", CALL, url, key).stdout.partition(" ")
+    assert client(project, "-c", CALL, url, "").stdout.strip() == "401"  # the address is reachable, and keyed
+    status, _, body = client(project, "-c", CALL, url, key).stdout.partition(" ")
     assert status == "200", body
     ids = [m["id"] for m in json.loads(body)["data"]]
     assert txt["models"].split(",") == ids, (txt, ids)
+
+
+def test_a_client_discovers_it_reads_txt_and_calls_the_api(lan: Project) -> None:
+    assert_announced_api(lan, "testpi", pihost_address(lan))
 
 
 def test_the_page_is_announced_as_http(lan: Project) -> None:
