@@ -34,10 +34,13 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import __version__, discovery
 from .config import ConfigError, get
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 ANNOUNCE_FILE = "announce.json"  # written by the launcher (llmpi.launcher.plan) in Settings.announce_dir
 WORKERS_FILE = "workers.json"  # written here on a head with LLMPI_WORKERS=auto (llmpi.cluster reads it)
@@ -155,12 +158,16 @@ class ZeroconfBackend:
         self.server = f"{hostname}.local."
         self.addresses = list(addresses)
         self.zc = Zeroconf(interfaces=self.addresses)
-        self.infos: dict[str, object] = {}
+        self.published: dict[str, Service] = {}  # by service type
 
     def publish(self, services: Sequence[Service]) -> None:
+        """Registers a new service, updates one whose records changed, and sends nothing for one that did not: the
+        network hears from this responder only when something changes (and when asked)."""
         from zeroconf import ServiceInfo
 
         for s in services:
+            if self.published.get(s.type) == s:
+                continue
             info = ServiceInfo(
                 s.type,
                 f"{s.name}.{s.type}",
@@ -169,17 +176,16 @@ class ZeroconfBackend:
                 server=self.server,
                 parsed_addresses=self.addresses,
             )
-            key = s.type
-            if key in self.infos:
+            if s.type in self.published:
                 self.zc.update_service(info)
             else:
                 self.zc.register_service(info, allow_name_change=True)
-            self.infos[key] = info
+            self.published[s.type] = s
 
     def withdraw(self) -> None:
-        if self.infos:
+        if self.published:
             self.zc.unregister_all_services()  # sends the goodbyes (TTL 0)
-            self.infos.clear()
+            self.published.clear()
 
     def close(self) -> None:
         self.withdraw()
@@ -362,44 +368,89 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         return 0
     hostname = socket.gethostname().split(".")[0]
     bind = get(env, "LLMPI_BIND_ADDRESS")
-    addresses = lan_addresses(machine_adapters(), bind)
-    if not addresses:
-        log(
-            "no home-network address to announce on (only loopback or container bridges"
-            + (f"; the port is published on {bind} alone" if bind and bind not in ("0.0.0.0", "::") else "")
-            + "): announcing nothing"
-        )
-        say_state("no home-network address: announcing nothing")
-        stop.wait()
-        return 0
     try:
-        backend = choose_backend(s.announce, hostname, addresses)
-    except (ConfigError, OSError) as e:
+        services_now, server_up = role_services(role, hostname, s, bind)
+    except ValueError as e:
         refused(str(e))
         return idle(stop)
-    if role == "worker":
-        versions = worker_versions()
-        announcer = Announcer(backend, lambda: worker_services(hostname, versions), lambda: True)
-    else:
-        port = int(s.host_port)
-        local = bind if bind and bind not in ("0.0.0.0", "::") else "127.0.0.1"
-        url = f"http://{local}:{port}"
-        announcer = Announcer(
-            backend, lambda: appliance_services(hostname, port, read_state(s.announce_dir)), lambda: server_answers(url)
-        )
+    session = Session(s.announce, hostname, bind, services_now, server_up)
     try:
         while not stop.is_set():
-            try:
-                announcer.step()
-                say_state("announcing" if announcer.published else "waiting for the server to answer")
-            except OSError as e:
-                log(f"announcing failed, retrying: {e}")
-                say_state(f"failing, retrying: {e}")
+            session.tick(machine_adapters())
             stop.wait(CHECK_SECONDS)
+    except (ConfigError, OSError) as e:  # avahi forced but unusable, or python-zeroconf cannot bind
+        refused(str(e))
+        return idle(stop)
     finally:
-        backend.close()
-        log("stopped: goodbye sent")
+        if session.close():
+            log("stopped: goodbye sent")
     return 0
+
+
+@dataclass
+class Session:
+    """The announcer's life: the addresses it announces on (read again at each check: DHCP, or Wi-Fi that comes up
+    after the containers at boot, changes them), and a backend for them."""
+
+    mode: str
+    hostname: str
+    bind: str
+    services_now: Callable[[], list[Service]]
+    server_up: Callable[[], bool]
+    addresses: list[str] | None = None  # None: not looked yet
+    announcer: Announcer | None = None
+
+    def tick(self, adapters: Sequence[tuple[str, Sequence[str]]]) -> None:
+        found = lan_addresses(adapters, self.bind)
+        if found != self.addresses:
+            self.close()
+            self.addresses = found
+            if not found:
+                no_address(self.bind)
+            else:
+                backend = choose_backend(self.mode, self.hostname, found)
+                self.announcer = Announcer(backend, self.services_now, self.server_up)
+        if self.announcer is not None:
+            step(self.announcer)
+
+    def close(self) -> bool:
+        """Withdraws what is announced (the goodbye); whether there was a backend to close."""
+        if self.announcer is None:
+            return False
+        self.announcer.backend.close()
+        self.announcer = None
+        return True
+
+
+def role_services(
+    role: str, hostname: str, s: Settings, bind: str
+) -> tuple[Callable[[], list[Service]], Callable[[], bool]]:
+    """What to announce and when: a worker always its RPC port; the appliance its API and page while it answers."""
+    if role == "worker":
+        versions = worker_versions()
+        return (lambda: worker_services(hostname, versions)), (lambda: True)
+    if not s.host_port.isdigit() or not 0 < int(s.host_port) < 65536:
+        raise ValueError(f"LLMPI_HOST_PORT={s.host_port!r} is not a port")
+    port = int(s.host_port)
+    local = bind if bind and bind not in ("0.0.0.0", "::") else "127.0.0.1"
+    return (lambda: appliance_services(hostname, port, read_state(s.announce_dir))), (
+        lambda: server_answers(f"http://{local}:{port}")
+    )
+
+
+def no_address(bind: str) -> None:
+    published_alone = f"; the port is published on {bind} alone" if bind and bind not in ("0.0.0.0", "::") else ""
+    log(f"no home-network address to announce on (only loopback or container bridges{published_alone}): waiting")
+    say_state("no home-network address: announcing nothing")
+
+
+def step(announcer: Announcer) -> None:
+    try:
+        announcer.step()
+        say_state("announcing" if announcer.published else "waiting for the server to answer")
+    except OSError as e:
+        log(f"announcing failed, retrying: {e}")
+        say_state(f"failing, retrying: {e}")
 
 
 def refused(reason: str) -> None:

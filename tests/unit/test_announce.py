@@ -162,3 +162,56 @@ def test_llmpi_find_is_a_console_script_of_the_package() -> None:
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "llmpi-find"]
     assert script.load() is discovery.main
+
+
+def test_the_announcer_follows_the_network_wifi_after_boot_then_a_new_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    backends: list[FakeBackend] = []
+
+    def fake_backend(mode: str, hostname: str, addresses: Sequence[str]) -> FakeBackend:
+        backends.append(FakeBackend())
+        backends[-1].calls.append("on " + ",".join(addresses))
+        return backends[-1]
+
+    monkeypatch.setattr(announce, "choose_backend", fake_backend)
+    state = {"models": ["a"]}
+    session = announce.Session(
+        "auto", "pi", "", lambda: announce.appliance_services("pi", 8080, state)[:1], lambda: True
+    )
+    session.tick([("lo", ["127.0.0.1"]), ("docker0", ["172.17.0.1"])])  # at boot, before Wi-Fi
+    assert backends == [] and session.announcer is None
+    session.tick([("wlan0", ["192.168.1.21"])])
+    session.tick([("wlan0", ["192.168.1.21"])])
+    session.tick([("wlan0", ["192.168.1.40"])])  # a new lease
+    assert session.close()
+    assert [b.calls for b in backends] == [
+        ["on 192.168.1.21", "publish a", "publish a", "close"],
+        ["on 192.168.1.40", "publish a", "close"],
+    ]
+    assert not session.close()
+
+
+class FakeZeroconf:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def register_service(self, info: object, allow_name_change: bool) -> None:
+        self.calls.append("register")
+
+    def update_service(self, info: object) -> None:
+        self.calls.append("update")
+
+    def unregister_all_services(self) -> None:
+        self.calls.append("goodbye")
+
+
+def test_python_zeroconf_hears_only_of_changes() -> None:
+    backend = announce.ZeroconfBackend.__new__(announce.ZeroconfBackend)  # its Zeroconf stand-in, no socket
+    fake = FakeZeroconf()
+    backend.server, backend.addresses, backend.published = "pi.local.", ["192.168.1.20"], {}
+    backend.zc = fake  # type: ignore[assignment]
+    api = announce.appliance_services("pi", 8080, {"models": ["a"]})[0]
+    backend.publish([api])
+    backend.publish([api])  # every 5 s while the server answers: nothing sent
+    backend.publish([announce.Service(api.type, api.name, api.port, {**api.txt, "models": "a,b"})])
+    backend.withdraw()
+    assert fake.calls == ["register", "update", "goodbye"]
