@@ -6,16 +6,13 @@ goodbye at stop; the host keeps its name (llmpi never answers for it, so nothing
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, compose_env, wait_for
-from tests.lan.test_lan import API, HTTP, LAN_OVERRIDE, assert_announced_api, client, events
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, wait_for
+from tests.lan.test_lan import HTTP, LAN_OVERRIDE, assert_announced_api, client, events, seconds_to_goodbye
 
 pytestmark = [pytest.mark.lan]
 
@@ -79,27 +76,11 @@ def test_a_client_finds_it_under_avahis_host_name_and_calls_the_api(avahi: Proje
 def test_stop_says_goodbye(avahi: Project) -> None:
     """avahi withdraws the entry groups of an avahi-publish that ends: the service disappears from a listening
     client at `docker compose stop announce`, long before its records' TTL."""
-    cmd = ["docker", "compose", "-p", avahi.name]
-    for f in avahi.files:
-        cmd += ["-f", str(f)]
-    cmd += ["--profile", "client", "run", "--rm", "--no-deps", "-T", "client", "/opt/find/lanclient.py", API, "20"]
-    listener = subprocess.Popen(cmd, env=compose_env(avahi.env), stdout=subprocess.PIPE, text=True)
     announced = announce_log(avahi).count("announced:")
     try:
-        assert listener.stdout is not None
-        first = json.loads(listener.stdout.readline())
-        assert first["event"] == "Added", first
-        started_at = time.monotonic() - float(first["t"])  # the listener's clock started about then
-        stopped_at = time.monotonic()
-        avahi.compose("stop", "announce")
-        later = events("".join(iter(listener.stdout.readline, "")))  # read until the listener ends (20 s)
-        gone = next((e for e in later if e["event"] == "Removed"), None)
-        assert gone is not None and gone["name"] == first["name"], later
-        waited = float(str(gone["t"])) - (stopped_at - started_at)  # seconds from the stop to the goodbye
+        waited = seconds_to_goodbye(avahi, lambda: avahi.compose("stop", "announce"), listen=20)
         assert waited < 15, waited  # avahi's service records live 4500 s, the host's 120 s: this was the goodbye
     finally:
-        listener.kill()
-        listener.wait()
         avahi.compose("start", "announce")
         wait_for(lambda: announce_log(avahi).count("announced:") > announced, 60, pause=1, what="announced again")
 

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -105,26 +105,47 @@ def test_scripts_find_prints_the_export_line(lan: Project) -> None:
     assert done.returncode == 1 and "no appliance found matches 'kitchen'" in done.stderr, done.stderr
 
 
-def test_stop_says_goodbye(lan: Project) -> None:
-    """The service disappears from a listening client at `docker compose stop`, long before its records' TTL."""
-    cmd = ["docker", "compose", "-p", lan.name, "-f", str(COMPOSE_FILE), "-f", str(LAN_OVERRIDE), "--profile",
-           "client", "run", "--rm", "--no-deps", "-T", "client", "/opt/find/lanclient.py", API, "25"]  # fmt: skip
-    listener = subprocess.Popen(cmd, env=compose_env(lan.env), stdout=subprocess.PIPE, text=True)
+def seconds_to_goodbye(project: Project, stop: Callable[[], object], listen: int = 25) -> float:
+    """Seconds from `stop()` to the Removed event a listening client sees for `_llmpi._tcp` (its goodbye); the
+    client listens `listen` seconds in all."""
+    cmd = ["docker", "compose", "-p", project.name]
+    for f in project.files:
+        cmd += ["-f", str(f)]
+    cmd += [
+        "--profile",
+        "client",
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "client",
+        "/opt/find/lanclient.py",
+        API,
+        str(listen),
+    ]
+    listener = subprocess.Popen(cmd, env=compose_env(project.env), stdout=subprocess.PIPE, text=True)
     try:
         assert listener.stdout is not None
         first = json.loads(listener.stdout.readline())
         assert first["event"] == "Added", first
         started_at = time.monotonic() - float(first["t"])  # the listener's clock started about then
         stopped_at = time.monotonic()
-        lan.compose("stop", "announce", "llmpi")
-        later = [json.loads(line) for line in iter(listener.stdout.readline, "") if line.startswith("{")]
-        gone = next((e for e in later if e["event"] == "Removed"), None)  # read until the listener ends (25 s)
+        stop()
+        later = events("".join(iter(listener.stdout.readline, "")))  # read until the listener ends
+        gone = next((e for e in later if e["event"] == "Removed"), None)
         assert gone is not None and gone["name"] == first["name"], later
-        waited = float(gone["t"]) - (stopped_at - started_at)  # seconds from the stop to the goodbye
-        assert waited < 30, waited  # the records' TTL is 120 s (host) / 4500 s (service): this was the goodbye
+        return float(str(gone["t"])) - (stopped_at - started_at)
     finally:
         listener.kill()
         listener.wait()
+
+
+def test_stop_says_goodbye(lan: Project) -> None:
+    """The service disappears from a listening client at `docker compose stop`, long before its records' TTL."""
+    try:
+        waited = seconds_to_goodbye(lan, lambda: lan.compose("stop", "announce", "llmpi"))
+        assert waited < 30, waited  # the records' TTL is 120 s (host) / 4500 s (service): this was the goodbye
+    finally:
         lan.compose("start", "llmpi", "announce")
         wait_for(lambda: lan.docker_health() == "healthy", 180, pause=1, what="llmpi healthy again")
 
