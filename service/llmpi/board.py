@@ -19,14 +19,13 @@ as the container (docs/board.md: its memory).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple, TextIO
 
-from .config import get
+from .config import get, write_atomic
 from .markers import runtime_dir_path
 
 POLL_SECONDS = 1.0
@@ -337,14 +336,6 @@ def prom_path() -> Path:
 
 def json_path() -> Path:
     return Path(runtime_dir_path()) / "board.json"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` whole, so that a reader never sees half a file."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Watch:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import fit, keys
-from .config import ConfigError
+from .config import ConfigError, write_atomic
 
 WORKER_PORT = 50052  # published on the worker; PORT + 1 is its description
 RPC_LOCAL_PORT = 50152  # ggml-rpc-server on the worker's loopback
@@ -441,9 +441,7 @@ def resolve_auto_workers(announce_dir: Path, wait: float = AUTO_WAIT, settle: fl
     if found:
         time.sleep(settle)
         found = heard_workers(announce_dir)
-    path = Path(auto_workers_path())
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(",".join(found) + "\n")
+    write_atomic(Path(auto_workers_path()), ",".join(found) + "\n")
     print(f"llmpi: LLMPI_WORKERS=auto: {', '.join(found) or 'no worker found'}", file=sys.stderr, flush=True)
     return found
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +20,15 @@ def runtime_dir() -> Path:
     d = Path(runtime_dir_path())
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     return d
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` whole (a temporary file, then a rename), so that a reader never sees half a file; a missing
+    directory is made private (0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def config_error_marker() -> Path:

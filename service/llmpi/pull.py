@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog, cluster, fit, gguf, quants
-from .config import runtime_dir
+from .config import runtime_dir, write_atomic
 
 DEFAULT_PATTERN = "*{quant}*.gguf"
 PLAN_CONTEXT = 4096  # the context the fit table plans one request for (as `llmpi-prepare plan --ctx 4096`)
@@ -437,9 +437,7 @@ def sha256_file(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def work_dir(models_dir: Path, remote: Remote) -> Path:
