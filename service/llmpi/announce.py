@@ -36,21 +36,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from . import __version__, discovery
-from .config import ConfigError, get
+from . import __version__, cluster, discovery
+from .config import ConfigError, get, write_atomic
 
 if TYPE_CHECKING:
     from .settings import Settings
 
-ANNOUNCE_FILE = "announce.json"  # written by the launcher (llmpi.launcher.plan) in Settings.announce_dir
-WORKERS_FILE = "workers.json"  # written here on a head with LLMPI_WORKERS=auto (llmpi.cluster reads it)
+ANNOUNCE_FILE = "announce.json"  # written by the launcher (llmpi.launcher.tell_announcer) in Settings.announce_dir
 DBUS_SOCKET = Path("/run/dbus/system_bus_socket")
 CHECK_SECONDS = 5.0
 DOWN_CHECKS = 3  # the server must miss this many health checks in a row before it is withdrawn
 TXT_VALUE_MAX = 200  # a TXT string is at most 255 bytes, key included
 # interfaces that are never the home network: loopback, Docker's and other container or VM bridges
 SKIPPED_PREFIXES = ("lo", "docker", "br-", "veth", "virbr", "cni", "flannel", "podman", "vnet", "tap")
-WORKER_PORT = 50052  # llmpi.cluster.WORKER_PORT, not imported: the cluster module is the launcher's
 
 
 @dataclass(frozen=True)
@@ -145,8 +143,9 @@ def appliance_services(hostname: str, port: int, state: Mapping[str, object]) ->
 
 
 def worker_services(hostname: str, versions: Mapping[str, str]) -> list[Service]:
-    txt = {"version": __version__, **{k: str(v) for k, v in versions.items()}}
-    return [Service(discovery.WORKER_TYPE, f"llmpi worker on {hostname}", WORKER_PORT, txt)]
+    """What a worker announces: its RPC port, and the versions a head compares (llmpi.cluster.own_versions)."""
+    txt = {"version": versions["llmpi"], "llama_cpp": versions["llama_cpp"], "rpc": versions["rpc"]}
+    return [Service(discovery.WORKER_TYPE, f"llmpi worker on {hostname}", cluster.WORKER_PORT, txt)]
 
 
 class ZeroconfBackend:
@@ -288,18 +287,11 @@ def read_state(announce_dir: Path) -> dict[str, object]:
 
 def workers_heard(found: Sequence[discovery.Found]) -> list[dict[str, object]]:
     """The workers as the head reaches them: an address (the head's container cannot resolve .local), the port."""
-    out = []
-    for f in found:
-        v4 = [a for a in f.addresses if ipaddress.ip_address(a.split("%")[0]).version == 4]
-        if v4:
-            out.append({"host": v4[0], "port": f.port, "name": f.name, "version": f.txt.get("version", "")})
-    return out
-
-
-def write_json_atomic(path: Path, value: object) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    return [
+        {"host": f.ipv4s[0], "port": f.port, "name": f.name, "version": f.txt.get("version", "")}
+        for f in found
+        if f.ipv4s
+    ]
 
 
 def watch_workers(announce_dir: Path, stop: threading.Event) -> None:
@@ -312,7 +304,7 @@ def watch_workers(announce_dir: Path, stop: threading.Event) -> None:
             log(f"cannot browse for workers: {e}")
             heard = []
         if heard != last:
-            write_json_atomic(announce_dir / WORKERS_FILE, heard)
+            write_atomic(announce_dir / cluster.WORKERS_FILE, json.dumps(heard, indent=1))
             log(f"workers on the network: {', '.join(str(w['host']) for w in heard) or 'none'}")
             last = heard
         stop.wait(10)
@@ -427,7 +419,7 @@ def role_services(
 ) -> tuple[Callable[[], list[Service]], Callable[[], bool]]:
     """What to announce and when: a worker always its RPC port; the appliance its API and page while it answers."""
     if role == "worker":
-        versions = worker_versions()
+        versions = cluster.own_versions()
         return (lambda: worker_services(hostname, versions)), (lambda: True)
     if not s.host_port.isdigit() or not 0 < int(s.host_port) < 65536:
         raise ValueError(f"LLMPI_HOST_PORT={s.host_port!r} is not a port")
@@ -456,14 +448,6 @@ def step(announcer: Announcer) -> None:
 def refused(reason: str) -> None:
     log(f"refused: {reason}")
     say_state(f"refused: {reason}")
-
-
-def worker_versions() -> dict[str, str]:
-    try:
-        versions = json.loads(Path("/opt/llama/version.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: str(v) for k, v in versions.items()} if isinstance(versions, dict) else {}
 
 
 def idle(stop: threading.Event | None = None) -> int:

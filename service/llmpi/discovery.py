@@ -34,10 +34,14 @@ class Found:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}{self.txt.get('api', '/v1')}"
 
+    @property
+    def ipv4s(self) -> list[str]:
+        """Its IPv4 addresses (the others are IPv6, possibly with a %scope)."""
+        return [a for a in self.addresses if ipaddress.ip_address(a.split("%")[0]).version == 4]
+
     def address_url(self) -> str:
         """The base_url with the first IPv4 address instead of the name (for clients that cannot resolve .local)."""
-        v4 = [a for a in self.addresses if ipaddress.ip_address(a).version == 4]
-        address = v4[0] if v4 else f"[{self.addresses[0]}]"
+        address = self.ipv4s[0] if self.ipv4s else f"[{self.addresses[0]}]"
         return f"http://{address}:{self.port}{self.txt.get('api', '/v1')}"
 
 

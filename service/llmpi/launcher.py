@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from . import catalog, cluster, fit, hardware, keys, markers, pull
-from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, runtime_dir
+from . import announce, board, catalog, cluster, fit, hardware, keys, markers, pull
+from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, runtime_dir, write_atomic
 from .gguf import GGUFError, GGUFInfo, read_gguf
 from .settings import DRAIN_SECONDS, LOG_LEVELS, Settings
 from .statuspage import StatusPage
@@ -293,7 +293,7 @@ def server_options(s: Settings, router: bool) -> list[Option]:
         opts.append(("LLAMA_ARG_STATIC_PATH", "--path", str(WEB_DIR)))
     if s.metrics:
         opts.append(("LLAMA_ARG_ENDPOINT_METRICS", "--metrics", None))
-        opts.append(("LLAMA_ARG_METRICS_TEXTFILE", "--metrics-textfile", str(runtime_dir() / "board.prom")))
+        opts.append(("LLAMA_ARG_METRICS_TEXTFILE", "--metrics-textfile", str(board.prom_path())))
     if s.auth:
         opts.append(("LLAMA_ARG_API_KEY_FILE", "--api-key-file", str(keys.server_keys_file())))
     if router:
@@ -453,7 +453,7 @@ def tell_announcer(s: Settings, p: Plan, out: TextIO) -> None:
     cannot be written (a `docker run` without it on a read-only root), the log says so and the server starts."""
     state = {"models": p.announced, "auth": s.auth, "webui": s.webui}
     try:
-        write_files({s.announce_dir / "announce.json": json.dumps(state)})
+        write_atomic(s.announce_dir / announce.ANNOUNCE_FILE, json.dumps(state))
     except OSError as e:
         print(f"llmpi: the network announcement lists no models: cannot write {s.announce_dir}: {e}", file=out)
 
@@ -645,10 +645,7 @@ def apply_keys(s: Settings, out: TextIO) -> keys.Auth:
 def write_files(files: Mapping[Path, str]) -> None:
     """The runtime files, each replaced whole (the router may re-read its preset at any time)."""
     for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, text)
 
 
 class Prepared(NamedTuple):
