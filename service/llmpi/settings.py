@@ -218,13 +218,14 @@ def workers_text(env: Mapping[str, str]) -> str:
 
 
 def announce_mode(env: Mapping[str, str]) -> str:
+    """LLMPI_ANNOUNCE: one of ANNOUNCE_MODES; an on/off word as get_bool takes it means auto/off."""
     mode = get(env, "LLMPI_ANNOUNCE", "auto").lower()
-    mode = {"on": "auto", "true": "auto", "yes": "auto", "1": "auto", "false": "off", "no": "off", "0": "off"}.get(
-        mode, mode
-    )
-    if mode not in ANNOUNCE_MODES:
-        raise ConfigError(f"LLMPI_ANNOUNCE={mode!r}: use one of {', '.join(ANNOUNCE_MODES)}")
-    return mode
+    if mode in ANNOUNCE_MODES:
+        return mode
+    try:
+        return "auto" if get_bool(env, "LLMPI_ANNOUNCE", True) else "off"
+    except ConfigError:
+        raise ConfigError(f"LLMPI_ANNOUNCE={mode!r}: use one of {', '.join(ANNOUNCE_MODES)}") from None
 
 
 def cluster_secret(env: Mapping[str, str]) -> str | None:
