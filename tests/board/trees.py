@@ -24,31 +24,32 @@ def cpus(root: Path, khz: int, real_clock_mode: int) -> None:
         put(root, f"devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_cur_freq", f"{khz}\n", real_clock_mode)
 
 
+def pi(root: Path, model: str, millidegrees: int, throttled: str, hwmons: list[str], khz: int, real_clock: int) -> Path:
+    """A Pi's tree: its model, temperature and get_throttled (nothing throttled), its hwmon chips in order (the
+    rpi_volt one with its alarm clear), and four cores at `khz` (the real clock file with mode `real_clock`)."""
+    put(root, "firmware/devicetree/base/model", f"{model}\x00")
+    put(root, "class/thermal/thermal_zone0/temp", f"{millidegrees}\n")
+    put(root, "class/thermal/thermal_zone0/type", "cpu-thermal\n")
+    put(root, throttled, "0\n")
+    for i, name in enumerate(hwmons):
+        put(root, f"class/hwmon/hwmon{i}/name", f"{name}\n")
+        if name == "rpi_volt":
+            put(root, f"class/hwmon/hwmon{i}/in0_lcrit_alarm", "0\n")
+    cpus(root, khz, real_clock)
+    return root
+
+
 def pi4(root: Path) -> Path:
     """A Pi 4 at 52.6 °C, nothing throttled; the real clock readable only by its owner."""
-    put(root, "firmware/devicetree/base/model", "Raspberry Pi 4 Model B Rev 1.4\x00")
-    put(root, "class/thermal/thermal_zone0/temp", "52582\n")
-    put(root, "class/thermal/thermal_zone0/type", "cpu-thermal\n")
-    put(root, PI4_THROTTLED, "0\n")
-    put(root, "class/hwmon/hwmon0/name", "cpu_thermal\n")
-    put(root, "class/hwmon/hwmon1/name", "rpi_volt\n")
-    put(root, "class/hwmon/hwmon1/in0_lcrit_alarm", "0\n")
-    cpus(root, 1_800_000, 0o400)
-    return root
+    return pi(
+        root, "Raspberry Pi 4 Model B Rev 1.4", 52582, PI4_THROTTLED, ["cpu_thermal", "rpi_volt"], 1_800_000, 0o400
+    )
 
 
 def pi5(root: Path) -> Path:
     """A Pi 5 at 61.4 °C, nothing throttled, every file readable."""
-    put(root, "firmware/devicetree/base/model", "Raspberry Pi 5 Model B Rev 1.0\x00")
-    put(root, "class/thermal/thermal_zone0/temp", "61450\n")
-    put(root, "class/thermal/thermal_zone0/type", "cpu-thermal\n")
-    put(root, PI5_THROTTLED, "0\n")
-    put(root, "class/hwmon/hwmon0/name", "cpu_thermal\n")
-    put(root, "class/hwmon/hwmon1/name", "rp1_adc\n")
-    put(root, "class/hwmon/hwmon2/name", "rpi_volt\n")
-    put(root, "class/hwmon/hwmon2/in0_lcrit_alarm", "0\n")
-    cpus(root, 2_400_000, 0o444)
-    return root
+    hwmons = ["cpu_thermal", "rp1_adc", "rpi_volt"]
+    return pi(root, "Raspberry Pi 5 Model B Rev 1.0", 61450, PI5_THROTTLED, hwmons, 2_400_000, 0o444)
 
 
 def pi5_hwmon_only(root: Path) -> Path:
