@@ -162,7 +162,7 @@ def test_pi4_and_llmpi_status(board: Board) -> None:
 
 def test_the_page_warns_while_throttled(board: Board, browser: webdriver.Chrome) -> None:
     browser.get("about:blank")
-    browser.get_log("browser")  # type: ignore[no-untyped-call]  # drop what earlier tests' pages logged
+    browser.get_log("browser")  # type: ignore[no-untyped-call, unused-ignore]  # drop what earlier tests' pages logged
     board.use("pi5")
     board.set_throttled("pi5", "0x50005")
     board.wait_metrics('rpi_throttled{condition="under_voltage"} 1')
@@ -180,7 +180,7 @@ def test_the_page_warns_while_throttled(board: Board, browser: webdriver.Chrome)
     wait_for(note.is_displayed, 30, what="the page's since-start note")
     assert note.text == "since start: under voltage, throttled"
     assert not browser.find_element(By.ID, "board-warning").is_displayed()
-    logs = browser.get_log("browser")  # type: ignore[no-untyped-call]
+    logs = browser.get_log("browser")  # type: ignore[no-untyped-call, unused-ignore]
     severe = [e for e in logs if e.get("level") == "SEVERE"]
     assert not severe, severe
 
@@ -240,5 +240,5 @@ def test_metrics_off_the_page_shows_nothing(extra_project: Project, tmp_path: Pa
     wait_for(lambda: "context" in browser.find_element(By.ID, "info").text, 60, what="the page connected")
     for element in ("board-temp", "board-warning", "board-note"):
         assert not browser.find_element(By.ID, element).is_displayed()
-    logs = browser.get_log("browser")  # type: ignore[no-untyped-call]
+    logs = browser.get_log("browser")  # type: ignore[no-untyped-call, unused-ignore]
     assert not [e for e in logs if e.get("level") == "SEVERE"], logs
