@@ -55,9 +55,18 @@ def write_gguf(path: Path, metadata: dict[str, Any], tensors: dict[str, tuple[in
 
 
 def llama_like(
-    path: Path, n_layer: int = 2, n_embd: int = 64, n_ctx_train: int = 4096, vocab: int = 32, truncate: int = 0
+    path: Path,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_ctx_train: int = 4096,
+    vocab: int = 32,
+    truncate: int = 0,
+    tokens: list[str] | None = None,
 ) -> Path:
-    """A Llama-shaped GGUF: enough metadata for the launcher's checks, tiny tensors."""
+    """A Llama-shaped GGUF: enough metadata for the launcher's checks, tiny tensors. `tokens`: the vocabulary
+    (default t0 ... t<vocab-1>), with a SentencePiece tokenizer's kind and special tokens."""
+    tokens = tokens if tokens is not None else [f"t{i}" for i in range(vocab)]
+    vocab = len(tokens)
     meta: dict[str, Any] = {
         "general.architecture": "llama",
         "general.name": "tiny test model",
@@ -67,7 +76,10 @@ def llama_like(
         "llama.feed_forward_length": n_embd * 2,
         "llama.attention.head_count": 4,
         "llama.attention.head_count_kv": 2,
-        "tokenizer.ggml.tokens": [f"t{i}" for i in range(vocab)],
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.tokens": tokens,
     }
     tensors: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_embd, vocab)}
     for i in range(n_layer):

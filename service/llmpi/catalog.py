@@ -34,6 +34,8 @@ class Entry:
     repo: str = ""
     revision: str = "main"
     architecture: str = ""
+    # a smaller model of the same tokenizer family that drafts tokens for this one (LLMPI_DRAFT_MODEL=auto)
+    draft: str = ""
 
 
 def load(path: Path | None = None) -> dict[str, Entry]:

@@ -124,10 +124,11 @@ class Estimate:
     n_ctx: int = 0  # the whole KV pool
     n_seq: int = 1  # slots sharing it, each limited to n_ctx // n_seq
     prompt_cache: int = 0  # host-RAM copies of idle slots' prompts (llama-server --cache-ram)
+    draft: int = 0  # a draft model for speculative decoding: its weights, its KV cache for every slot, its buffers
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.compute + self.overhead + self.extra + self.prompt_cache
+        return self.weights + self.kv_cache + self.compute + self.overhead + self.extra + self.prompt_cache + self.draft
 
     @property
     def slot_ctx(self) -> int:
@@ -143,6 +144,8 @@ class Estimate:
         ]
         if self.prompt_cache:
             parts.append(f"prompt cache {fmt_bytes(self.prompt_cache)}")
+        if self.draft:
+            parts.append(f"draft model {fmt_bytes(self.draft)}")
         if self.extra:
             parts.append(f"{self.extra_label} {fmt_bytes(self.extra)}")
         return " + ".join(parts) + f" = {fmt_bytes(self.total)}"
@@ -194,6 +197,16 @@ def runtime_overhead(shape: ModelShape) -> int:
     return RUNTIME_OVERHEAD + shape.n_vocab * 64
 
 
+def draft_bytes(draft: ModelShape, n_ctx: int, n_seq: int, unified: bool) -> int:
+    """A draft model beside the served one: llama-server gives it a context of the same size and slots
+    (common_base_params_to_speculative at the pin), so its own KV cache and compute buffers, and its weights."""
+    return (
+        draft.weights_bytes
+        + kv_cache_bytes(draft, n_ctx, n_seq, unified=unified)
+        + compute_bytes(draft, DEFAULT_UBATCH, n_seq, n_ctx)
+    )
+
+
 def estimate(
     shape: ModelShape,
     n_ctx: int,
@@ -202,6 +215,7 @@ def estimate(
     extra: int = 0,
     extra_label: str = "projector",
     unified: bool = True,
+    draft: ModelShape | None = None,
 ) -> Estimate:
     return Estimate(
         weights=shape.weights_bytes,
@@ -212,6 +226,7 @@ def estimate(
         extra_label=extra_label,
         n_ctx=n_ctx,
         n_seq=n_seq,
+        draft=draft_bytes(draft, n_ctx, n_seq, unified) if draft is not None else 0,
     )
 
 
@@ -254,8 +269,10 @@ def choose_slots(
     extra: int = 0,
     budget_source: str = "available",
     extra_label: str = "projector",
+    draft: ModelShape | None = None,
 ) -> Estimate:
-    """Slots and per-request context for serving, each slot with a KV cache of its own.
+    """Slots and per-request context for serving, each slot with a KV cache of its own (and the draft model's, when
+    there is one).
 
     Given values are kept. Auto context: the largest power of two up to min(SLOT_CONTEXT_CAP, trained context);
     auto slots: MAX_SLOTS. When both are auto and the context would drop under SLOT_CONTEXT_FLOOR, the slots are
@@ -270,7 +287,7 @@ def choose_slots(
     candidates += [(counts[-1], c) for c in contexts if c < min(floor, top)]
     est = None
     for n, c in candidates:
-        est = estimate(shape, n * c, n, extra=extra, extra_label=extra_label, unified=False)
+        est = estimate(shape, n * c, n, extra=extra, extra_label=extra_label, unified=False, draft=draft)
         if est.total <= budget:
             return est
     assert est is not None
@@ -279,10 +296,18 @@ def choose_slots(
 
 
 def fixed_slots(
-    shape: ModelShape, budget: int, n_ctx: int, n_seq: int, extra: int, budget_source: str, extra_label: str, what: str
+    shape: ModelShape,
+    budget: int,
+    n_ctx: int,
+    n_seq: int,
+    extra: int,
+    budget_source: str,
+    extra_label: str,
+    what: str,
+    draft: ModelShape | None = None,
 ) -> Estimate:
     """The estimate for exactly n_seq slots sharing n_ctx tokens (a cache each); FitError naming `what` if too big."""
-    est = estimate(shape, n_ctx, n_seq, extra=extra, extra_label=extra_label, unified=False)
+    est = estimate(shape, n_ctx, n_seq, extra=extra, extra_label=extra_label, unified=False, draft=draft)
     if est.total > budget:
         raise FitError(_too_big(est, budget, budget_source, what))
     return est
@@ -311,5 +336,6 @@ def _too_big(est: Estimate, budget: int, source: str, what: str) -> str:
         f"the model does not fit in memory with {what}: {est.breakdown()} needed, "
         f"but only {fmt_bytes(budget)} is available ({source}). "
         "Use a smaller model or quantization (e.g. Q4_K_M instead of Q8_0), a smaller LLMPI_CTX_SIZE, "
-        "or a board with more RAM."
+        + ("no draft model (LLMPI_DRAFT_MODEL=off), " if est.draft else "")
+        + "or a board with more RAM."
     )

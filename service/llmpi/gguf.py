@@ -136,10 +136,11 @@ class GGUFInfo:
 
 
 class _Reader:
-    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+    def __init__(self, buf: mmap.mmap | bytes, path: Path, keep: frozenset[str] = frozenset()) -> None:
         self.buf = buf
         self.pos = 0
         self.path = path
+        self.keep = keep  # keys whose long string arrays are read in full (the vocabulary), not skipped
 
     def _need(self, n: int) -> None:
         if self.pos + n > len(self.buf):
@@ -164,7 +165,7 @@ class _Reader:
         self._need(n)
         self.pos += n
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, key: str = "") -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
         if vtype == _STRING:
@@ -179,6 +180,8 @@ class _Reader:
                     values = [self.value(etype) for _ in range(count)]
                     return values
                 self.pos += size
+            elif etype == _STRING and key in self.keep:
+                return [self.string() for _ in range(count)]
             elif etype == _STRING:
                 for _ in range(count):
                     self.skip_string()
@@ -205,20 +208,38 @@ class _PrefixReader(_Reader):
             raise HeaderTruncated(f"{self.path}: the header goes on past byte {len(self.buf)}")
 
 
-def read_gguf(path: str | Path) -> GGUFInfo:
+def read_gguf(path: str | Path, keep: frozenset[str] = frozenset()) -> GGUFInfo:
     """Read a GGUF file's metadata and tensor table. Raises GGUFError (with the reason) or OSError."""
     p = Path(path)
     size = p.stat().st_size
     if size < 24:
         raise GGUFError(f"{p} is not a GGUF model ({size} bytes)")
     with p.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        return parse_gguf(buf, p, size)
+        return parse_gguf(buf, p, size, keep)
 
 
-def parse_gguf(buf: mmap.mmap | bytes, p: Path, size: int) -> GGUFInfo:
+VOCAB_KEYS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
+)
+
+
+def read_vocabulary(path: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """A model's tokenizer: its kind and special tokens (VOCAB_KEYS present in the file) and every token's text."""
+    info = read_gguf(path, keep=frozenset({"tokenizer.ggml.tokens"}))
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    texts = [str(t) for t in tokens] if isinstance(tokens, list) else []
+    return {k: info.metadata[k] for k in VOCAB_KEYS if k in info.metadata}, texts
+
+
+def parse_gguf(buf: mmap.mmap | bytes, p: Path, size: int, keep: frozenset[str] = frozenset()) -> GGUFInfo:
     """The metadata and tensor table from the file's first bytes (`buf`; all of it, or a prefix of a file of `size`
-    bytes: HeaderTruncated when the header goes on past the prefix)."""
-    r = _PrefixReader(buf, p) if len(buf) < size else _Reader(buf, p)
+    bytes: HeaderTruncated when the header goes on past the prefix). String arrays are skipped (their length is
+    kept) except those named in `keep`."""
+    r = _PrefixReader(buf, p, keep) if len(buf) < size else _Reader(buf, p, keep)
     if buf[:4] != GGUF_MAGIC:
         raise GGUFError(f"{p} is not a GGUF model (it starts with {bytes(buf[:4])!r}, not b'GGUF')")
     r.pos = 4
@@ -232,7 +253,7 @@ def parse_gguf(buf: mmap.mmap | bytes, p: Path, size: int) -> GGUFInfo:
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
         key = r.string()
-        metadata[key] = r.value(r.scalar("<I"))
+        metadata[key] = r.value(r.scalar("<I"), key)
     tensors = []
     for _ in range(n_tensors):
         name = r.string()

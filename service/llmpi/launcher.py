@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from . import announce, board, catalog, cluster, fit, hardware, keys, markers, pull
+from . import announce, board, catalog, cluster, fit, hardware, keys, markers, pull, speculation
 from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, runtime_dir, write_atomic
 from .gguf import GGUFError, GGUFInfo, read_gguf
 from .settings import DRAIN_SECONDS, LOG_LEVELS, Settings
@@ -63,12 +63,21 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class Draft:
+    """LLMPI_DRAFT_MODEL: the small model that drafts tokens for the served one (llmpi.speculation)."""
+
+    path: Path
+    shape: fit.ModelShape
+
+
+@dataclass(frozen=True)
 class Model:
     info: GGUFInfo
     shape: fit.ModelShape
     alias: str
     mmproj: Path | None
     embeddings: bool
+    draft: Draft | None = None
 
 
 class Served(NamedTuple):
@@ -153,7 +162,33 @@ def load_model(s: Settings) -> Model:
         alias=model_alias(s.model_alias, info.path),
         mmproj=find_mmproj(s.mmproj, info.path, manifest),
         embeddings=embeddings,
+        draft=load_draft(s, info.path) if not embeddings else None,
     )
+
+
+def load_draft(s: Settings, target: Path) -> Draft | None:
+    """LLMPI_DRAFT_MODEL as a file (`draft_on_board` has turned a name into one): a complete GGUF whose vocabulary
+    is the served model's. llama.cpp cannot draft with another vocabulary, so such a draft is refused here, with
+    the difference, rather than left to fail inside llama-server."""
+    if not s.draft_model:
+        return None
+    if not pull.is_path(s.draft_model):
+        raise ConfigError(f"LLMPI_DRAFT_MODEL={s.draft_model!r} was not found on this board")
+    try:
+        info = check_model(s.draft_model)
+    except ConfigError as e:
+        raise ConfigError(f"LLMPI_DRAFT_MODEL: {e}") from None
+    try:
+        mismatch = speculation.draft_mismatch(target, info.path)
+    except (GGUFError, OSError) as e:
+        raise ConfigError(f"LLMPI_DRAFT_MODEL: cannot read the vocabularies: {e}") from None
+    if mismatch:
+        raise ConfigError(
+            f"the draft model {info.path.name} cannot draft for {target.name}: {mismatch}. A draft model must "
+            "share the served model's tokenizer (the same family, e.g. Qwen3 0.6B for Qwen3 4B); set "
+            "LLMPI_DRAFT_MODEL to such a model, or to off"
+        )
+    return Draft(info.path, fit.ModelShape.from_gguf(info))
 
 
 def embedding_served(path: Path, alias: str, parallel: int, threads: int, startup: bool) -> Served:
@@ -206,9 +241,10 @@ def fit_memory(
     router: bool = False,
     amx: bool = False,
 ) -> fit.Estimate:
-    """Slots, context per request and prompt cache that fit the budget beside the projector, the embedding model
-    (always loaded) and the router (a llama-server without a model) when there is one, and the AMX backend's work
-    memory on a CPU that has AMX."""
+    """Slots, context per request and prompt cache that fit the budget beside the projector, the draft model (with
+    a KV cache of its own for every slot), the embedding model (always loaded) and the router (a llama-server
+    without a model) when there is one, and the AMX backend's work memory on a CPU that has AMX."""
+    draft = model.draft.shape if model.draft else None
     projector = model.mmproj.stat().st_size if model.mmproj else 0
     extra, label = projector, "projector"
     if amx:
@@ -227,9 +263,9 @@ def fit_memory(
             pool = s.pool_ctx or model.shape.n_ctx_train or fit.MIN_CONTEXT
             n_seq = s.parallel or fit.MAX_SLOTS
             what = f"LLAMA_ARG_CTX_SIZE={s.pool_ctx or 0}"
-            est = fit.fixed_slots(model.shape, budget, pool, n_seq, extra, source, label, what)
+            est = fit.fixed_slots(model.shape, budget, pool, n_seq, extra, source, label, what, draft)
         else:
-            est = fit.choose_slots(model.shape, budget, s.ctx_size, s.parallel, extra, source, label)
+            est = fit.choose_slots(model.shape, budget, s.ctx_size, s.parallel, extra, source, label, draft)
         return fit.with_prompt_cache(est, budget, s.prompt_cache, source)
     except fit.FitError as e:
         raise ConfigError(str(e)) from None
@@ -279,6 +315,18 @@ def model_options(s: Settings, model: Model, est: fit.Estimate, threads: int) ->
         opts.extend(image_options(s))
     if model.embeddings:
         opts.append(("LLAMA_ARG_EMBEDDINGS", "--embeddings", None))
+    else:
+        opts.extend(speculation_options(s, model))
+    return opts
+
+
+def speculation_options(s: Settings, model: Model) -> list[Option]:
+    """Speculative decoding (llmpi.speculation): n-gram drafts from the conversation (LLMPI_SPECULATION) and a draft
+    model (LLMPI_DRAFT_MODEL), either, both or none."""
+    types = speculation.spec_types(s.speculation == "ngram", model.draft is not None)
+    opts: list[Option] = [("LLAMA_ARG_SPEC_TYPE", "--spec-type", types)] if types else []
+    if model.draft is not None:
+        opts.append(("LLAMA_ARG_SPEC_DRAFT_MODEL", "--spec-draft-model", str(model.draft.path)))
     return opts
 
 
@@ -374,7 +422,9 @@ def other_models(
     served: each sized as if it were the only chat model beside the embedding model and the router. One that does
     not fit, or cannot be read, is left out with a note (the rest are still served)."""
     found = []
-    plain = dataclasses.replace(s, model_alias="", chat_template="", chat_template_file="", mmproj="", embeddings=None)
+    plain = dataclasses.replace(
+        s, model_alias="", chat_template="", chat_template_file="", mmproj="", embeddings=None, draft_model=""
+    )
     for local in pull.local_models(s.models_dir):
         if local.path.resolve() in taken:
             continue
@@ -431,6 +481,12 @@ def plan_cluster(
     s: Settings, hw: hardware.Hardware, model: Model, threads: int, boards: Sequence[cluster.Board], notes: list[str]
 ) -> tuple[list[str], fit.Estimate]:
     """The head of several boards: one model (LLMPI_MODEL) split across them, no router."""
+    if model.draft is not None:
+        raise ConfigError(
+            "LLMPI_DRAFT_MODEL and LLMPI_WORKERS together are not supported: llama-server would spread the draft "
+            "over the boards too, and every drafted token would cross the network. Use LLMPI_SPECULATION=ngram "
+            "(no second model) with several boards, or set LLMPI_DRAFT_MODEL=off"
+        )
     budget, source = memory_budget(s, hw)
     est, split = cluster_fit(s, model, budget, source, boards, hw.amx)
     others = [m.name for m in pull.local_models(s.models_dir) if m.path.resolve() != model.info.path.resolve()]
@@ -474,6 +530,7 @@ def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[cluster.Board] = (
     second = load_embedding_model(s, threads)
     budget, source = memory_budget(s, hw)
     taken = {model.info.path.resolve()} | ({Path(s.embedding_model).resolve()} if second else set())
+    taken |= {model.draft.path.resolve()} if model.draft else set()  # it drafts; it is not served by itself
     router = second is not None or any(m.path.resolve() not in taken for m in pull.local_models(s.models_dir))
     est = fit_memory(s, model, second, budget, source, router=router, amx=hw.amx)
     opts = model_options(s, model, est, threads)
@@ -568,15 +625,17 @@ def pull_model(
     env: Mapping[str, str],
     out: TextIO,
     workers: Sequence[cluster.Board] = (),
+    setting: str = "LLMPI_MODEL",
 ) -> Path:
-    """Download what LLMPI_MODEL names (the quant that fits this board, or with workers the boards together) into
-    the models directory, while a status page answers on the server's port. Returns the manifest's path."""
+    """Download what LLMPI_MODEL (or `setting`) names (the quant that fits this board, or with workers the boards
+    together) into the models directory, while a status page answers on the server's port. Returns the manifest's
+    path."""
 
     def say(message: str) -> None:
         print(f"llmpi: {message}", file=out, flush=True)
 
     budget, source = pull_budget(s, hw)
-    say(f"LLMPI_MODEL={ref.text}: not in {s.models_dir} yet; pulling it from {ref.repo}")
+    say(f"{setting}={ref.text}: not in {s.models_dir} yet; pulling it from {ref.repo}")
     page: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     try:
         page = StatusPage(s.host, s.port, WEB_DIR / "index.html", lambda: pull_progress(ref.name))
@@ -590,7 +649,7 @@ def pull_model(
             say(p.table)
             return pull.download(p, s.models_dir, token, say)
     except pull.PullError as e:
-        raise ConfigError(f"LLMPI_MODEL={ref.text}: {e}") from None
+        raise ConfigError(f"{setting}={ref.text}: {e}") from None
 
 
 def model_on_board(
@@ -608,6 +667,56 @@ def model_on_board(
     if local is None:
         raise ConfigError(f"LLMPI_MODEL={ref.text}: pulled, but no finished model is in {s.models_dir}")
     return serving(s, local)
+
+
+def served_entry(s: Settings, entries: Mapping[str, catalog.Entry]) -> catalog.Entry | None:
+    """The catalog entry of the served model: by its name on the board, else by the repo its manifest came from."""
+    if s.model_alias in entries:
+        return entries[s.model_alias]
+    repo = read_manifest(Path(s.model or DEFAULT_MODEL)).get("source")
+    repo_name = str(repo.get("repo", "")).lower() if isinstance(repo, dict) else ""
+    return next((e for e in entries.values() if repo_name and e.gguf_repo.lower() == repo_name), None)
+
+
+def draft_ref(s: Settings) -> pull.Ref | None:
+    """LLMPI_DRAFT_MODEL as a model to find on the board or pull: a catalog name or hub repo as given, or for
+    `auto` the draft the catalog names for the served model. None for a file or for no draft."""
+    if not s.draft_model or pull.is_path(s.draft_model):
+        return None
+    entries = catalog.load()
+    text = s.draft_model
+    if text == "auto":
+        entry = served_entry(s, entries)
+        if entry is None or not entry.draft:
+            what = (
+                f"the catalog's {entry.name}"
+                if entry
+                else f"{Path(s.model or DEFAULT_MODEL).name} (not from the catalog)"
+            )
+            raise ConfigError(
+                f"LLMPI_DRAFT_MODEL=auto: no draft model is known for {what}; name one (a file or a catalog name "
+                "of the same tokenizer family) or set LLMPI_DRAFT_MODEL=off"
+            )
+        text = entry.draft
+    try:
+        return pull.parse_ref(text, entries)
+    except pull.PullError as e:
+        raise ConfigError(f"LLMPI_DRAFT_MODEL: {e}") from None
+
+
+def draft_on_board(s: Settings, hw: hardware.Hardware, env: Mapping[str, str], out: TextIO) -> Settings:
+    """The settings with a named LLMPI_DRAFT_MODEL (or `auto`'s choice) resolved to its file in the models
+    directory, pulled first when it is not there (the side effect: a download)."""
+    ref = draft_ref(s)
+    if ref is None:
+        return s
+    local = pull.find_local(ref, pull.local_models(s.models_dir))
+    if local is None:
+        pull_model(s, ref, hw, env, out, setting="LLMPI_DRAFT_MODEL")
+        local = pull.find_local(ref, pull.local_models(s.models_dir))
+    if local is None:
+        raise ConfigError(f"LLMPI_DRAFT_MODEL={ref.text}: pulled, but no finished model is in {s.models_dir}")
+    return dataclasses.replace(s, draft_model=str(local.path))
 
 
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -665,6 +774,7 @@ def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.std
         )
     boards = wait_for_workers(settings, out)  # LLMPI_WORKERS: waits (unhealthy) until each answers
     settings = model_on_board(settings, hw, env, out, boards)  # may download it (a status page answers)
+    settings = draft_on_board(settings, hw, env, out)  # LLMPI_DRAFT_MODEL by name: may download it too
     p = plan(settings, hw, boards)
     auth = apply_keys(settings, out)  # may generate the key (on the data volume)
     write_files(p.files)  # the router's preset, health.json

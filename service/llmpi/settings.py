@@ -27,6 +27,9 @@ DEFAULT_IMAGE_MAX_PIXELS = 50_000_000  # an 8000 x 6000 phone photo; over that, 
 DEFAULT_MEDIA_MAX_BYTES = "20M"  # OpenAI's own per-image limit
 # below supervisord's stopwaitsecs (30 s), itself below compose's stop_grace_period (45 s)
 DRAIN_SECONDS = 25
+# LLMPI_SPECULATION: ngram = llama-server drafts from the conversation itself (llmpi.speculation); off = never
+SPECULATION_MODES = ("ngram", "off")
+DEFAULT_SPECULATION = "ngram"  # docs/speed.md: never slower on free chat, faster when answers quote the prompt
 # LLMPI_ANNOUNCE: auto = through the host's avahi-daemon when its D-Bus socket is mounted, else python-zeroconf
 ANNOUNCE_MODES = ("auto", "avahi", "zeroconf", "off")
 LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "trace": 4, "debug": 5}
@@ -51,6 +54,8 @@ SETTINGS: dict[str, str] = {
     "LLMPI_MAX_TOKENS": str(DEFAULT_MAX_TOKENS),
     "LLMPI_QUEUE_MAX": "auto",
     "LLMPI_PROMPT_CACHE": "auto",
+    "LLMPI_SPECULATION": DEFAULT_SPECULATION,
+    "LLMPI_DRAFT_MODEL": "off",
     "LLMPI_MEMORY_LIMIT": "auto",
     "LLMPI_MEMORY_RESERVE": "256M",
     "LLMPI_METRICS": "on",
@@ -101,6 +106,8 @@ class Settings:
     max_tokens: int  # 0 = no cap
     queue_max: int | None  # None = auto (as many as slots); 0 = unbounded
     prompt_cache: int | None  # bytes; None = auto
+    speculation: str  # LLMPI_SPECULATION: one of SPECULATION_MODES
+    draft_model: str  # LLMPI_DRAFT_MODEL: "" = none, "auto" = the catalog's draft for the model, a path or a name
     memory_limit: int | None
     memory_reserve: int
     metrics: bool
@@ -178,6 +185,8 @@ class Settings:
             max_tokens=_ranged(env, "LLMPI_MAX_TOKENS", DEFAULT_MAX_TOKENS, minimum=0),
             queue_max=get_int(env, "LLMPI_QUEUE_MAX", None, minimum=0),
             prompt_cache=_size(env, "LLMPI_PROMPT_CACHE", None),
+            speculation=speculation_mode(env),
+            draft_model=draft_model(env),
             memory_limit=_size(env, "LLMPI_MEMORY_LIMIT", None),
             memory_reserve=_size(env, "LLMPI_MEMORY_RESERVE", fit.DEFAULT_RESERVE) or 0,
             metrics=get_bool(env, "LLMPI_METRICS", True),
@@ -215,6 +224,25 @@ def workers_text(env: Mapping[str, str]) -> str:
         return Path(cluster.auto_workers_path()).read_text().strip()
     except OSError:
         return ""
+
+
+def speculation_mode(env: Mapping[str, str]) -> str:
+    """LLMPI_SPECULATION: ngram or off (an on/off word as get_bool takes it means ngram/off)."""
+    mode = get(env, "LLMPI_SPECULATION", DEFAULT_SPECULATION).lower()
+    if mode in SPECULATION_MODES:
+        return mode
+    try:
+        return "ngram" if get_bool(env, "LLMPI_SPECULATION", True) else "off"
+    except ConfigError:
+        raise ConfigError(f"LLMPI_SPECULATION={mode!r}: use one of {', '.join(SPECULATION_MODES)}") from None
+
+
+def draft_model(env: Mapping[str, str]) -> str:
+    """LLMPI_DRAFT_MODEL: "" for none (unset, or an off word), "auto", or a path or model name as given."""
+    text = get(env, "LLMPI_DRAFT_MODEL")
+    if text.lower() in ("", "off", "no", "none", "false", "0"):
+        return ""
+    return "auto" if text.lower() == "auto" else text
 
 
 def announce_mode(env: Mapping[str, str]) -> str:

@@ -5,6 +5,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -596,7 +597,7 @@ def test_prompt_cache_is_counted_in_the_fit(env: dict[str, str]) -> None:
     assert flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)["--cache-ram"] == "0"
 
 
-def pulled(models: Path, name: str, quant: str = "Q4_K_M", kind: str = "chat", **shape: int) -> Path:
+def pulled(models: Path, name: str, quant: str = "Q4_K_M", kind: str = "chat", **shape: Any) -> Path:
     """A model as `llmpi models pull` leaves it: <name>.<quant>.gguf and its manifest."""
     models.mkdir(parents=True, exist_ok=True)
     model = llama_like(models / f"{name}.{quant}.gguf", **shape)
