@@ -323,8 +323,11 @@ def model_options(s: Settings, model: Model, est: fit.Estimate, threads: int) ->
 def speculation_options(s: Settings, model: Model) -> list[Option]:
     """Speculative decoding (llmpi.speculation): n-gram drafts from the conversation (LLMPI_SPECULATION) and a draft
     model (LLMPI_DRAFT_MODEL), either, both or none."""
-    types = speculation.spec_types(s.speculation == "ngram", model.draft is not None)
+    ngram = s.speculation == "ngram"
+    types = speculation.spec_types(ngram, model.draft is not None)
     opts: list[Option] = [("LLAMA_ARG_SPEC_TYPE", "--spec-type", types)] if types else []
+    if ngram:  # these flags have no LLAMA_ARG_* variable at the pin: never overridden
+        opts += [("", flag, value) for flag, value in speculation.NGRAM_FLAGS]
     if model.draft is not None:
         opts.append(("LLAMA_ARG_SPEC_DRAFT_MODEL", "--spec-draft-model", str(model.draft.path)))
     return opts

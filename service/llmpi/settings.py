@@ -29,7 +29,9 @@ DEFAULT_MEDIA_MAX_BYTES = "20M"  # OpenAI's own per-image limit
 DRAIN_SECONDS = 25
 # LLMPI_SPECULATION: ngram = llama-server drafts from the conversation itself (llmpi.speculation); off = never
 SPECULATION_MODES = ("ngram", "off")
-DEFAULT_SPECULATION = "ngram"  # docs/speed.md: never slower on free chat, faster when answers quote the prompt
+# off: at 8 concurrent streams n-gram drafts cost 14 % of the throughput on a CPU, whose cores the streams already
+# fill (docs/speed.md); one user quoting the prompt gets 1.4x with ngram
+DEFAULT_SPECULATION = "off"
 # LLMPI_ANNOUNCE: auto = through the host's avahi-daemon when its D-Bus socket is mounted, else python-zeroconf
 ANNOUNCE_MODES = ("auto", "avahi", "zeroconf", "off")
 LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "trace": 4, "debug": 5}

@@ -19,6 +19,9 @@ from pathlib import Path
 from .gguf import read_vocabulary
 
 NGRAM_TYPE = "ngram-mod"
+# ngram-mod's lookup: a match of 8 tokens proposes 2 to 8 (llama.cpp's defaults, 24 and 48-64, are GPU-sized: a
+# rejected 64-token draft costs a CPU as much as 64 tokens of prompt). docs/speed.md has the measurements.
+NGRAM_FLAGS = (("--spec-ngram-mod-n-match", "8"), ("--spec-ngram-mod-n-min", "2"), ("--spec-ngram-mod-n-max", "8"))
 DRAFT_TYPE = "draft-simple"
 # common/speculative.cpp at the pin: SPEC_VOCAB_MAX_SIZE_DIFFERENCE, SPEC_VOCAB_CHECK_START_TOKEN_ID
 VOCAB_MAX_SIZE_DIFFERENCE = 128

@@ -112,6 +112,39 @@ def tiny_llama(out: Path) -> None:
     LlamaForCausalLM(cfg).to(torch.float16).save_pretrained(out, safe_serialization=True)
 
 
+def tiny_llama_draft(out: Path, tokenizer_from: Path) -> None:
+    """A smaller Llama with tiny-llama's own tokenizer files: a draft model for it (issue 15)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in tokenizer_from.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            (out / f.name).write_bytes(f.read_bytes())
+    tok = LlamaTokenizer.from_pretrained(out, legacy=False)
+    small_llama(out, tok.vocab_size, seed=1)
+
+
+def tiny_llama_stranger(out: Path) -> None:
+    """A small Llama whose tokenizer was trained on the words in another order: other pieces, the same size."""
+    tok = tokenizer(out, LlamaTokenizer, CHAT_TEMPLATE, (5, 2), bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
+    small_llama(out, tok.vocab_size, seed=2)
+
+
+def small_llama(out: Path, vocab_size: int, seed: int) -> None:
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(cfg).to(torch.float16).save_pretrained(out, safe_serialization=True)
+
+
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' "
     "else m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}{% else %}"
@@ -282,6 +315,8 @@ def unsupported(out: Path) -> None:
 if __name__ == "__main__":
     root = Path(sys.argv[1])
     tiny_llama(root / "tiny-llama")
+    tiny_llama_draft(root / "tiny-llama-draft", root / "tiny-llama")
+    tiny_llama_stranger(root / "tiny-llama-stranger")
     unsupported(root / "unsupported")
     tiny_gemma3_vision(root / "tiny-gemma3-vision")
     tiny_qwen2_vl(root / "tiny-qwen2-vl")

@@ -14,10 +14,12 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import openai
 import pytest
+import requests
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -25,7 +27,17 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from llmpi.gguf import read_gguf
 from tests.browser import shot
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, PIPELINE_OVERRIDE, PREPARE_IMAGE, ROOT, Project, say
+from tests.compose_helpers import (
+    ARTIFACTS,
+    COMPOSE_FILE,
+    PIPELINE_OVERRIDE,
+    PREPARE_IMAGE,
+    ROOT,
+    Project,
+    say,
+    wait_for,
+)
+from tests.greedy import assert_same_or_near_tie
 from tests.hubstub import Hub, Repo, repo_from_dir
 from tests.media import data_url, image_message, png
 
@@ -68,6 +80,8 @@ def hub(generated: Path) -> Iterator[Hub]:
 
     with Hub() as h:
         h.repos["test/tiny-llama"] = repo_from_dir(generated / "tiny-llama")
+        h.repos["test/tiny-llama-draft"] = repo_from_dir(generated / "tiny-llama-draft")
+        h.repos["test/tiny-llama-stranger"] = repo_from_dir(generated / "tiny-llama-stranger")
         h.repos["test/unsupported"] = repo_from_dir(generated / "unsupported")
         h.repos["test/tiny-gemma3-vision"] = repo_from_dir(generated / "tiny-gemma3-vision")
         h.repos["test/tiny-qwen2-vl"] = repo_from_dir(generated / "tiny-qwen2-vl")
@@ -186,6 +200,79 @@ def test_tiny_llama_hub_to_served_gguf(project: Project, hub: Hub) -> None:
         model="gpt-3.5-turbo", max_tokens=8, messages=[{"role": "user", "content": "hello"}]
     )
     assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+DRAFT_PROMPTS = ["hello", "the capybara model", "a small board can serve a chat model on the home network"]
+
+
+def _greedy_replies(project: Project) -> tuple[list[dict[str, Any]], int]:
+    """Each of DRAFT_PROMPTS at temperature 0 (48 tokens, the end of text banned so that every reply is that
+    long), with the two best tokens' log-probabilities: the choices and the tokens the server drafted in all."""
+    key = project.stored_key()
+    choices, drafted = [], 0
+    for prompt in DRAFT_PROMPTS:
+        r = requests.post(
+            f"{project.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 48,
+                "temperature": 0,
+                "logit_bias": {"2": -100},
+                "logprobs": True,
+                "top_logprobs": 2,
+            },
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        choices.append(body["choices"][0])
+        drafted += int(body["timings"].get("draft_n", 0))
+    return choices, drafted
+
+
+@pytest.mark.speed
+def test_a_draft_model_of_the_same_tokenizer_drafts_and_the_greedy_text_stays_the_same(
+    project: Project, hub: Hub
+) -> None:
+    """A pipeline-made pair sharing tiny-llama's tokenizer: with the draft, llama-server drafts (its timings say
+    so) and the greedy replies are those without it; a model of another tokenizer is refused with the reason."""
+    for repo, quant in (
+        ("test/tiny-llama", "Q4_K_M"),
+        ("test/tiny-llama-draft", "Q8_0"),
+        ("test/tiny-llama-stranger", "Q8_0"),
+    ):
+        name = f"{repo.split('/')[1]}.{quant}.gguf"
+        if name not in models_in_volume(project):
+            r = prepare(project, repo, "--ram", "8G", "--quant", quant)
+            assert r.returncode == 0, r.stdout + r.stderr
+    project.env["LLMPI_SPECULATION"] = "off"  # the draft model alone
+    project.env["LLMPI_DRAFT_MODEL"] = "off"
+    serve(project, "tiny-llama.Q4_K_M.gguf")
+    plain, drafted = _greedy_replies(project)
+    assert drafted == 0 and all(c["message"]["content"] for c in plain), plain
+    project.env["LLMPI_DRAFT_MODEL"] = "/data/models/tiny-llama-draft.Q8_0.gguf"
+    serve(project, "tiny-llama.Q4_K_M.gguf")
+    assert "--spec-type draft-simple --spec-draft-model /data/models/tiny-llama-draft.Q8_0.gguf" in project.logs()
+    with_draft, drafted = _greedy_replies(project)
+    assert drafted > 0, "the draft model proposed no token"
+    for prompt, a, b in zip(DRAFT_PROMPTS, with_draft, plain, strict=True):
+        # the same text, or parting only where the plain run's two best tokens were within rounding (tests/greedy.py)
+        assert_same_or_near_tie(a["message"]["content"], b["message"]["content"], b["logprobs"]["content"], prompt)
+
+    project.env["LLMPI_DRAFT_MODEL"] = "/data/models/tiny-llama-stranger.Q8_0.gguf"
+    project.env["LLMPI_MODEL"] = "/data/models/tiny-llama.Q4_K_M.gguf"
+    project.compose("up", "-d", "--no-build", "--force-recreate", "llmpi")
+    wait_for(
+        lambda: "will not be started again until the problem is fixed" in project.logs(),
+        90,
+        pause=1,
+        what="the refusal",
+    )
+    logs = project.logs()
+    assert "the draft model tiny-llama-stranger.Q8_0.gguf cannot draft for tiny-llama.Q4_K_M.gguf: token" in logs
+    assert project.docker_health() != "healthy"
+    del project.env["LLMPI_DRAFT_MODEL"], project.env["LLMPI_SPECULATION"]
 
 
 def _cos(a: list[float], b: list[float]) -> float:

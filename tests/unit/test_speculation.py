@@ -4,7 +4,6 @@ model's vocabulary and counted in the memory fit."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import pytest
@@ -35,11 +34,15 @@ def plan_flags(env: dict[str, str]) -> dict[str, str | None]:
     return flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)
 
 
-def test_ngram_speculation_is_the_default_and_can_be_turned_off(env: dict[str, str]) -> None:
+def test_speculation_is_off_by_default_and_ngram_on_request(env: dict[str, str]) -> None:
+    f = plan_flags(env)
+    assert "--spec-type" not in f and "--spec-draft-model" not in f
+    env["LLMPI_SPECULATION"] = "ngram"
     f = plan_flags(env)
     assert f["--spec-type"] == "ngram-mod" and "--spec-draft-model" not in f
-    env["LLMPI_SPECULATION"] = "off"
-    assert "--spec-type" not in plan_flags(env)
+    assert (f["--spec-ngram-mod-n-match"], f["--spec-ngram-mod-n-min"], f["--spec-ngram-mod-n-max"]) == ("8", "2", "8")
+    env["LLMPI_SPECULATION"] = "on"
+    assert plan_flags(env)["--spec-type"] == "ngram-mod"
     env["LLMPI_SPECULATION"] = "sometimes"
     with pytest.raises(ConfigError, match=r"LLMPI_SPECULATION='sometimes': use one of ngram, off"):
         Settings.read(env)
@@ -47,7 +50,7 @@ def test_ngram_speculation_is_the_default_and_can_be_turned_off(env: dict[str, s
 
 def test_a_draft_of_the_same_vocabulary_drafts_after_the_ngrams(env: dict[str, str], tmp_path: Path) -> None:
     draft = llama_like(tmp_path / "small.gguf", n_layer=1, n_embd=64, tokens=VOCAB)
-    env["LLMPI_DRAFT_MODEL"] = str(draft)
+    env.update(LLMPI_DRAFT_MODEL=str(draft), LLMPI_SPECULATION="ngram")
     p = launcher.prepare(env, HW, out=io.StringIO()).plan
     f = flags(p.argv)
     assert f["--spec-type"] == "ngram-mod,draft-simple" and f["--spec-draft-model"] == str(draft)
@@ -117,7 +120,7 @@ def test_auto_takes_the_catalog_s_draft_from_the_board(
     f = plan_flags(env)
     # the draft is not served by itself, so the two models on the board make no router
     assert "--models-preset" not in f and f["--model"] == str(big) and f["--alias"] == "big-chat"
-    assert f["--spec-draft-model"] == str(small) and f["--spec-type"] == "ngram-mod,draft-simple"
+    assert f["--spec-draft-model"] == str(small) and f["--spec-type"] == "draft-simple"
     # a served model the catalog names no draft for: auto says so instead of guessing
     env.update(LLMPI_MODEL="small-chat")
     with pytest.raises(ConfigError, match=r"no draft model is known for the catalog's small-chat"):
@@ -128,9 +131,11 @@ def test_router_sections_speculate_except_embeddings(env: dict[str, str], tmp_pa
     models = tmp_path / "data" / "models"
     pulled(models, "other-chat")
     pulled(models, "embedder", kind="embedding", n_ctx_train=512)
+    env["LLMPI_SPECULATION"] = "ngram"
     f = plan_flags(env)
     _, sections = preset_sections(Path(str(f["--models-preset"])).read_text())
     assert sections["big.Q4_K_M"]["spec-type"] == sections["other-chat"]["spec-type"] == "ngram-mod"
+    assert sections["other-chat"]["spec-ngram-mod-n-max"] == "8"
     assert "spec-type" not in sections["embedder"]
 
 
