@@ -39,6 +39,11 @@ SLOT_CONTEXT_FLOOR = 2048
 MAX_SLOTS = 8
 # the prompt cache (llama-server --cache-ram) is sized in MiB; under this much room it is left off
 MIN_PROMPT_CACHE = 16 * MiB
+# auto: room for the conversations of a household of MAX_SLOTS people beyond those in the slots, each taking up to
+# twice the KV cache of a slot: llama-server stores a conversation with its context checkpoints, and for a
+# sliding-window model (Gemma 3) a 900-token one took 30 MiB where a slot's share of the KV pool is 27 MiB
+# (docs/speed.md)
+PROMPT_CACHE_ENTRY_FACTOR = 2
 
 # architectures whose sliding-window layers follow a fixed pattern: every Nth layer is global (full context)
 SWA_GLOBAL_EVERY = {"gemma3": 6, "gemma3n": 5}
@@ -313,13 +318,20 @@ def fixed_slots(
     return est
 
 
+def auto_prompt_cache(est: Estimate) -> int:
+    """The prompt cache that holds the conversations of MAX_SLOTS people beyond the slots (PROMPT_CACHE_ENTRY_FACTOR
+    times a slot's KV cache each), and never less than the KV pool itself."""
+    per_slot = est.kv_cache // max(1, est.n_seq)
+    idle = max(0, MAX_SLOTS - est.n_seq)
+    return max(est.kv_cache, PROMPT_CACHE_ENTRY_FACTOR * per_slot * idle, MIN_PROMPT_CACHE)
+
+
 def with_prompt_cache(est: Estimate, budget: int, requested: int | None, budget_source: str) -> Estimate:
-    """Add the prompt cache. Auto: as large as the KV pool (a second copy of every slot's context; at least
-    MIN_PROMPT_CACHE), at most what the budget has left, off when less than MIN_PROMPT_CACHE is left. A requested
-    size must fit."""
+    """Add the prompt cache. Auto: `auto_prompt_cache`, at most what the budget has left, off when less than
+    MIN_PROMPT_CACHE is left. A requested size must fit."""
     if requested is None:
         room = budget - est.total
-        size = min(room, max(est.kv_cache, MIN_PROMPT_CACHE))
+        size = min(room, auto_prompt_cache(est))
         size = size // MiB * MiB if size >= MIN_PROMPT_CACHE else 0
     else:
         size = requested // MiB * MiB

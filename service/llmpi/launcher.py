@@ -471,7 +471,7 @@ def cluster_fit(
         split = cluster.split_layers(model.shape, est, every)
         if s.prompt_cache != 0:
             left = budget - split.head_fixed - split.layers[0] * split.per_layer
-            cache = s.prompt_cache if s.prompt_cache is not None else min(max(0, left), est.kv_cache)
+            cache = s.prompt_cache if s.prompt_cache is not None else min(max(0, left), fit.auto_prompt_cache(est))
             cache = cache // fit.MiB * fit.MiB if cache >= fit.MIN_PROMPT_CACHE or s.prompt_cache else 0
             est = dataclasses.replace(est, prompt_cache=cache)
             split = cluster.split_layers(model.shape, est, every)

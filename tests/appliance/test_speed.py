@@ -14,6 +14,7 @@ from tests.compose_helpers import Project
 from tests.greedy import assert_same_or_near_tie
 
 pytestmark = pytest.mark.speed
+CHECKPOINT_SLACK = 16  # tokens
 QUESTIONS = ("Copy the notes above word for word.", "What does the garden need every morning?", "Hello!")
 NOTE = (
     "The garden needs water every morning in summer, the tomatoes along the south fence first, then the beans "
@@ -48,9 +49,10 @@ def assert_returning_turns_cached(timings: list[list[dict[str, int]]]) -> None:
         for turn in range(1, len(turns)):
             before = turns[turn - 1]["prompt_n"] + turns[turn - 1]["cache_n"]  # the whole previous prompt
             now = turns[turn]
-            # all of the previous prompt came from the cache; only the reply and the new message were processed
-            assert now["cache_n"] >= before, (user + 1, turn + 1, turns)
-            assert now["prompt_n"] < now["cache_n"], (user + 1, turn + 1, turns)
+            # the previous prompt came from the cache, all but its last few tokens at most (for a sliding-window model
+            # like Gemma 3, llama.cpp goes back to a checkpoint it took just before the end of the prompt); only
+            # those, the reply and the new message were processed
+            assert now["cache_n"] >= before - CHECKPOINT_SLACK, (user + 1, turn + 1, turns)
 
 
 def test_a_returning_conversation_is_served_from_the_cache(appliance: Project, api_key: str) -> None:

@@ -654,7 +654,7 @@ def test_models_max_is_how_many_of_the_largest_fit_together(env: dict[str, str],
     # fit: the router unloads the one used least recently before it loads another
     assert limit == 1 and f["--models-max"] == "1"
     (models / "huge.Q4_K_M.json").unlink()  # without its manifest, a model file is not served
-    env["LLMPI_MEMORY_LIMIT"] = "1G"
+    env["LLMPI_MEMORY_LIMIT"] = "3G"  # each with its prompt cache: 1 slot, room for 7 more conversations
     top, _ = preset_sections(
         next(t for path, t in launcher.plan(Settings.read(env), HW).files.items() if path.name == "models.ini")
     )
