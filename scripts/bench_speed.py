@@ -27,11 +27,6 @@ NOTES = ROOT / "scripts" / "clients" / "docs"
 RAG_SYSTEM = (
     "Answer the question from the notes below. If they do not say, say that you do not know.\n\nNotes:\n{notes}"
 )
-RAG_QUESTIONS = (
-    "Quote the note about the guest Wi-Fi, word for word.",
-    "Quote what the notes say about backups, word for word.",
-    "Quote the pancake recipe from the notes, word for word.",
-)
 _WORD_LIST = (
     "the a house garden kitchen light window morning evening river road town market bread water tea coffee child "
     "mother father friend neighbour dog cat bird tree flower rain sun wind winter summer spring autumn book letter "
@@ -66,6 +61,7 @@ def chat(
     temperature: float = 0.0,
     seed: int = 1,
     ban_end: bool = False,
+    cache_prompt: bool = True,
 ) -> dict[str, Any]:
     """One streamed chat completion: time to first token (ms, at the client), the text, and the server's timings
     from its last chunk (prompt_n, cache_n, predicted_per_second, draft_n, draft_n_accepted, ...)."""
@@ -76,6 +72,7 @@ def chat(
         "temperature": temperature,
         "seed": seed,
         "stream": True,
+        "cache_prompt": cache_prompt,  # false: llama-server processes the whole prompt again, as with no reuse
     }
     if ban_end:
         body["logit_bias"] = {"1": -100, "106": -100}  # Gemma 3: <eos>, <end_of_turn>
@@ -106,7 +103,13 @@ def chat(
 
 
 def multi_turn(
-    base: str, key: str | None, users: int = 8, turns: int = 6, words_per_turn: int = 190, reply_tokens: int = 64
+    base: str,
+    key: str | None,
+    users: int = 8,
+    turns: int = 6,
+    words_per_turn: int = 190,
+    reply_tokens: int = 64,
+    cache_prompt: bool = True,
 ) -> dict[str, Any]:
     """`users` conversations of `turns` turns each, one request at a time, round-robin over the users (user 1's
     turn 1, user 2's turn 1, ... user 1's turn 2, ...). Each turn adds a message of `words_per_turn` words and
@@ -121,7 +124,7 @@ def multi_turn(
         for u in range(users):
             note = text_of_words(1000 * u + turn, words_per_turn)
             histories[u].append({"role": "user", "content": f"My note for today: {note} What do you make of it?"})
-            r = chat(base, key, histories[u], reply_tokens)
+            r = chat(base, key, histories[u], reply_tokens, cache_prompt=cache_prompt)
             histories[u].append({"role": "assistant", "content": r["text"]})
             t = r["timings"]
             rows.append(
@@ -150,36 +153,37 @@ def multi_turn(
 # --- RAG-like --------------------------------------------------------------------------------------------------
 
 
-def rag_messages(question: str) -> list[dict[str, str]]:
+def rag_messages(topic: str) -> list[dict[str, str]]:
+    """All the notes in the system prompt (as rag.py puts the retrieved ones), a request to quote one, and the start
+    of the answer (the embedded model is a base model: it continues a text rather than follows an instruction)."""
     notes = "\n\n".join(p.read_text().strip() for p in sorted(NOTES.glob("*.md")))
-    return [{"role": "system", "content": RAG_SYSTEM.format(notes=notes)}, {"role": "user", "content": question}]
+    return [
+        {"role": "system", "content": RAG_SYSTEM.format(notes=notes)},
+        {"role": "user", "content": f"Quote the note about {topic}, word for word."},
+        {"role": "assistant", "content": f"The note about {topic}, word for word:\n\n"},
+    ]
 
 
-def rag(base: str, key: str | None, rounds: int = 3, tokens: int = 160) -> dict[str, Any]:
-    """Each question `rounds` times, greedy: the median generation speed (the server's own predicted_per_second)
-    and the texts of every run (to compare with another server's)."""
+def rag(base: str, key: str | None, n_notes: int = 6, tokens: int = 128) -> dict[str, Any]:
+    """One greedy answer for each of the first `n_notes` notes (every request another one: n-gram speculation
+    remembers a slot's earlier answers, and a repeated request would flatter it): the median generation speed (the
+    server's own predicted_per_second), the drafts, and the texts (to compare with another server's)."""
     speeds: list[float] = []
-    texts: dict[str, list[str]] = {}
+    texts: list[str] = []
     drafted = accepted = 0
-    for q in RAG_QUESTIONS:
-        for _ in range(rounds):
-            r = chat(base, key, rag_messages(q), tokens)
-            t = r["timings"]
-            speeds.append(float(t.get("predicted_per_second", 0.0)))
-            texts.setdefault(q, []).append(r["text"])
-            drafted += int(t.get("draft_n", 0))
-            accepted += int(t.get("draft_n_accepted", 0))
-    return {
-        "gen_tps": round(statistics.median(speeds), 2),
-        "drafted": drafted,
-        "accepted": accepted,
-        "texts": texts,
-    }
+    for note in sorted(NOTES.glob("*.md"))[:n_notes]:
+        r = chat(base, key, rag_messages(note.stem), tokens)
+        t = r["timings"]
+        speeds.append(float(t.get("predicted_per_second", 0.0)))
+        texts.append(r["text"])
+        drafted += int(t.get("draft_n", 0))
+        accepted += int(t.get("draft_n_accepted", 0))
+    return {"gen_tps": round(statistics.median(speeds), 2), "drafted": drafted, "accepted": accepted, "texts": texts}
 
 
-def same_texts(a: dict[str, list[str]], b: dict[str, list[str]]) -> bool:
-    """Every run of every question gave one and the same text on both servers."""
-    return a.keys() == b.keys() and all(len({*a[q], *b[q]}) == 1 for q in a)
+def same_count(a: Sequence[str], b: Sequence[str]) -> int:
+    """How many answers are the same text on both."""
+    return sum(x == y for x, y in zip(a, b, strict=True))
 
 
 # --- growth ----------------------------------------------------------------------------------------------------
@@ -193,7 +197,7 @@ def growth(
     context)."""
     rows = []
     for i, size in enumerate(sizes):
-        text = text_of_words(50_000 + i, max(8, int(size * 0.72)))  # about 1.38 tokens a word with this list
+        text = text_of_words(50_000 + i, max(8, int(size * 0.8)))  # about 1.24 tokens a word with this list
         r = chat(base, key, [{"role": "user", "content": text}], gen_tokens, ban_end=True)
         t = r["timings"]
         rows.append(
