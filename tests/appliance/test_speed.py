@@ -4,6 +4,7 @@ drafts while the greedy text stays the one without it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,3 +102,23 @@ def test_ngram_speculation_drafts_and_keeps_the_greedy_text(appliance: Project, 
         kept += int(on["timings"].get("draft_n_accepted", 0))
     assert kept > 0, "n-gram speculation never drafted a token that was kept"
     assert identical >= 1, "no reply was identical"
+
+
+def test_the_chat_page_s_streamed_request_works_with_speculation(ngram: Project) -> None:
+    """What the chat page sends (service/web/index.html): streamed, with usage at the end."""
+    r = requests.post(
+        f"{ngram.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {ngram.stored_key()}"},
+        json={
+            "messages": [{"role": "system", "content": NOTE}, {"role": "user", "content": "Repeat the note."}],
+            "stream": True,
+            "max_tokens": 48,
+            "stream_options": {"include_usage": True},
+        },
+        stream=True,
+        timeout=120,
+    )
+    assert r.status_code == 200
+    events = [json.loads(line[5:]) for line in r.iter_lines(decode_unicode=True) if line.startswith("data: {")]
+    text = "".join((c.get("delta") or {}).get("content") or "" for e in events for c in e.get("choices") or [])
+    assert text.strip() and events[-1]["usage"]["completion_tokens"] > 0, events[-3:]
