@@ -229,14 +229,8 @@ def workers_text(env: Mapping[str, str]) -> str:
 
 
 def speculation_mode(env: Mapping[str, str]) -> str:
-    """LLMPI_SPECULATION: ngram or off (an on/off word as get_bool takes it means ngram/off)."""
-    mode = get(env, "LLMPI_SPECULATION", DEFAULT_SPECULATION).lower()
-    if mode in SPECULATION_MODES:
-        return mode
-    try:
-        return "ngram" if get_bool(env, "LLMPI_SPECULATION", True) else "off"
-    except ConfigError:
-        raise ConfigError(f"LLMPI_SPECULATION={mode!r}: use one of {', '.join(SPECULATION_MODES)}") from None
+    """LLMPI_SPECULATION: ngram or off (an on word means ngram)."""
+    return mode_setting(env, "LLMPI_SPECULATION", SPECULATION_MODES, DEFAULT_SPECULATION, on="ngram")
 
 
 def draft_model(env: Mapping[str, str]) -> str:
@@ -248,14 +242,19 @@ def draft_model(env: Mapping[str, str]) -> str:
 
 
 def announce_mode(env: Mapping[str, str]) -> str:
-    """LLMPI_ANNOUNCE: one of ANNOUNCE_MODES; an on/off word as get_bool takes it means auto/off."""
-    mode = get(env, "LLMPI_ANNOUNCE", "auto").lower()
-    if mode in ANNOUNCE_MODES:
+    """LLMPI_ANNOUNCE: one of ANNOUNCE_MODES (an on word means auto)."""
+    return mode_setting(env, "LLMPI_ANNOUNCE", ANNOUNCE_MODES, "auto", on="auto")
+
+
+def mode_setting(env: Mapping[str, str], name: str, modes: tuple[str, ...], default: str, on: str) -> str:
+    """A setting that names one of `modes`; an on/off word as get_bool takes it means `on`/off."""
+    mode = get(env, name, default).lower()
+    if mode in modes:
         return mode
     try:
-        return "auto" if get_bool(env, "LLMPI_ANNOUNCE", True) else "off"
+        return on if get_bool(env, name, True) else "off"
     except ConfigError:
-        raise ConfigError(f"LLMPI_ANNOUNCE={mode!r}: use one of {', '.join(ANNOUNCE_MODES)}") from None
+        raise ConfigError(f"{name}={mode!r}: use one of {', '.join(modes)}") from None
 
 
 def cluster_secret(env: Mapping[str, str]) -> str | None:

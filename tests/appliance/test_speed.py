@@ -60,12 +60,17 @@ def test_a_returning_conversation_is_served_from_the_cache(appliance: Project, a
     assert_returning_turns_cached(converse(appliance, api_key, users=3, turns=3))
 
 
+def started(project: Project, **env: str) -> Project:
+    """The extra project up with these settings, healthy."""
+    project.env.update(env)
+    project.up()
+    project.wait_healthy(180)
+    return project
+
+
 @pytest.fixture
 def two_slots(extra_project: Project) -> Iterator[Project]:
-    extra_project.env["LLMPI_PARALLEL"] = "2"
-    extra_project.up()
-    extra_project.wait_healthy(180)
-    yield extra_project
+    yield started(extra_project, LLMPI_PARALLEL="2")
 
 
 def test_more_conversations_than_slots_come_back_from_the_prompt_cache(two_slots: Project) -> None:
@@ -76,10 +81,7 @@ def test_more_conversations_than_slots_come_back_from_the_prompt_cache(two_slots
 
 @pytest.fixture
 def ngram(extra_project: Project) -> Iterator[Project]:
-    extra_project.env["LLMPI_SPECULATION"] = "ngram"
-    extra_project.up()
-    extra_project.wait_healthy(180)
-    yield extra_project
+    yield started(extra_project, LLMPI_SPECULATION="ngram")
 
 
 def test_ngram_speculation_drafts_and_keeps_the_greedy_text(appliance: Project, api_key: str, ngram: Project) -> None:

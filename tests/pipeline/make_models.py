@@ -95,21 +95,7 @@ def tokenizer(out: Path, kind: type, template: str, seed: tuple[int, int], **ids
 
 def tiny_llama(out: Path) -> None:
     tok = tokenizer(out, LlamaTokenizer, CHAT_TEMPLATE, (7, 3), bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
-    # hidden 256: wide enough that K-quants really apply (at 64 llama.cpp falls back to q5_0)
-    cfg = LlamaConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).to(torch.float16).save_pretrained(out, safe_serialization=True)
+    llama_weights(out, tok.vocab_size, seed=0, layers=2, intermediate=512)
 
 
 def tiny_llama_draft(out: Path, tokenizer_from: Path) -> None:
@@ -119,21 +105,23 @@ def tiny_llama_draft(out: Path, tokenizer_from: Path) -> None:
         if f.name.startswith(("tokenizer", "special_tokens")):
             (out / f.name).write_bytes(f.read_bytes())
     tok = LlamaTokenizer.from_pretrained(out, legacy=False)
-    small_llama(out, tok.vocab_size, seed=1)
+    llama_weights(out, tok.vocab_size, seed=1, layers=1, intermediate=256)
 
 
 def tiny_llama_stranger(out: Path) -> None:
     """A small Llama whose tokenizer was trained on the words in another order: other pieces, the same size."""
     tok = tokenizer(out, LlamaTokenizer, CHAT_TEMPLATE, (5, 2), bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
-    small_llama(out, tok.vocab_size, seed=2)
+    llama_weights(out, tok.vocab_size, seed=2, layers=1, intermediate=256)
 
 
-def small_llama(out: Path, vocab_size: int, seed: int) -> None:
+def llama_weights(out: Path, vocab_size: int, seed: int, layers: int, intermediate: int) -> None:
+    """Random fp16 Llama weights, 256 wide: wide enough that K-quants really apply (at 64 llama.cpp falls back to
+    q5_0)."""
     cfg = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=256,
-        intermediate_size=256,
-        num_hidden_layers=1,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
