@@ -197,7 +197,7 @@ def growth(
     context)."""
     rows = []
     for i, size in enumerate(sizes):
-        text = text_of_words(50_000 + i, max(8, int(size * 0.8)))  # about 1.24 tokens a word with this list
+        text = text_of_words(50_000 + i, max(8, int(size * 0.89)))  # about 1.12 tokens a word with this list
         r = chat(base, key, [{"role": "user", "content": text}], gen_tokens, ban_end=True)
         t = r["timings"]
         rows.append(
