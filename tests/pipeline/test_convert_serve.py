@@ -253,9 +253,9 @@ def test_a_draft_model_of_the_same_tokenizer_drafts_and_the_greedy_text_stays_th
     assert drafted == 0 and all(c["message"]["content"] for c in plain), plain
     project.env["LLMPI_DRAFT_MODEL"] = "/data/models/tiny-llama-draft.Q8_0.gguf"
     serve(project, "tiny-llama.Q4_K_M.gguf")
-    assert "--spec-type draft-simple --spec-draft-model /data/models/tiny-llama-draft.Q8_0.gguf" in project.logs()
+    # (the other pipeline models in the volume make this router mode: the draft goes with the default model's section)
     with_draft, drafted = _greedy_replies(project)
-    assert drafted > 0, "the draft model proposed no token"
+    assert drafted > 0, "the draft model proposed no token"  # llama-server's own timings (its /props says "none")
     for prompt, a, b in zip(DRAFT_PROMPTS, with_draft, plain, strict=True):
         # the same text, or parting only where the plain run's two best tokens were within rounding (tests/greedy.py)
         assert_same_or_near_tie(a["message"]["content"], b["message"]["content"], b["logprobs"]["content"], prompt)
