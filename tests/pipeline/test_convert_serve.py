@@ -246,33 +246,37 @@ def test_a_draft_model_of_the_same_tokenizer_drafts_and_the_greedy_text_stays_th
         if name not in models_in_volume(project):
             r = prepare(project, repo, "--ram", "8G", "--quant", quant)
             assert r.returncode == 0, r.stdout + r.stderr
-    project.env["LLMPI_SPECULATION"] = "off"  # the draft model alone
-    project.env["LLMPI_DRAFT_MODEL"] = "off"
-    serve(project, "tiny-llama.Q4_K_M.gguf")
-    plain, drafted = _greedy_replies(project)
-    assert drafted == 0 and all(c["message"]["content"] for c in plain), plain
-    project.env["LLMPI_DRAFT_MODEL"] = "/data/models/tiny-llama-draft.Q8_0.gguf"
-    serve(project, "tiny-llama.Q4_K_M.gguf")
-    # (the other pipeline models in the volume make this router mode: the draft goes with the default model's section)
-    with_draft, drafted = _greedy_replies(project)
-    assert drafted > 0, "the draft model proposed no token"  # llama-server's own timings (its /props says "none")
-    for prompt, a, b in zip(DRAFT_PROMPTS, with_draft, plain, strict=True):
-        # the same text, or parting only where the plain run's two best tokens were within rounding (tests/greedy.py)
-        assert_same_or_near_tie(a["message"]["content"], b["message"]["content"], b["logprobs"]["content"], prompt)
+    try:
+        project.env["LLMPI_SPECULATION"] = "off"  # the draft model alone
+        project.env["LLMPI_DRAFT_MODEL"] = "off"
+        serve(project, "tiny-llama.Q4_K_M.gguf")
+        plain, drafted = _greedy_replies(project)
+        assert drafted == 0 and all(c["message"]["content"] for c in plain), plain
+        project.env["LLMPI_DRAFT_MODEL"] = "/data/models/tiny-llama-draft.Q8_0.gguf"
+        serve(project, "tiny-llama.Q4_K_M.gguf")
+        # the other models in the volume make this router mode: the draft goes with the default model's section
+        with_draft, drafted = _greedy_replies(project)
+        # llama-server's own timings say so (its /props reports no speculation even with a draft)
+        assert drafted > 0, "the draft model proposed no token"
+        for prompt, a, b in zip(DRAFT_PROMPTS, with_draft, plain, strict=True):
+            # the same text, or parting only where the plain run's best two were within rounding (tests/greedy.py)
+            assert_same_or_near_tie(a["message"]["content"], b["message"]["content"], b["logprobs"]["content"], prompt)
 
-    project.env["LLMPI_DRAFT_MODEL"] = "/data/models/tiny-llama-stranger.Q8_0.gguf"
-    project.env["LLMPI_MODEL"] = "/data/models/tiny-llama.Q4_K_M.gguf"
-    project.compose("up", "-d", "--no-build", "--force-recreate", "llmpi")
-    wait_for(
-        lambda: "will not be started again until the problem is fixed" in project.logs(),
-        90,
-        pause=1,
-        what="the refusal",
-    )
-    logs = project.logs()
-    assert "the draft model tiny-llama-stranger.Q8_0.gguf cannot draft for tiny-llama.Q4_K_M.gguf: token" in logs
-    assert project.docker_health() != "healthy"
-    del project.env["LLMPI_DRAFT_MODEL"], project.env["LLMPI_SPECULATION"]
+        project.env["LLMPI_DRAFT_MODEL"] = "/data/models/tiny-llama-stranger.Q8_0.gguf"
+        project.env["LLMPI_MODEL"] = "/data/models/tiny-llama.Q4_K_M.gguf"
+        project.compose("up", "-d", "--no-build", "--force-recreate", "llmpi")
+        wait_for(
+            lambda: "will not be started again until the problem is fixed" in project.logs(),
+            90,
+            pause=1,
+            what="the refusal",
+        )
+        logs = project.logs()
+        assert "the draft model tiny-llama-stranger.Q8_0.gguf cannot draft for tiny-llama.Q4_K_M.gguf: token" in logs
+        assert project.docker_health() != "healthy"
+    finally:  # the module's later tests serve other models without these
+        project.env.pop("LLMPI_DRAFT_MODEL", None)
+        project.env.pop("LLMPI_SPECULATION", None)
 
 
 def _cos(a: list[float], b: list[float]) -> float:
