@@ -49,6 +49,11 @@ SECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # a model id 
 # stays up, unhealthy, with llama-server's last words as the reason (a model it cannot load, an OOM kill)
 MAX_START_ATTEMPTS = 3
 
+DRAFT_WITH_WORKERS = (
+    "LLMPI_DRAFT_MODEL and LLMPI_WORKERS together are not supported: llama-server would place the draft across the "
+    "boards too, and every drafted token would cross the network. Set LLMPI_DRAFT_MODEL=off with several boards"
+)
+
 Option = tuple[str, str, str | None]  # (LLAMA_ARG_* variable, flag, value; None for a bare flag)
 
 
@@ -485,11 +490,7 @@ def plan_cluster(
 ) -> tuple[list[str], fit.Estimate]:
     """The head of several boards: one model (LLMPI_MODEL) split across them, no router."""
     if model.draft is not None:
-        raise ConfigError(
-            "LLMPI_DRAFT_MODEL and LLMPI_WORKERS together are not supported: llama-server would spread the draft "
-            "over the boards too, and every drafted token would cross the network. Use LLMPI_SPECULATION=ngram "
-            "(no second model) with several boards, or set LLMPI_DRAFT_MODEL=off"
-        )
+        raise ConfigError(DRAFT_WITH_WORKERS)
     budget, source = memory_budget(s, hw)
     est, split = cluster_fit(s, model, budget, source, boards, hw.amx)
     others = [m.name for m in pull.local_models(s.models_dir) if m.path.resolve() != model.info.path.resolve()]
@@ -710,6 +711,8 @@ def draft_ref(s: Settings) -> pull.Ref | None:
 def draft_on_board(s: Settings, hw: hardware.Hardware, env: Mapping[str, str], out: TextIO) -> Settings:
     """The settings with a named LLMPI_DRAFT_MODEL (or `auto`'s choice) resolved to its file in the models
     directory, pulled first when it is not there (the side effect: a download)."""
+    if s.draft_model and s.workers:
+        raise ConfigError(DRAFT_WITH_WORKERS)  # before any download
     ref = draft_ref(s)
     if ref is None:
         return s

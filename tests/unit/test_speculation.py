@@ -146,3 +146,9 @@ def test_the_catalog_s_drafts_are_catalog_entries_of_the_same_family() -> None:
     for name, draft in drafts.items():
         assert draft in entries and entries[draft].kind == "chat", (name, draft)
         assert name.split("-")[0] == draft.split("-")[0] or name.startswith(draft.split("-")[0]), (name, draft)
+
+
+def test_a_draft_with_workers_is_refused_before_any_download(env: dict[str, str]) -> None:
+    env.update(LLMPI_WORKERS="pi-b", LLMPI_DRAFT_MODEL="qwen3-0.6b")
+    with pytest.raises(ConfigError, match=r"LLMPI_DRAFT_MODEL and LLMPI_WORKERS together are not supported"):
+        launcher.draft_on_board(Settings.read(env), HW, env, io.StringIO())
