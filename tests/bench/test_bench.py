@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,16 @@ def _positive_numbers(value: Any, path: str = "") -> list[str]:
 def test_bench_smoke(peer_image: str, tmp_path: Path) -> None:
     results = tmp_path / "bench.jsonl"
     r = subprocess.run(
-        [str(ROOT / "scripts" / "bench"), "--quick", "--results", str(results), "--png", str(tmp_path / "g.png")],
+        # this interpreter: the test extras' matplotlib draws the chart
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench"),
+            "--quick",
+            "--results",
+            str(results),
+            "--png",
+            str(tmp_path / "g.png"),
+        ],
         capture_output=True,
         text=True,
         timeout=1200,
