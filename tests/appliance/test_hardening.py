@@ -162,7 +162,9 @@ def test_stop_during_three_streams_finishes_them(extra_project: Project, mode: s
         extra_project.env.update(LLMPI_EMBEDDING_MODEL=EMBEDDED, LLMPI_EMBEDDING_ALIAS="gemma-embed")
     key = _started(extra_project)
     wait_for(lambda: extra_project.docker_health() == "healthy", 120, pause=1)
-    body = {"ignore_eos": True, "max_tokens": 300, "model": "gemma-3-270m-q4_k_m"}  # the router routes by name
+    # 150 tokens: in flight when the stop comes, done within the 25 s drain on a slow 2-vCPU VM too (3 streams at
+    # 10.7 t/s each there: 300 took 28 s)
+    body = {"ignore_eos": True, "max_tokens": 150, "model": "gemma-3-270m-q4_k_m"}  # the router routes by name
     started = [threading.Event() for _ in range(3)]
     with ThreadPoolExecutor(3) as pool:
         streams = [pool.submit(_stream, extra_project.url, key, body, ev) for ev in started]
