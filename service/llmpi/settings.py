@@ -30,7 +30,7 @@ DRAIN_SECONDS = 25
 # LLMPI_SPECULATION: ngram = llama-server drafts from the conversation itself (llmpi.speculation); off = never
 SPECULATION_MODES = ("ngram", "off")
 # off: at 8 concurrent streams n-gram drafts cost 14 % of the throughput on a CPU, whose cores the streams already
-# fill (docs/speed.md); one user quoting the prompt gets 1.4x with ngram
+# fill (docs/speed.md); one user quoting the prompt gets 1.2-1.4x with ngram
 DEFAULT_SPECULATION = "off"
 # LLMPI_ANNOUNCE: auto = through the host's avahi-daemon when its D-Bus socket is mounted, else python-zeroconf
 ANNOUNCE_MODES = ("auto", "avahi", "zeroconf", "off")
