@@ -70,12 +70,15 @@ def get_int(env: Mapping[str, str], name: str, default: int | None, minimum: int
     return value
 
 
+OFF_WORDS = ("0", "off", "false", "no")
+
+
 def get_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = get(env, name).lower()
     if not raw:
         return default
     if raw in ("1", "on", "true", "yes"):
         return True
-    if raw in ("0", "off", "false", "no"):
+    if raw in OFF_WORDS:
         return False
     raise ConfigError(f"{name}={raw!r}: use on or off")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import board, cluster, fit, hardware
-from .config import ConfigError, file_env, get, get_bool, get_int
+from .config import OFF_WORDS, ConfigError, file_env, get, get_bool, get_int
 
 C_INT_MAX = 2**31 - 1
 DEFAULT_PARALLEL = 8  # docs/benchmarks.md: +33% aggregate at 8 clients over 4 slots, single stream unchanged
@@ -236,7 +236,7 @@ def speculation_mode(env: Mapping[str, str]) -> str:
 def draft_model(env: Mapping[str, str]) -> str:
     """LLMPI_DRAFT_MODEL: "" for none (unset, or an off word), "auto", or a path or model name as given."""
     text = get(env, "LLMPI_DRAFT_MODEL")
-    if text.lower() in ("", "off", "no", "none", "false", "0"):
+    if text.lower() in ("", "none", *OFF_WORDS):
         return ""
     return "auto" if text.lower() == "auto" else text
 

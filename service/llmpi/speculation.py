@@ -4,7 +4,7 @@ Two sources of guesses, both llama.cpp's own (common/speculative.cpp at the pin)
 * n-gram (LLMPI_SPECULATION=ngram): the guesses come from the conversation itself: when the last tokens appeared
   earlier in the slot's context, what followed them then is proposed (`--spec-type ngram-mod`). No second model,
   no memory beyond a small table; it pays off when answers repeat the prompt (quoting retrieved passages, editing
-  code or text), and costs next to nothing when they do not (docs/speed.md).
+  code or text), and costs throughput when they do not or when several slots already fill the cores (docs/speed.md).
 * a draft model (LLMPI_DRAFT_MODEL): a small model of the same tokenizer family guesses
   (`--spec-type draft-simple --spec-draft-model FILE`). It needs the memory of a second model with a KV cache of
   its own for every slot, which the launcher's fit counts. llama.cpp cannot use a draft whose vocabulary differs
