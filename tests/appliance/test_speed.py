@@ -4,13 +4,13 @@ drafts while the greedy text stays the one without it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
+from benchlib import sse
 from tests.compose_helpers import Project
 from tests.greedy import assert_same_or_near_tie
 
@@ -121,6 +121,6 @@ def test_the_chat_page_s_streamed_request_works_with_speculation(ngram: Project)
         timeout=120,
     )
     assert r.status_code == 200
-    events = [json.loads(line[5:]) for line in r.iter_lines(decode_unicode=True) if line.startswith("data: {")]
-    text = "".join((c.get("delta") or {}).get("content") or "" for e in events for c in e.get("choices") or [])
+    events = list(sse.events(r.iter_content(chunk_size=None)))
+    text = sse.content(events)
     assert text.strip() and events[-1]["usage"]["completion_tokens"] > 0, events[-3:]
