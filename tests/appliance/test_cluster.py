@@ -11,7 +11,6 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -19,6 +18,7 @@ import openai
 import pytest
 import requests
 
+from tests.appliance.cluster_helpers import AMX, WORKER_MEMORY, service_log
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -27,10 +27,8 @@ OVERRIDE = ROOT / "tests" / "appliance" / "compose.cluster.yaml"
 SECRET = secrets.token_urlsafe(32)
 # the embedded Gemma 3 270M (253 MB: 158 MB of token embeddings, which stay on the head, and 18 layers of about
 # 5 MB) with one slot of 2048 tokens: the head alone needs about 300 MB; with these limits it holds about a third
-# of the layers, each worker about as many. An AMX CPU's backend takes 256 MiB more on the head (llmpi.fit.AMX_WORK).
-AMX = " amx_tile" in Path("/proc/cpuinfo").read_text()
+# of the layers, each worker about as many (AMX, WORKER_MEMORY: tests/appliance/cluster_helpers.py).
 HEAD_MEMORY = f"{240 + (256 if AMX else 0)}M"
-WORKER_MEMORY = "100M"
 PROMPTS = [
     "The capital of France is",
     "Here is a list of three fruits:",
@@ -56,14 +54,9 @@ def container(project: Project, service: str) -> Any:
     return found[0]
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
 def service_logs(project: Project, service: str) -> str:
-    """A service's log as text (compose writes terminal control sequences into it even with --no-color)."""
-    return ANSI.sub(
-        "", project.compose(*PROFILES, "logs", "--no-color", "--no-log-prefix", service, check=False).stdout
-    )
+    """A service's log as text, the services of the test's profiles too."""
+    return service_log(project, service, *PROFILES)
 
 
 def in_head(project: Project, code: str, timeout: float = 120) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, wait_for
-from tests.lan.test_lan import HTTP, LAN_OVERRIDE, assert_announced_api, client, events, seconds_to_goodbye
+from tests.lan.helpers import HTTP, LAN_OVERRIDE, assert_announced_api, client, events, seconds_to_goodbye
 
 pytestmark = [pytest.mark.lan]
 

@@ -10,27 +10,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.appliance.test_cluster import AMX, WORKER_MEMORY
+from tests.appliance.cluster_helpers import AMX, WORKER_MEMORY, service_log
 from tests.compose_helpers import COMPOSE_FILE, ROOT, Project, wait_for
-from tests.lan.test_lan import CALL, LAN_OVERRIDE, client, events, pihost_address
+from tests.lan.helpers import CALL, LAN_OVERRIDE, address_of, client, events, pihost_address
 
 pytestmark = [pytest.mark.lan]
 
 CLUSTER_OVERRIDE = ROOT / "tests" / "lan" / "compose.lan-cluster.yaml"
 WORKER_TYPE = "_llmpi-worker._tcp.local."
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # the embedded model needs about 300 MiB in all: with one worker of 100 MiB the head needs more than with two
 HEAD_MEMORY = f"{280 + (256 if AMX else 0)}M"
-
-
-def service_log(project: Project, service: str) -> str:
-    return ANSI.sub("", project.compose("logs", "--no-color", "--no-log-prefix", service, check=False).stdout)
-
-
-def address_of(project: Project, service: str) -> str:
-    out = project.compose("exec", "-T", service, "hostname", "-i", check=False).stdout.split()
-    assert out, f"{service} has no address"
-    return out[0]
 
 
 @pytest.fixture(scope="module")
