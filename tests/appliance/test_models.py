@@ -19,6 +19,7 @@ import pytest
 import requests
 from openai import OpenAI
 
+from tests.appliance.replies import assert_says_something
 from tests.compose_helpers import ROOT, Project, compose_env, say, wait_for
 from tests.ggufmaker import llama_like
 from tests.hubstub import Hub, Repo
@@ -114,10 +115,10 @@ def test_pull_at_start_shows_progress_then_serves(
     assert any(0 < p["percent"] < 100 for p in pulls), pulls
     client = OpenAI(base_url=f"{extra_project.url}/v1", api_key=key_of(extra_project), max_retries=0)
     reply = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}], max_tokens=8
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0
     )  # any name: one model on the board
     first_answer = time.monotonic() - start
-    assert reply.choices[0].message.content is not None
+    assert_says_something(reply, max_tokens=8)
     assert [m.id for m in client.models.list().data] == ["gemma"]
     logs = extra_project.logs()
     # the fit table, with the one type that fits 2 GB marked; the progress lines
@@ -238,8 +239,10 @@ def test_several_models_by_name_and_llmpi_models_while_a_stream_runs(extra_proje
     assert "third" not in status()
     # switching by name: loaded on demand, the least recently used unloaded beyond the fit's count
     assert "at most 1 loaded at once" in extra_project.logs()
-    reply = client.chat.completions.create(model="second", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
-    assert reply.choices[0].message.content is not None
+    reply = client.chat.completions.create(
+        model="second", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
+    )
+    assert_says_something(reply, max_tokens=4, model="second")  # the router names the model that answered
     assert status() == {"gemma": "unloaded", "second": "loaded"}
     reply = client.chat.completions.create(
         model="some-other-name", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
