@@ -256,7 +256,15 @@ def test_a_worker_answers_nothing_without_the_secret(cluster: Project, key: str)
         "open('/tmp/wrong.key', 'w').write('x' * 43)\n"
         "p = subprocess.Popen(['spiped', '-F', '-e', '-s', '[127.0.0.1]:52000', '-t', 'worker1:50052', '-k', "
         "'/tmp/wrong.key'])\n"
-        "time.sleep(1)\n" + HELLO_PROBE.format(host="127.0.0.1", port=52000) + "p.terminate()\n"
+        # until spiped listens on 127.0.0.1:52000 (0x0100007F:CB20, state 0A in /proc/net/tcp), at most 10 s
+        "for _ in range(200):\n"
+        "    if any(l.split()[1:4:2] == ['0100007F:CB20', '0A'] for l in open('/proc/net/tcp').readlines()[1:]):\n"
+        "        break\n"
+        "    time.sleep(0.05)\n"
+        "else:\n"
+        "    raise SystemExit('spiped never listened on 127.0.0.1:52000')\n"
+        + HELLO_PROBE.format(host="127.0.0.1", port=52000)
+        + "p.terminate()\n"
     )
     assert hello_reply(cluster, wrong) == b""
     client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key=key, max_retries=0, timeout=120)
