@@ -126,7 +126,7 @@ RUN set -eu; \
       file -L "$f" | grep -q "ELF 64-bit.*$want" || { echo "wrong architecture: $(file -L "$f")" >&2; exit 1; }; \
     done; \
     ls /opt/llama/bin/libggml-cpu-*.so >/dev/null
-# what the cluster's boards compare before they work together (llmpi.cluster.check_versions): llama.cpp's build and
+# what the cluster's boards compare before they work together (llmpi.cluster.wire.check_versions): llama.cpp's build and
 # the RPC protocol version its ggml-rpc speaks
 RUN set -eu; . /src/llama.cpp.pin; \
     rpc=$(sed -n 's/^#define RPC_PROTO_[A-Z]*_VERSION *\([0-9]*\).*/\1/p' /src/llama.cpp/ggml/include/ggml-rpc.h \
@@ -245,12 +245,12 @@ VOLUME ["/data"]
 # through compose's volume llmpi-announce; it never sees /data
 EXPOSE 8080
 # /health is 503 while the model loads and 200 once it serves. A Pi loading a 4 GB model from an SD card needs
-# minutes: the check itself waits while the server is loading (up to 20 minutes, llmpi.healthcheck.LOAD_WAIT), so
+# minutes: the check itself waits while the server is loading (up to 20 minutes, llmpi.process.healthcheck.LOAD_WAIT), so
 # Docker shows `starting` that long without a long start period, and a refusal is `unhealthy` within about 30 s.
 HEALTHCHECK --interval=10s --timeout=21m --start-period=5s --retries=3 \
-    CMD ["python3", "-m", "llmpi.healthcheck"]
-# supervisord itself, minus its up-front import of pkg_resources (service/llmpi/supervisord.py)
-ENTRYPOINT ["python3", "-m", "llmpi.supervisord", "--configuration", "/opt/llmpi/service/supervisord.conf"]
+    CMD ["python3", "-m", "llmpi.process.healthcheck"]
+# supervisord itself, minus its up-front import of pkg_resources (service/llmpi/process/supervisord.py)
+ENTRYPOINT ["python3", "-m", "llmpi.process.supervisord", "--configuration", "/opt/llmpi/service/supervisord.conf"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # bake: run the model pipeline at build time (build platform) and ship the result in the image instead of the

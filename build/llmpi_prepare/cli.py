@@ -9,7 +9,7 @@
     llmpi-prepare presets          the catalog (service/catalog.toml): name, kind, ready GGUF repo, boards, why
 
 NAME is a catalog entry. Entries without a transformers repo have ready GGUF files only: `plan` shows their fit
-table, `download` and `run` fetch them as the appliance pulls them (llmpi.pull: the quant that fits, sha256-checked,
+table, `download` and `run` fetch them as the appliance pulls them (llmpi.models.pull: the quant that fits, sha256-checked,
 with a manifest), e.g. for the bake stage.
 
 Tokens: HF_TOKEN or HF_TOKEN_FILE. Hub: HF_ENDPOINT (default the public hub).
@@ -22,7 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmpi import catalog, cluster, fit, pull, quants
+from llmpi.models import catalog, pull
+from llmpi.plan import fit, quants, split
 
 from . import convert, hub, pipeline, plan
 
@@ -99,13 +100,13 @@ def pull_ready_gguf(
     memory: int,
     source: str,
     token: str | None,
-    workers: Sequence[cluster.Board] = (),
+    workers: Sequence[split.Board] = (),
 ) -> None:
-    """A catalog entry with ready GGUF files only: the appliance's own pull (llmpi.pull, the same fit table as
+    """A catalog entry with ready GGUF files only: the appliance's own pull (llmpi.models.pull, the same fit table as
     `llmpi models pull`); `plan` prints the table, `download` and `run` put the files and the manifest in --out."""
     ref = pull.parse_ref(entry.name if quant == "auto" else f"{entry.name}:{quant}", catalog.load())
     budget = memory - fit.DEFAULT_RESERVE
-    boards = cluster.with_head(budget, source, workers)
+    boards = split.with_head(budget, source, workers)
     p = pull.plan_pull(ref, pull.inspect(ref, token), budget, source, token, boards)
     print(p.table)
     if args.command == "plan":

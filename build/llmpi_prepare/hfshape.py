@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmpi import fit
+from llmpi.plan import fit
 
 # HF architecture class -> llama.cpp architecture name, where the fit model needs it (sliding-window patterns)
 LLAMA_CPP_ARCH = {

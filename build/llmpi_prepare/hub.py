@@ -20,7 +20,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from llmpi.pull import TRANSFER_TRIES  # a file cut off mid-transfer is continued this many times
+from llmpi.models.pull import TRANSFER_TRIES  # a file cut off mid-transfer is continued this many times
 
 # what convert_hf_to_gguf.py reads: config, weights, tokenizer, chat template, sentence-transformers pooling;
 # never other weight formats (.bin, .pt, onnx/, ...)

@@ -14,8 +14,9 @@ from pathlib import Path
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
-from llmpi import catalog, fit, quants
-from llmpi.pull import sha256_file, write_json_atomic
+from llmpi.models import catalog
+from llmpi.plan import fit, quants
+from llmpi.models.pull import sha256_file, write_json_atomic
 
 from . import convert, hub, plan
 from .hfshape import architecture, shape_from_config

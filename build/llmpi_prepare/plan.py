@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llmpi import cluster, fit, hardware, quants
+from llmpi.host import hardware
+from llmpi.plan import fit, quants, split
 
 from .hfshape import shape_from_config
 from .hub import RemoteModel
@@ -36,12 +37,12 @@ def memory_for(ram: str | None = None, target: str | None = None) -> tuple[int, 
     return mem.total, f"this machine ({mem.source})"
 
 
-def worker_boards(text: str, reserve: int = fit.DEFAULT_RESERVE) -> list[cluster.Board]:
+def worker_boards(text: str, reserve: int = fit.DEFAULT_RESERVE) -> list[split.Board]:
     """--workers 8G,pi5-8gb: each worker's memory (a size or a named board), less the reserve each keeps."""
     boards = []
     for i, item in enumerate(p.strip() for p in text.split(",") if p.strip()):
         memory, source = memory_for(None, item) if item in TARGETS else memory_for(item, None)
-        boards.append(cluster.Board(f"worker {i + 1}", memory - reserve, f"{source} minus a reserve"))
+        boards.append(split.Board(f"worker {i + 1}", memory - reserve, f"{source} minus a reserve"))
     if not boards:
         raise ValueError("--workers: give each worker's memory, e.g. --workers 8G,pi5-8gb")
     return boards
@@ -57,7 +58,7 @@ class Plan:
     memory_source: str
     n_ctx: int
     shape: fit.ModelShape
-    boards: tuple[cluster.Board, ...] = ()  # with --workers: this board first, then the workers
+    boards: tuple[split.Board, ...] = ()  # with --workers: this board first, then the workers
 
     def report(self) -> str:
         m = self.model
@@ -85,14 +86,14 @@ def make_plan(
     quant: str = "auto",
     reserve: int = fit.DEFAULT_RESERVE,
     mmproj_bytes: int = 0,
-    workers: Sequence[cluster.Board] = (),
+    workers: Sequence[split.Board] = (),
 ) -> Plan:
     """Raises fit.FitError (with the table's numbers) when nothing, or not the requested type, fits. With workers
-    (llmpi.cluster: several boards, one model), a type fits when its layers can be split across this board and
+    (llmpi.plan.split: several boards, one model), a type fits when its layers can be split across this board and
     them, as the head's launcher splits them."""
     shape = shape_from_config(model.config, model.n_params)
     budget = memory - reserve
-    boards = cluster.with_head(budget, memory_source, workers)
+    boards = split.with_head(budget, memory_source, workers)
     sizes = quants.estimated_sizes(model.n_params)
     rows = quants.table_from_sizes(shape, sizes, budget, n_ctx, extra=mmproj_bytes, boards=boards)
     try:

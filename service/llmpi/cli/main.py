@@ -4,7 +4,7 @@
     llmpi keys show [NAME]     print a key: the generated one, or a named one
     llmpi keys add NAME        make a key for one device (printed once, here, never in the log)
     llmpi keys revoke NAME     remove a named key
-    llmpi models [list|pull NAME|rm NAME [--force]|show NAME]   the models on this board (llmpi.models_cli)
+    llmpi models [list|pull NAME|rm NAME [--force]|show NAME]   the models on this board (llmpi.cli.models)
     llmpi status               the server's state and the board's health: temperature, throttling, clocks, memory
 
 A key change takes effect at once: llama-server re-reads its key file when it changes; requests already running
@@ -22,9 +22,15 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from . import board, cluster, fit, healthcheck, keys, models_cli
-from .config import ConfigError, config_error_marker
-from .settings import Settings
+from ..cluster import channels, wire
+from ..core import failure, keys
+from ..core.env import ConfigError
+from ..core.settings import Settings
+from ..host import board
+from ..host.llama_build import own_versions
+from ..plan import fit
+from ..process import healthcheck
+from . import models as models_cli
 
 
 def shorten(key: str) -> str:
@@ -115,7 +121,7 @@ def cluster_secret(s: Settings) -> str:
     """LLMPI_CLUSTER_SECRET if set, else the head's generated one (made now if the head has not made it yet)."""
     if s.cluster_secret is not None:
         return s.cluster_secret
-    return cluster.load_or_create_secret(s.data_dir / cluster.KEY_FILE_NAME)[0]
+    return channels.load_or_create_secret(s.data_dir / channels.KEY_FILE_NAME)[0]
 
 
 def cluster_status(s: Settings) -> str:
@@ -123,26 +129,26 @@ def cluster_status(s: Settings) -> str:
     if not s.workers:
         return "LLMPI_WORKERS is not set: this board serves alone"
     lines = []
-    own = cluster.own_versions()
+    own = own_versions()
     for i, w in enumerate(s.workers):
         try:
-            info = cluster.describe(i, w)
-            b = cluster.board_from(w, info)
+            info = wire.describe(i, w)
+            b = wire.board_from(w, info)
             lines.append(
                 f"{w.name}: answers; {b.arch}, {b.threads} threads, {fit.fmt_bytes(b.budget)} for layers; "
                 f"llmpi {info.get('llmpi')}, llama.cpp {info.get('llama_cpp')} (this head: {own['llama_cpp']})"
             )
-        except (cluster.WorkerUnreachable, ConfigError) as e:
+        except (wire.WorkerUnreachable, ConfigError) as e:
             lines.append(f"{w.name}: {e}")
     return "\n".join(lines)
 
 
 def server_state(s: Settings) -> str:
     """The server as its /health shows it (no key needed), or the launcher's refusal."""
-    marker = config_error_marker()
-    if marker.exists():
-        return f"server: refused to start: {marker.read_text().strip()}"
-    port = s.llama_args.get("LLAMA_ARG_PORT") or str(s.port)
+    refused = failure.refused_reason()
+    if refused is not None:
+        return f"server: refused to start: {refused}"
+    port = s.server_port
     url = f"http://127.0.0.1:{port}/health"
     try:
         with urllib.request.urlopen(url, timeout=4) as resp:

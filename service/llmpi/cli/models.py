@@ -13,19 +13,23 @@ llama-server is restarted into router mode (requests in flight finish first).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import catalog, fit, hardware, keys, launcher, markers, pull
-from .config import ConfigError, runtime_dir
-from .settings import Settings
-
-SERVER_NAME = "llama-server"
+from ..core import keys, paths
+from ..core.env import ConfigError
+from ..core.settings import Settings
+from ..host import hardware
+from ..lan.announce import tell_announcer
+from ..models import catalog, pull, resolve
+from ..plan import fit
+from ..plan.model_files import DEFAULT_MODEL, local_models, manifest_kind, model_alias, read_manifest
+from ..plan.serving import plan
+from ..process.launcher import write_files
+from ..process.server import restart_server, router_running, serves
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,6 @@ class Row:
     size: int
     where: str  # "pulled", "LLMPI_MODEL", "embedding"
     path: Path
-
-
-def router_running() -> bool:
-    return (runtime_dir() / "models.ini").is_file()
 
 
 def api(s: Settings, path: str, key: str | None, timeout: float = 10) -> Any:
@@ -69,11 +69,11 @@ def server_status(s: Settings) -> dict[str, str]:
 
 def resolved(s: Settings) -> Settings:
     """The settings as the launcher used them: LLMPI_MODEL resolved to the model file on the board."""
-    ref = launcher.named_model(s)
+    ref = resolve.named_model(s)
     if ref is None:
         return s
-    local = pull.find_local(ref, pull.local_models(s.models_dir))
-    return launcher.serving(s, local) if local else s
+    local = pull.find_local(ref, local_models(s.models_dir))
+    return resolve.serving(s, local) if local else s
 
 
 def rows(s: Settings) -> list[Row]:
@@ -82,17 +82,17 @@ def rows(s: Settings) -> list[Row]:
     seen: set[Path] = set()
     r = resolved(s)
     for text, alias, where in (
-        (r.model or launcher.DEFAULT_MODEL, r.model_alias, "LLMPI_MODEL"),
+        (r.model or DEFAULT_MODEL, r.model_alias, "LLMPI_MODEL"),
         (r.embedding_model, r.embedding_alias, "LLMPI_EMBEDDING_MODEL"),
     ):
         if not text or not Path(text).is_file():
             continue
         path = Path(text)
-        manifest = launcher.read_manifest(path)
-        kind = "embedding" if where == "LLMPI_EMBEDDING_MODEL" else pull.manifest_kind(manifest)
+        manifest = read_manifest(path)
+        kind = "embedding" if where == "LLMPI_EMBEDDING_MODEL" else manifest_kind(manifest)
         out.append(
             Row(
-                launcher.model_alias(alias, path),
+                model_alias(alias, path),
                 kind,
                 str(manifest.get("quant") or "?"),
                 path.stat().st_size,
@@ -101,7 +101,7 @@ def rows(s: Settings) -> list[Row]:
             )
         )
         seen.add(path.resolve())
-    for m in pull.local_models(s.models_dir):
+    for m in local_models(s.models_dir):
         if m.path.resolve() not in seen:
             out.append(Row(m.name, m.kind, m.quant, m.size, "pulled", m.path))
     return out
@@ -118,12 +118,12 @@ def models_list(s: Settings) -> str:
 
 
 def models_show(s: Settings, name: str) -> str:
-    for m in pull.local_models(s.models_dir):
+    for m in local_models(s.models_dir):
         if m.name == name:
             return json.dumps(m.manifest, indent=2)
     for row in rows(s):
         if row.name == name:
-            manifest = launcher.read_manifest(row.path)
+            manifest = read_manifest(row.path)
             return json.dumps(manifest or {"file": str(row.path), "size": row.size, "manifest": None}, indent=2)
     raise ConfigError(f"no model named {name!r} on this board (llmpi models list)")
 
@@ -138,66 +138,37 @@ def apply_change(s: Settings, out: TextIO) -> None:
         )
         return
     hw = hardware.detect()
-    plan = launcher.plan(resolved(s), hw)
-    preset = runtime_dir() / "models.ini"
-    if router_running() and preset in plan.files:
-        launcher.write_files(plan.files)
-        launcher.tell_announcer(s, plan, out)
+    new = plan(resolved(s), hw)
+    preset = Path(paths.models_preset())
+    if router_running() and preset in new.files:
+        write_files(new.files)
+        tell_announcer(s, new.announced, out)
         try:
             api(s, "/models?reload=1", keys.internal_admin_key(), timeout=60)
         except (OSError, ValueError) as e:
             raise ConfigError(f"the router did not take the new list ({e}); it applies at the next start") from None
         print("llmpi: the server's model list is updated", file=out)
         return
-    if preset not in plan.files and not router_running():
+    if preset not in new.files and not router_running():
         return  # still one model: nothing to tell the server
-    pid = server_pid()
-    if pid is None:
+    if restart_server(served=serves(s.port)):
+        print(
+            "llmpi: restarting llama-server to serve the changed list of models "
+            "(requests in flight finish first; about a minute without answers)",
+            file=out,
+        )
+    else:
         print("llmpi: the server is not running; the change applies when it starts", file=out)
-        return
-    print(
-        "llmpi: restarting llama-server to serve the changed list of models "
-        "(requests in flight finish first; about a minute without answers)",
-        file=out,
-    )
-    if serves(s):  # a server that served: this restart is not a failed start (llmpi.launcher.MAX_START_ATTEMPTS)
-        Path(markers.start_attempts_path()).unlink(missing_ok=True)
-    os.kill(pid, signal.SIGTERM)  # it drains, exits; supervisord starts the launcher again
-
-
-def serves(s: Settings) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{s.port}/health", timeout=5) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-def server_pid() -> int | None:
-    """The process id of the llama-server that supervisord (PID 1) runs (the launcher became it; a router's
-    children are its own children, not supervisord's)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
-        if Path(argv0.decode(errors="replace")).name == SERVER_NAME and ppid == "1":
-            return int(entry.name)
-    return None
 
 
 def models_pull(s: Settings, text: str, out: TextIO) -> str:
     try:
         ref = pull.parse_ref(text, catalog.load())
-        local = pull.find_local(ref, pull.local_models(s.models_dir))
+        local = pull.find_local(ref, local_models(s.models_dir))
         if local is not None:
             return f"{local.name} is on this board already ({local.path.name}); `llmpi models rm {local.name}` first"
-        budget, source = launcher.pull_budget(s, hardware.detect())
-        token = pull.token_from_env(os.environ)
+        budget, source = resolve.pull_budget(s, hardware.detect())
+        token = s.hub_token
         remote = pull.inspect(ref, token)
         p = pull.plan_pull(ref, remote, budget, source, token)
         print(p.table, file=out, flush=True)
@@ -209,13 +180,13 @@ def models_pull(s: Settings, text: str, out: TextIO) -> str:
 
 
 def models_rm(s: Settings, name: str, force: bool, out: TextIO) -> str:
-    local = next((m for m in pull.local_models(s.models_dir) if m.name == name), None)
+    local = next((m for m in local_models(s.models_dir) if m.name == name), None)
     if local is None:
         if any(row.name == name for row in rows(s)):
             raise ConfigError(f"{name} is not a pulled model (it is set by LLMPI_MODEL or built into the image)")
         raise ConfigError(f"no pulled model named {name!r} (llmpi models list)")
     served = resolved(s)
-    if Path(served.model or launcher.DEFAULT_MODEL).resolve() == local.path.resolve() and not force:
+    if Path(served.model or DEFAULT_MODEL).resolve() == local.path.resolve() and not force:
         raise ConfigError(
             f"{name} is the model LLMPI_MODEL serves; set LLMPI_MODEL to another one first, or use --force "
             "(then the next start pulls it again, or refuses)"

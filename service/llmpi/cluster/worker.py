@@ -1,9 +1,9 @@
 """The worker role (`docker compose --profile worker up -d` on an extra board): llama.cpp's `ggml-rpc-server` on
 the loopback, a description of the board for the head, and their encrypted ends (supervisord.worker.conf).
 
-    python3 -m llmpi.worker serve     check the settings, then exec ggml-rpc-server
-    python3 -m llmpi.worker describe  answer each connection with the board's description (JSON) and close
-    python3 -m llmpi.worker health    the container's health check
+    python3 -m llmpi.cluster.worker serve     check the settings, then exec ggml-rpc-server
+    python3 -m llmpi.cluster.worker describe  answer each connection with the board's description (JSON) and close
+    python3 -m llmpi.cluster.worker health    the container's health check
 """
 
 from __future__ import annotations
@@ -15,24 +15,30 @@ import socketserver
 import sys
 from pathlib import Path
 
-from . import cluster, hardware
-from .config import CONFIG_ERROR_EXIT, ConfigError, config_error_marker, runtime_dir
-from .settings import Settings
+from ..core import failure, paths
+from ..core.env import CONFIG_ERROR_EXIT, ConfigError
+from ..core.settings import WORKER_PORT, Settings
+from ..host import hardware
+from ..host.llama_build import own_versions
+from . import wire
 
 RPC_SERVER = "ggml-rpc-server"
+RPC_LOCAL_PORT = 50152  # ggml-rpc-server on the worker's loopback
+INFO_LOCAL_PORT = 50153  # the worker's description on its loopback
 
 
 def key_file() -> Path:
-    return runtime_dir() / cluster.KEY_FILE_NAME
+    paths.make_runtime_dir()
+    return Path(paths.cluster_key())
 
 
 def description(s: Settings, hw: hardware.Hardware) -> dict[str, object]:
     """What the head needs to split the model: versions, memory for layers (as the launcher's own fit counts it),
     threads, architecture."""
-    memory = s.memory(hw)
+    memory = hardware.planned(hw, s.memory_limit)
     reserve = s.memory_reserve
     return {
-        **cluster.own_versions(),
+        **own_versions(),
         "arch": platform.machine(),
         "budget": memory.total - reserve,
         "budget_source": f"{memory.total >> 20} MiB {memory.source} minus a reserve of {reserve >> 20} MiB",
@@ -44,19 +50,18 @@ def rpc_argv(s: Settings, hw: hardware.Hardware) -> list[str]:
     """ggml-rpc-server on the loopback (only spiped reaches it), one thread a physical core (its default is half the
     logical CPUs), with its tensor cache on the data volume (-c)."""
     threads = s.threads or hw.physical_cores or 1
-    return [RPC_SERVER, "--host", "127.0.0.1", "--port", str(cluster.RPC_LOCAL_PORT), "--threads", str(threads), "-c"]
+    return [RPC_SERVER, "--host", "127.0.0.1", "--port", str(RPC_LOCAL_PORT), "--threads", str(threads), "-c"]
 
 
 def refuse(reason: str) -> int:
-    print(f"llmpi worker: configuration error: {reason}", file=sys.stderr, flush=True)
-    config_error_marker().write_text(reason + "\n")
-    return CONFIG_ERROR_EXIT
+    return failure.refuse(reason, "llmpi worker")
 
 
 def serve() -> int:
     try:
-        if config_error_marker().exists():
-            return refuse(config_error_marker().read_text().strip())
+        refused = failure.refused_reason()
+        if refused:
+            return refuse(refused)
         s = Settings.read(os.environ)
         if s.cluster_secret is None:
             raise ConfigError(
@@ -78,7 +83,7 @@ def serve() -> int:
         f"llmpi worker: {info['arch']}, {argv[argv.index('--threads') + 1]} threads, "
         f"{int(str(info['budget'])) >> 20} MiB for layers ({info['budget_source']}); "
         f"llmpi {info['llmpi']}, llama.cpp {info['llama_cpp']}, RPC protocol {info['rpc']}; "
-        f"listening on port {cluster.WORKER_PORT} through spiped",
+        f"listening on port {WORKER_PORT} through spiped",
         flush=True,
     )
     os.execvpe(argv[0], argv, env)
@@ -101,7 +106,7 @@ def describe_forever() -> int:
         return CONFIG_ERROR_EXIT
     _Describe.body = json.dumps(description(s, hardware.detect())).encode()
     socketserver.TCPServer.allow_reuse_address = True
-    with socketserver.TCPServer(("127.0.0.1", cluster.INFO_LOCAL_PORT), _Describe) as server:
+    with socketserver.TCPServer(("127.0.0.1", INFO_LOCAL_PORT), _Describe) as server:
         server.serve_forever()
     return 0
 
@@ -109,25 +114,26 @@ def describe_forever() -> int:
 def listening_ports(proc: Path = Path("/proc/net")) -> set[int]:
     """TCP ports in LISTEN state in this network namespace (read from /proc: no connection to the one-client RPC
     server, which a probe would occupy)."""
-    return {local for local, _, state in cluster.tcp_sockets(proc, ("tcp", "tcp6")) if state == cluster.LISTEN}
+    return {local for local, _, state in wire.tcp_sockets(proc, ("tcp", "tcp6")) if state == wire.LISTEN}
 
 
 def health() -> int:
-    if config_error_marker().exists():
-        print(f"llmpi worker refused to start: {config_error_marker().read_text().strip()}")
+    refused = failure.refused_reason()
+    if refused:
+        print(f"llmpi worker refused to start: {refused}")
         return 1
     wanted = {
-        cluster.RPC_LOCAL_PORT: "ggml-rpc-server",
-        cluster.INFO_LOCAL_PORT: "the description",
-        cluster.WORKER_PORT: "the RPC channel (spiped)",
-        cluster.WORKER_PORT + 1: "the description's channel (spiped)",
+        RPC_LOCAL_PORT: "ggml-rpc-server",
+        INFO_LOCAL_PORT: "the description",
+        WORKER_PORT: "the RPC channel (spiped)",
+        WORKER_PORT + 1: "the description's channel (spiped)",
     }
     up = listening_ports()
     missing = [f"{what} (port {port})" for port, what in wanted.items() if port not in up]
     if missing:
         print("not listening yet: " + ", ".join(missing))
         return 1
-    print(f"worker serving on port {cluster.WORKER_PORT}")
+    print(f"worker serving on port {WORKER_PORT}")
     return 0
 
 

@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
-
-from .markers import config_error_path, runtime_dir_path
 
 CONFIG_ERROR_EXIT = 78  # EX_CONFIG: a setting is wrong; restarting will not help until it is fixed
 
 
 class ConfigError(Exception):
     """A setting is wrong or a file it names is unusable; the message says which and what to do."""
-
-
-def runtime_dir() -> Path:
-    """A private per-container scratch directory (not on the data volume)."""
-    d = Path(runtime_dir_path())
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return d
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` whole (a temporary file, then a rename), so that a reader never sees half a file; a missing
-    directory is made private (0700)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def config_error_marker() -> Path:
-    """Written by the launcher when it refuses to start; read by the health check and the FATAL listener."""
-    runtime_dir()
-    return Path(config_error_path())
 
 
 def get(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -82,3 +57,9 @@ def get_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in OFF_WORDS:
         return False
     raise ConfigError(f"{name}={raw!r}: use on or off")
+
+
+def sysfs_path(env: Mapping[str, str]) -> Path:
+    """LLMPI_SYSFS_PATH: Settings.read takes it from here, and so does the FATAL listener's process, which hosts the
+    board watch and cannot afford the settings' imports (about 7 MiB for the container's whole life)."""
+    return Path(get(env, "LLMPI_SYSFS_PATH", "/sys"))

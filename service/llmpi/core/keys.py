@@ -21,13 +21,15 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
-from .config import ConfigError, runtime_dir
+from . import paths
+from .env import ConfigError
+from .files import write_private
+from .settings import Settings
 
-KEY_FILE_NAME = "api_key"  # the generated key, on the data volume
+KEY_FILE_NAME = paths.API_KEY_FILE  # the generated key, on the data volume
 NAMED_KEYS_FILE_NAME = "keys"  # named keys, on the data volume
-SERVER_KEYS_FILE_NAME = "api_keys"  # what llama-server reads, in the runtime directory
-ADMIN_KEYS_FILE_NAME = "admin_keys"
 ALLOWED = set(string.ascii_letters + string.digits + "-_.~+/=:")
 MIN_LENGTH = 8
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
@@ -63,21 +65,6 @@ def check_key(key: str, origin: str) -> None:
         raise ConfigError(f"{origin}: a key contains characters that HTTP clients mangle: {''.join(bad)!r}")
     if len(key) < MIN_LENGTH:
         raise ConfigError(f"{origin}: a key of {len(key)} characters is too easy to guess (at least {MIN_LENGTH})")
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` with mode 0600, atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read_text(path: Path) -> str:
@@ -159,11 +146,13 @@ def check_name(name: str) -> None:
 
 
 def server_keys_file() -> Path:
-    return runtime_dir() / SERVER_KEYS_FILE_NAME
+    paths.make_runtime_dir()
+    return Path(paths.server_keys())
 
 
 def admin_keys_file() -> Path:
-    return runtime_dir() / ADMIN_KEYS_FILE_NAME
+    paths.make_runtime_dir()
+    return Path(paths.admin_keys())
 
 
 def canonical(keys: Iterable[str]) -> str:
@@ -199,3 +188,41 @@ def first_key(path: Path) -> str | None:
 def internal_admin_key() -> str | None:
     """The admin key generated at this container's start (None before the launcher ran)."""
     return first_key(admin_keys_file())
+
+
+def apply_keys(s: Settings, out: TextIO) -> Auth:
+    """Side effects on keys: a key generated (and stored on the volume) at first start, the server's key files."""
+    auth = resolve(s.auth, s.api_keys, s.api_keys_origin, s.data_dir)
+    write_admin_keys(s.admin_keys)  # the router's model management (router mode only)
+    if not auth.enabled:
+        print(
+            "llmpi: WARNING: LLMPI_AUTH=off: the API is open to anyone who can reach this port, "
+            "with no key. Only do this on a network you fully trust.",
+            file=out,
+            flush=True,
+        )
+        return auth
+    stored = s.data_dir / KEY_FILE_NAME
+    if auth.source == "stored":
+        if tighten_mode(stored):
+            print(f"llmpi: {stored} was readable by others; its mode is now 0600", file=out, flush=True)
+        print(f"llmpi: using the API key stored in {stored} (generated at first start)", file=out, flush=True)
+    named = read_named_keys(s.data_dir)
+    if named:
+        print(f"llmpi: {len(named)} named key(s): {', '.join(named)}", file=out, flush=True)
+    write_server_keys(auth, s.data_dir)
+    return auth
+
+
+def banner(port: str, data_dir: Path) -> str:
+    line = "=" * 78
+    return "\n".join(
+        [
+            line,
+            f"llmpi: a new API key was generated and stored in {data_dir / KEY_FILE_NAME} (it is never logged).",
+            "       Show it with:   docker compose exec llmpi llmpi keys show",
+            "       A key per device: docker compose exec llmpi llmpi keys add <name>",
+            f"       base_url:       http://<this machine's address>:{port}/v1",
+            line,
+        ]
+    )

@@ -8,14 +8,14 @@ compose.yaml and .env.example in step.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import board, cluster, fit, hardware
-from .config import OFF_WORDS, ConfigError, file_env, get, get_bool, get_int
+from . import paths
+from .env import OFF_WORDS, ConfigError, file_env, get, get_bool, get_int, sysfs_path
+from .units import DEFAULT_RESERVE, MIN_CONTEXT, parse_size
 
 C_INT_MAX = 2**31 - 1
-DEFAULT_PARALLEL = 8  # docs/benchmarks.md: +33% aggregate at 8 clients over 4 slots, single stream unchanged
 DEFAULT_EMBEDDING_PARALLEL = 2
 # a reply of up to ~750 English words; a looping or babbling generation costs at most this many tokens of a slot
 # (about 3.5 minutes at 5 tokens/s, a 4B Q4 model on a Pi 5); docs/hardening.md
@@ -27,13 +27,15 @@ DEFAULT_IMAGE_MAX_PIXELS = 50_000_000  # an 8000 x 6000 phone photo; over that, 
 DEFAULT_MEDIA_MAX_BYTES = "20M"  # OpenAI's own per-image limit
 # below supervisord's stopwaitsecs (30 s), itself below compose's stop_grace_period (45 s)
 DRAIN_SECONDS = 25
-# LLMPI_SPECULATION: ngram = llama-server drafts from the conversation itself (llmpi.speculation); off = never
+# LLMPI_SPECULATION: ngram = llama-server drafts from the conversation itself (llmpi.plan.speculation); off = never
 SPECULATION_MODES = ("ngram", "off")
 # off: at 8 concurrent streams n-gram drafts cost 14 % of the throughput on a CPU, whose cores the streams already
 # fill (docs/speed.md); one user quoting the prompt gets 1.2-1.4x with ngram
 DEFAULT_SPECULATION = "off"
 # LLMPI_ANNOUNCE: auto = through the host's avahi-daemon when its D-Bus socket is mounted, else python-zeroconf
 ANNOUNCE_MODES = ("auto", "avahi", "zeroconf", "off")
+WORKER_PORT = 50052  # LLMPI_WORKERS' default port, published on a worker; PORT + 1 is its description
+MIN_SECRET = 32  # characters in a cluster secret; the generated one has 256 bits (43 characters)
 LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "trace": 4, "debug": 5}
 
 # name -> the default as the README table shows it. Settings that only compose reads (ports, image names) are in
@@ -87,6 +89,18 @@ HUB_VARIABLES = ("HF_TOKEN", "HF_TOKEN_FILE", "HF_ENDPOINT")
 
 
 @dataclass(frozen=True)
+class Worker:
+    """One board of LLMPI_WORKERS."""
+
+    host: str
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Settings:
     """What the user asked for; `None` means "auto" / not set, decided later from the model and the hardware."""
 
@@ -123,24 +137,24 @@ class Settings:
     embedding_alias: str
     embedding_parallel: int
     webui: bool
-    workers: tuple[cluster.Worker, ...]  # LLMPI_WORKERS: the boards that hold part of the model (empty: this one alone)
+    workers: tuple[Worker, ...]  # LLMPI_WORKERS: the boards that hold part of the model (empty: this one alone)
     workers_auto: bool  # LLMPI_WORKERS=auto: `workers` are those announced on the network at this container's start
     cluster_secret: str | None  # LLMPI_CLUSTER_SECRET or its _FILE; None = the head's generated one
-    announce: str  # LLMPI_ANNOUNCE: one of ANNOUNCE_MODES (llmpi.announce)
-    sysfs: Path  # LLMPI_SYSFS_PATH: where the board's sysfs is read (llmpi.board)
+    announce: str  # LLMPI_ANNOUNCE: one of ANNOUNCE_MODES (llmpi.lan.announce)
+    sysfs: Path  # LLMPI_SYSFS_PATH: where the board's sysfs is read (llmpi.host.board)
     host: str
     port: int
     host_port: str
     data_dir: Path
-    announce_dir: Path  # shared with the announce service (llmpi.announce): announce.json, workers.json
+    announce_dir: Path  # shared with the announce service (llmpi.lan.announce): announce.json, workers.json
     llama_args: Mapping[str, str]  # LLAMA_ARG_* variables the user set: each wins over the launcher's choice
+    hub_token: str | None = field(default=None, repr=False)  # HF_TOKEN or HF_TOKEN_FILE's contents: gated repos
 
-    def memory(self, hw: hardware.Hardware) -> hardware.Memory:
-        """The memory to plan for, before the reserve: LLMPI_MEMORY_LIMIT, else the machine's (its container limit
-        or MemTotal)."""
-        if self.memory_limit is not None:
-            return hardware.Memory(self.memory_limit, "LLMPI_MEMORY_LIMIT")
-        return hw.memory
+    @property
+    def server_port(self) -> int:
+        """The port llama-server listens on: LLAMA_ARG_PORT when the user set it (it wins), else LLMPI_PORT."""
+        raw = self.llama_args.get("LLAMA_ARG_PORT", "")
+        return int(raw) if raw.strip().isdigit() else self.port
 
     @property
     def models_dir(self) -> Path:
@@ -179,7 +193,7 @@ class Settings:
             api_keys_origin="LLMPI_API_KEY_FILE" if get(env, "LLMPI_API_KEY_FILE") else "LLMPI_API_KEY",
             auth=auth,
             admin_keys=file_env(env, "LLMPI_ADMIN_KEY"),
-            ctx_size=get_int(env, "LLMPI_CTX_SIZE", None, minimum=fit.MIN_CONTEXT),
+            ctx_size=get_int(env, "LLMPI_CTX_SIZE", None, minimum=MIN_CONTEXT),
             trained_ctx=pool == 0,
             pool_ctx=pool or None,
             threads=get_int(env, "LLMPI_THREADS", None),
@@ -190,7 +204,7 @@ class Settings:
             speculation=speculation_mode(env),
             draft_model=draft_model(env),
             memory_limit=_size(env, "LLMPI_MEMORY_LIMIT", None),
-            memory_reserve=_size(env, "LLMPI_MEMORY_RESERVE", fit.DEFAULT_RESERVE) or 0,
+            memory_reserve=_size(env, "LLMPI_MEMORY_RESERVE", DEFAULT_RESERVE) or 0,
             metrics=get_bool(env, "LLMPI_METRICS", True),
             log_level=level,
             remote_media=get_bool(env, "LLMPI_REMOTE_MEDIA", False),
@@ -202,30 +216,37 @@ class Settings:
             embedding_alias=get(env, "LLMPI_EMBEDDING_ALIAS"),
             embedding_parallel=get_int(env, "LLMPI_EMBEDDING_PARALLEL", DEFAULT_EMBEDDING_PARALLEL) or 1,
             webui=get_bool(env, "LLMPI_WEBUI", True),
-            workers=cluster.parse_workers(workers_text(env)),
+            workers=parse_workers(workers_text(env)),
             workers_auto=get(env, "LLMPI_WORKERS").lower() == "auto",
             cluster_secret=cluster_secret(env),
             announce=announce_mode(env),
-            sysfs=board.sysfs_setting(env),
+            sysfs=sysfs_path(env),
             host=get(env, "LLMPI_HOST", "0.0.0.0"),
             port=_ranged(env, "LLMPI_PORT", 8080, maximum=65535),
             host_port=get(env, "LLMPI_HOST_PORT") or get(env, "LLMPI_PORT", "8080"),
             data_dir=Path(get(env, "LLMPI_DATA_DIR", "/data")),
             announce_dir=Path(get(env, "LLMPI_ANNOUNCE_DIR", "/announce")),
             llama_args=llama_args,
+            hub_token=hub_token(env),
         )
 
 
 def workers_text(env: Mapping[str, str]) -> str:
     """LLMPI_WORKERS as host[:port] list; for `auto`, the workers found on the network when this container started
-    (llmpi.cluster.resolve_auto_workers wrote them before supervisord started), none before that."""
+    (llmpi.cluster.channels.resolve_auto_workers wrote them before supervisord started), none before that."""
     text = get(env, "LLMPI_WORKERS")
     if text.lower() != "auto":
         return text
     try:
-        return Path(cluster.auto_workers_path()).read_text().strip()
+        return Path(paths.auto_workers()).read_text().strip()
     except OSError:
         return ""
+
+
+def hub_token(env: Mapping[str, str]) -> str | None:
+    """HF_TOKEN, or the contents of HF_TOKEN_FILE (huggingface_hub's own names; for gated repos; never logged)."""
+    token = file_env(env, "HF_TOKEN")
+    return token.strip() or None if token is not None else None
 
 
 def speculation_mode(env: Mapping[str, str]) -> str:
@@ -260,7 +281,7 @@ def mode_setting(env: Mapping[str, str], name: str, modes: tuple[str, ...], defa
 def cluster_secret(env: Mapping[str, str]) -> str | None:
     secret = file_env(env, "LLMPI_CLUSTER_SECRET")
     origin = "LLMPI_CLUSTER_SECRET_FILE" if get(env, "LLMPI_CLUSTER_SECRET_FILE") else "LLMPI_CLUSTER_SECRET"
-    return cluster.check_secret(secret, origin) if secret is not None else None
+    return check_secret(secret, origin) if secret is not None else None
 
 
 def _size(env: Mapping[str, str], name: str, default: int | None) -> int | None:
@@ -268,7 +289,7 @@ def _size(env: Mapping[str, str], name: str, default: int | None) -> int | None:
     if not raw or raw.lower() == "auto":
         return default
     try:
-        return fit.parse_size(raw)
+        return parse_size(raw)
     except ValueError as e:
         raise ConfigError(f"{name}: {e}") from None
 
@@ -282,8 +303,45 @@ def _ranged(env: Mapping[str, str], name: str, default: int, minimum: int = 1, m
 
 
 def _ranged_size(env: Mapping[str, str], name: str, default: str) -> int:
-    value = _size(env, name, fit.parse_size(default))
+    value = _size(env, name, parse_size(default))
     assert value is not None
     if not 1 <= value <= C_INT_MAX:
         raise ConfigError(f"{name}={value} is out of range (1 to {C_INT_MAX})")
+    return value
+
+
+def parse_workers(text: str) -> tuple[Worker, ...]:
+    """LLMPI_WORKERS: `host[:port],...` (port defaults to 50052)."""
+    out: list[Worker] = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        if item.startswith("[") and "]:" in item:  # [IPv6]:port
+            host, _, port_text = item[1:].partition("]:")
+        elif item.count(":") == 1:  # host:port
+            host, _, port_text = item.partition(":")
+        else:  # host, [IPv6] or a bare IPv6 address
+            host, port_text = item.strip("[]"), str(WORKER_PORT)
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ConfigError(f"LLMPI_WORKERS: {item!r} is not host[:port]") from None
+        if not host or not 0 < port < 65535:
+            raise ConfigError(f"LLMPI_WORKERS: {item!r} is not host[:port] (port 1-65534)")
+        if any(w.host == host and w.port == port for w in out):
+            raise ConfigError(f"LLMPI_WORKERS names {host}:{port} twice")
+        out.append(Worker(host, port))
+    return tuple(out)
+
+
+def check_secret(secret: str, origin: str) -> str:
+    """The cluster secret without surrounding blanks; refused when too short to be a key."""
+    value = secret.strip()
+    if len(value) < MIN_SECRET:
+        raise ConfigError(
+            f"{origin} is {len(value)} characters long; the cluster secret needs at least {MIN_SECRET} "
+            "(use the one the head generated: docker compose exec llmpi llmpi cluster secret)"
+        )
+    if any(c.isspace() for c in value):
+        raise ConfigError(f"{origin} contains blanks; the cluster secret is one word")
     return value

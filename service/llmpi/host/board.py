@@ -5,7 +5,7 @@ node_exporter's --path.sysfs) and from /proc/meminfo. A file that is missing or 
 result, never an error: on a machine that is not a Raspberry Pi (no get_throttled, no rpi_volt hwmon, no device tree
 model) the Pi's values are simply absent.
 
-The watch (`Watch`, run by the FATAL listener between supervisord's events: llmpi.fatal_listener) polls once a
+The watch (`Watch`, run by the FATAL listener between supervisord's events: llmpi.process.fatal_listener) polls once a
 second, keeps the throttling conditions seen since it started (the firmware's "has occurred" bits are cleared by the
 kernel's own 2 s poll, so a reader that only looks at them misses most of them), and replaces two files in the
 runtime directory whole at each poll: board.prom (Prometheus text, appended to llama-server's /metrics by
@@ -25,8 +25,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple, TextIO
 
-from .config import get, write_atomic
-from .markers import runtime_dir_path
+from ..core import paths
+from ..core.env import sysfs_path
+from ..core.files import write_atomic
 
 POLL_SECONDS = 1.0
 # the firmware's get_throttled word: bit N is a condition now, bit N + 16 "has occurred" since the firmware last
@@ -330,12 +331,12 @@ def clock_lines(snap: Mapping[str, Any]) -> list[str]:
 
 
 def prom_path() -> Path:
-    """board.prom in the runtime directory; launcher.server_options names the same file for --metrics-textfile."""
-    return Path(runtime_dir_path()) / "board.prom"
+    """board.prom in the runtime directory; llmpi.plan.options.server_options names it for --metrics-textfile."""
+    return Path(paths.board_prom())
 
 
 def json_path() -> Path:
-    return Path(runtime_dir_path()) / "board.json"
+    return Path(paths.board_json())
 
 
 class Watch:
@@ -401,13 +402,7 @@ def read_once(sysfs: Path, proc: Path = Path("/proc")) -> dict[str, Any]:
     return snapshot(r, seen_bits(r), time.time())
 
 
-def sysfs_setting(env: Mapping[str, str]) -> Path:
-    """LLMPI_SYSFS_PATH: Settings.read takes it from here, and so does the FATAL listener's process, which hosts the
-    watch and cannot afford the settings' imports (about 7 MiB for the container's whole life)."""
-    return Path(get(env, "LLMPI_SYSFS_PATH", "/sys"))
-
-
 def start_watch(env: Mapping[str, str], log: TextIO) -> Watch | None:
     """The watch of this machine's board, its first poll done; None when there is nothing to watch."""
-    watch = Watch(find_sources(sysfs_setting(env)), Path("/proc"), log)
+    watch = Watch(find_sources(sysfs_path(env)), Path("/proc"), log)
     return watch if watch.start() else None

@@ -108,3 +108,9 @@ def detect(root: Path = Path("/")) -> Hardware:
     else:
         raise OSError("cannot read the amount of memory (no /proc/meminfo)")
     return Hardware(cpus=n_cpus, physical_cores=n_phys, memory=memory, amx=has_amx(root))
+
+
+def planned(hw: Hardware, limit: int | None) -> Memory:
+    """The memory to plan for, before the reserve: `limit` (LLMPI_MEMORY_LIMIT) when set, else the machine's (its
+    container limit or MemTotal)."""
+    return Memory(limit, "LLMPI_MEMORY_LIMIT") if limit is not None else hw.memory

@@ -9,8 +9,8 @@ in the host's network namespace and announces the port compose publishes:
     python-zeroconf, answering for `<hostname>.local` on the LAN addresses only (never loopback, link-local or a
     Docker bridge's);
   * only while the server answers /health; withdrawn (a goodbye) when it stops answering and when this stops;
-  * a cluster worker (`python3 -m llmpi.announce worker`) announces `_llmpi-worker._tcp` instead, and a head with
-    LLMPI_WORKERS=auto keeps the workers it hears in /announce/workers.json (llmpi.cluster reads it).
+  * a cluster worker (`python3 -m llmpi.lan.announce worker`) announces `_llmpi-worker._tcp` instead, and a head with
+    LLMPI_WORKERS=auto keeps the workers it hears in /announce/workers.json (llmpi.cluster.channels reads it).
 
 It runs as `nobody` (group llmpi): the host's D-Bus turns away a uid that is not a user of the host, and nobody is
 one on every Debian and Raspberry Pi OS. It shares only /announce with the server (compose's llmpi-announce
@@ -34,15 +34,16 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol, TextIO
 
-from . import __version__, cluster, discovery
-from .config import ConfigError, get, write_atomic
+from .. import __version__
+from ..core import paths
+from ..core.env import ConfigError, get
+from ..core.files import write_atomic
+from ..core.settings import WORKER_PORT, Settings
+from ..host.llama_build import own_versions
+from . import discovery
 
-if TYPE_CHECKING:
-    from .settings import Settings
-
-ANNOUNCE_FILE = "announce.json"  # written by the launcher (llmpi.launcher.tell_announcer) in Settings.announce_dir
 DBUS_SOCKET = Path("/run/dbus/system_bus_socket")
 CHECK_SECONDS = 5.0
 DOWN_CHECKS = 3  # the server must miss this many health checks in a row before it is withdrawn
@@ -75,7 +76,7 @@ def log(message: str) -> None:
 
 
 def say_state(state: str) -> None:
-    """The announcer's state in one line, for `python3 -m llmpi.announce health` (its compose health check)."""
+    """The announcer's state in one line, for `python3 -m llmpi.lan.announce health` (its compose health check)."""
     with contextlib.suppress(OSError):
         STATE_FILE.write_text(state + "\n")
 
@@ -143,9 +144,9 @@ def appliance_services(hostname: str, port: int, state: Mapping[str, object]) ->
 
 
 def worker_services(hostname: str, versions: Mapping[str, str]) -> list[Service]:
-    """What a worker announces: its RPC port, and the versions a head compares (llmpi.cluster.own_versions)."""
+    """What a worker announces: its RPC port, and the versions a head compares (llmpi.host.llama_build.own_versions)."""
     txt = {"version": versions["llmpi"], "llama_cpp": versions["llama_cpp"], "rpc": versions["rpc"]}
-    return [Service(discovery.WORKER_TYPE, f"llmpi worker on {hostname}", cluster.WORKER_PORT, txt)]
+    return [Service(discovery.WORKER_TYPE, f"llmpi worker on {hostname}", WORKER_PORT, txt)]
 
 
 class ZeroconfBackend:
@@ -279,7 +280,7 @@ def server_answers(url: str) -> bool:
 
 def read_state(announce_dir: Path) -> dict[str, object]:
     try:
-        state = json.loads((announce_dir / ANNOUNCE_FILE).read_text())
+        state = json.loads((announce_dir / paths.ANNOUNCE_FILE).read_text())
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -304,7 +305,7 @@ def watch_workers(announce_dir: Path, stop: threading.Event) -> None:
             log(f"cannot browse for workers: {e}")
             heard = []
         if heard != last:
-            write_atomic(announce_dir / cluster.WORKERS_FILE, json.dumps(heard, indent=1))
+            write_atomic(announce_dir / paths.WORKERS_FILE, json.dumps(heard, indent=1))
             log(f"workers on the network: {', '.join(str(w['host']) for w in heard) or 'none'}")
             last = heard
         stop.wait(10)
@@ -336,13 +337,21 @@ class Announcer:
                 self.published = False
                 log("the server does not answer: withdrawn until it does")
 
+def tell_announcer(s: Settings, models: list[str], out: TextIO) -> None:
+    """What the announce service (this module) tells the network, in the directory they share: the model ids,
+    whether a key is needed, whether the page is on; never a key. Serving does not depend on it: where the directory
+    cannot be written (a `docker run` without it on a read-only root), the log says so and the server starts."""
+    state = {"models": models, "auth": s.auth, "webui": s.webui}
+    try:
+        write_atomic(s.announce_dir / paths.ANNOUNCE_FILE, json.dumps(state))
+    except OSError as e:
+        print(f"llmpi: the network announcement lists no models: cannot write {s.announce_dir}: {e}", file=out)
+
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     role = argv[0] if argv else "appliance"
     if role == "health":
         return health()
-    from .settings import Settings
-
     try:
         s = Settings.read(env)
     except ConfigError as e:
@@ -419,7 +428,7 @@ def role_services(
 ) -> tuple[Callable[[], list[Service]], Callable[[], bool]]:
     """What to announce and when: a worker always its RPC port; the appliance its API and page while it answers."""
     if role == "worker":
-        versions = cluster.own_versions()
+        versions = own_versions()
         return (lambda: worker_services(hostname, versions)), (lambda: True)
     if not s.host_port.isdigit() or not 0 < int(s.host_port) < 65536:
         raise ValueError(f"LLMPI_HOST_PORT={s.host_port!r} is not a port")

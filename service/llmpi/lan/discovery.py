@@ -1,7 +1,7 @@
 """Finding llmpi appliances (and cluster workers) on the home network: DNS-SD over mDNS with python-zeroconf.
 
 Used on a laptop (`scripts/find`, the `llmpi-find` console script) and in the head's announcer
-(`LLMPI_WORKERS=auto`). The announcing side is llmpi.announce.
+(`LLMPI_WORKERS=auto`). The announcing side is llmpi.lan.announce.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 SERVICE_TYPE = "_llmpi._tcp.local."  # the API: TXT version, api, models, auth
 HTTP_TYPE = "_http._tcp.local."  # the chat page, for any Bonjour browser
-WORKER_TYPE = "_llmpi-worker._tcp.local."  # a cluster worker's RPC port (llmpi.worker)
+WORKER_TYPE = "_llmpi-worker._tcp.local."  # a cluster worker's RPC port (llmpi.cluster.worker)
 BROWSE_SECONDS = 3.0
 
 

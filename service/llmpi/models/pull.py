@@ -26,8 +26,11 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from . import catalog, cluster, fit, gguf, quants
-from .config import runtime_dir, write_atomic
+from ..core import paths
+from ..core.files import write_atomic
+from ..plan import fit, gguf, quants, split
+from ..plan.model_files import LocalModel
+from . import catalog
 
 DEFAULT_PATTERN = "*{quant}*.gguf"
 PLAN_CONTEXT = 4096  # the context the fit table plans one request for (as `llmpi-prepare plan --ctx 4096`)
@@ -113,11 +116,6 @@ class PullPlan:
     @property
     def stem(self) -> str:
         return f"{self.ref.name}.{self.quant}"
-
-
-def is_path(text: str) -> bool:
-    """LLMPI_MODEL names a file (as before) rather than something to pull."""
-    return text.startswith(("/", "./", "../", "~")) or text.lower().endswith(".gguf")
 
 
 def derived_name(repo: str) -> str:
@@ -284,7 +282,7 @@ def choose_auto(rows: list[quants.Row], ceiling: str) -> quants.Row:
 
 
 def plan_pull(
-    ref: Ref, remote: Remote, budget: int, source: str, token: str | None, boards: Sequence[cluster.Board] = ()
+    ref: Ref, remote: Remote, budget: int, source: str, token: str | None, boards: Sequence[split.Board] = ()
 ) -> PullPlan:
     """The file to download: `ref.quant`, or with auto the best quality that fits `budget` (the same table as
     `llmpi-prepare plan`), or with `boards` (a cluster: the head first) the best that can be split across them.
@@ -330,7 +328,8 @@ def plan_pull(
 
 def progress_path() -> Path:
     """The pull's progress, for the status page and `/health` while the launcher pulls (runtime directory)."""
-    return runtime_dir() / "pull.json"
+    paths.make_runtime_dir()
+    return Path(paths.pull_progress())
 
 
 def read_progress() -> dict[str, Any] | None:
@@ -397,9 +396,7 @@ class Progress:
     def report(self, log: bool) -> None:
         snap = self.snapshot()
         if self.write_file:
-            tmp = progress_path().with_name(".pull.json.partial")
-            tmp.write_text(json.dumps(snap))
-            os.replace(tmp, progress_path())
+            write_atomic(progress_path(), json.dumps(snap))
         if log:
             self.say(describe(snap))
 
@@ -539,62 +536,6 @@ def make_manifest(p: PullPlan, final: Path, final_mm: Path | None) -> dict[str, 
 
 
 # --- what is on the board ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LocalModel:
-    name: str
-    path: Path
-    manifest_path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def kind(self) -> str:
-        return manifest_kind(self.manifest)
-
-    @property
-    def quant(self) -> str:
-        return str(self.manifest.get("quant") or "?")
-
-    @property
-    def source(self) -> dict[str, Any]:
-        src = self.manifest.get("source")
-        return src if isinstance(src, dict) else {}
-
-    @property
-    def size(self) -> int:
-        mm = self.manifest.get("mmproj")
-        extra = mm.get("size", 0) if isinstance(mm, dict) else 0
-        return self.path.stat().st_size + int(extra or 0)
-
-
-def manifest_kind(manifest: Mapping[str, Any]) -> str:
-    """chat, vision or embedding, from a manifest (pulled, or llmpi-prepare's): a chat model with a projector sees
-    images."""
-    kind = str(manifest.get("kind") or "chat")
-    mm = manifest.get("mmproj")
-    return "vision" if kind == "chat" and isinstance(mm, dict) and mm.get("file") else kind
-
-
-def local_models(models_dir: Path) -> list[LocalModel]:
-    """Every finished model in `models_dir`: a `<stem>.json` manifest (pulled, or made by llmpi-prepare) whose
-    file is there. Sorted by name."""
-    found = []
-    if not models_dir.is_dir():
-        return []
-    for manifest_path in sorted(models_dir.glob("*.json")):
-        try:
-            data = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict) or not data.get("file"):
-            continue
-        path = models_dir / str(data["file"])
-        if not path.is_file():
-            continue
-        name = str(data.get("name") or manifest_path.stem)
-        found.append(LocalModel(name, path, manifest_path, data))
-    return sorted(found, key=lambda m: m.name)
 
 
 def find_local(ref: Ref, models: list[LocalModel]) -> LocalModel | None:

@@ -14,13 +14,15 @@ start-up and for the model pipeline's choice of quantization before a download.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
+from ..core.units import DEFAULT_RESERVE as DEFAULT_RESERVE
+from ..core.units import MIN_CONTEXT as MIN_CONTEXT
+from ..core.units import GiB as GiB
+from ..core.units import MiB as MiB
+from ..core.units import fmt_bytes as fmt_bytes
+from ..core.units import parse_size as parse_size
 from .gguf import GGUFInfo
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
 
 ROUTER_OVERHEAD = 16 * MiB  # llama-server in router mode, holding no model: 14.5 MiB RSS measured (docs/memory.md)
 RUNTIME_OVERHEAD = 8 * MiB  # llama-server's own heap, threads and the libraries' touched pages (docs/memory.md)
@@ -28,9 +30,7 @@ RUNTIME_OVERHEAD = 8 * MiB  # llama-server's own heap, threads and the libraries
 # anonymous memory than the AVX-512 variants in the same 60 s soak (Gemma 3 270M, 8 slots x 4096, 2 threads:
 # 907 MiB against 703 MiB; docs/memory.md): counted in every plan on an AMX CPU
 AMX_WORK = 256 * MiB
-DEFAULT_RESERVE = 256 * MiB  # left to the OS and everything else in the container/board
 DEFAULT_UBATCH = 512
-MIN_CONTEXT = 512
 DEFAULT_CONTEXT_CAP = 8192
 # serving: each request (slot) has a KV cache of its own (--no-kv-unified), so the cache is slots x per-request
 # context. Auto picks up to 4096 tokens a request; below 2048 it halves the slots first (docs/hardening.md)
@@ -53,22 +53,6 @@ class FitError(Exception):
     """The model cannot run in the memory available; the message names the numbers."""
 
 
-def fmt_bytes(n: float) -> str:
-    if abs(n) >= GiB:
-        return f"{n / GiB:.2f} GiB"
-    return f"{n / MiB:.0f} MiB"
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'8G', '8GiB', '512M', '4096' (bytes) -> bytes. Units are binary (a Pi's '8 GB' is 8 GiB of RAM)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise ValueError(f"not a size: {text!r} (use e.g. 8G, 512M or a number of bytes)")
-    scale = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import cluster, fit
+from . import fit
+from .split import Board, split_layers
 
 # name -> (effective bits per weight, one-line note); best quality first
 QUANTS: dict[str, tuple[float, str]] = {
@@ -78,10 +79,10 @@ def table_from_sizes(
     n_ctx: int,
     n_seq: int = 1,
     extra: int = 0,
-    boards: Sequence[cluster.Board] = (),
+    boards: Sequence[Board] = (),
 ) -> list[Row]:
     """Rows for known file sizes (e.g. ready GGUF files on the hub), in quality order. With `boards` (the head
-    first, then the workers), a row fits when its layers can be split across them (llmpi.cluster.split_layers)."""
+    first, then the workers), a row fits when its layers can be split across them (llmpi.plan.split.split_layers)."""
     rows = []
     for q, (bits, note) in QUANTS.items():
         if q not in sizes:
@@ -92,18 +93,18 @@ def table_from_sizes(
     return rows
 
 
-def split_fits(shape: fit.ModelShape, est: fit.Estimate, boards: Sequence[cluster.Board]) -> bool:
+def split_fits(shape: fit.ModelShape, est: fit.Estimate, boards: Sequence[Board]) -> bool:
     try:
-        cluster.split_layers(shape, est, boards)
+        split_layers(shape, est, boards)
         return True
     except fit.FitError:
         return False
 
 
-def split_table(shape: fit.ModelShape, row: Row, n_ctx: int, boards: Sequence[cluster.Board], extra: int = 0) -> str:
+def split_table(shape: fit.ModelShape, row: Row, n_ctx: int, boards: Sequence[Board], extra: int = 0) -> str:
     """The chosen row's layers per board."""
     est = fit.estimate(sized(shape, row.size), n_ctx, extra=extra)
-    split = cluster.split_layers(sized(shape, row.size), est, boards)
+    split = split_layers(sized(shape, row.size), est, boards)
     return f"{row.quant} across {len(boards)} boards, {shape.n_layer} layers:\n" + split.table()
 
 

@@ -6,14 +6,14 @@ health log and the container log" (the one failure state), never a Docker restar
 * PROCESS_LOG_STDERR: llama-server logs everything to stderr; the last lines of its latest start
   (PROCESS_STATE_STARTING) are kept in memory.
 * PROCESS_STATE_EXITED (unexpected) / BACKOFF: those lines are written to the last-words file, which the launcher
-  names as the reason when llama-server has stopped too often without ever serving (launcher.MAX_START_ATTEMPTS).
+  names as the reason when llama-server has stopped too often without ever serving (llmpi.core.failure.MAX_START_ATTEMPTS).
 * PROCESS_STATE_FATAL: supervisord will not start the program again; the reason is logged (the launcher's refusal
   marker, or the last words), and the health check reports it.
 
 The event protocol: write READY, read a header line and a payload of `len` bytes, answer RESULT 2\\nOK.
 Logging goes to stderr; stdout belongs to the protocol.
 
-This process also hosts the board watch (llmpi.board): while it waits for supervisord's next event it polls the
+This process also hosts the board watch (llmpi.host.board): while it waits for supervisord's next event it polls the
 board once a second. A process of its own for the watch cost 12.6 MiB for the container's whole life; here it adds
 about 2.4 MiB (docs/board.md), which keeps every process beside llama-server within 40 MB (docs/benchmarks.md).
 Nothing else is imported: the process is resident for the container's whole life.
@@ -24,14 +24,10 @@ from __future__ import annotations
 import os
 import select
 import sys
-from typing import TYPE_CHECKING
+from typing import TextIO
 
-if TYPE_CHECKING:
-    from typing import TextIO
-
-    from .board import Watch
-
-from .markers import config_error_path, last_words_path
+from ..core import paths
+from ..host.board import Watch, start_watch
 
 KEEP_LINES = 12
 
@@ -50,7 +46,7 @@ class Listener:
         head, _, body = payload.partition("\n")
         fields = parse_header(head)
         if fields.get("processname", "llama-server") != "llama-server":
-            return  # a cluster head's spiped channels (llmpi.cluster.head_programs) restart on their own
+            return  # a cluster head's spiped channels (llmpi.cluster.channels.head_programs) restart on their own
         if event == "PROCESS_LOG_STDERR":
             self.keep(body)
         elif event == "PROCESS_STATE_STARTING":
@@ -78,14 +74,14 @@ class Listener:
         if not words:
             return
         try:
-            os.makedirs(os.path.dirname(last_words_path()), mode=0o700, exist_ok=True)
-            with open(last_words_path(), "w") as f:
+            os.makedirs(os.path.dirname(paths.last_words()), mode=0o700, exist_ok=True)
+            with open(paths.last_words(), "w") as f:
                 f.write(words + "\n")
         except OSError as e:
             print(f"llmpi: cannot keep llama-server's last words: {e}", file=self.log, flush=True)
 
     def verdict(self, name: str) -> None:
-        marker = config_error_path()
+        marker = paths.config_error()
         reason = ""
         if os.path.exists(marker):
             with open(marker) as f:
@@ -136,6 +132,4 @@ def main(
 
 
 if __name__ == "__main__":
-    from .board import start_watch
-
     sys.exit(main(watch=start_watch(os.environ, sys.stderr)))

@@ -23,17 +23,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from . import cluster, keys, pull
-from .config import ConfigError, config_error_marker, runtime_dir
-from .markers import start_attempts_path, waiting_path
+from ..cluster import wire
+from ..core import failure, keys, paths
+from ..core.env import ConfigError
+from ..core.settings import Settings, Worker
+from ..models import pull
+from .server import restart_server
 
 LOAD_WAIT = 20 * 60  # below the Dockerfile's HEALTHCHECK --timeout
 
@@ -41,7 +43,7 @@ LOAD_WAIT = 20 * 60  # below the Dockerfile's HEALTHCHECK --timeout
 def models_not_loaded(base: str) -> list[str]:
     """Router mode: the models named in the launcher's health.json whose status is not "loaded" (all, on error)."""
     try:
-        health = json.loads((runtime_dir() / "health.json").read_text())
+        health = json.loads(Path(paths.health()).read_text())
     except (OSError, ValueError):
         return []
     wanted = [str(m) for m in health.get("models") or []]
@@ -72,51 +74,34 @@ def pulling_now() -> str:
     return "; " + pull.describe(snap) if snap is not None else ""
 
 
-def cluster_workers(env: Mapping[str, str]) -> tuple[cluster.Worker, ...]:
-    """A cluster head's workers (LLMPI_WORKERS, or those found at start for `auto`); none on a single board, or when
-    the setting is wrong (the launcher refuses with the reason)."""
-    from .settings import workers_text
-
-    try:
-        return cluster.parse_workers(workers_text(env))
-    except ConfigError:
-        return ()
-
-
-def workers_missing(workers: Sequence[cluster.Worker]) -> list[str]:
+def workers_missing(workers: Sequence[Worker]) -> list[str]:
     """The workers whose port does not answer now: the next request would fail, so the head is not healthy even
     while idle (llama.cpp notices a lost worker only when it next sends it work)."""
     out = []
     for w in workers:
-        why = cluster.reachable(w, timeout=2.0)
+        why = wire.reachable(w, timeout=2.0)
         if why is not None:
             out.append(f"{w.name} ({why})")
     return out
 
 
-def reconnect_lost_workers(workers: Sequence[cluster.Worker]) -> list[str]:
+def reconnect_lost_workers(workers: Sequence[Worker]) -> list[str]:
     """The workers whose connection the idle head lost (a worker that restarted or went away): llama-server is
     stopped (SIGTERM: it drains, and supervisord starts the launcher again, which waits for the worker and loads
     the model anew), instead of failing the next request. Returns the workers' names."""
-    lost = [workers[i].name for i in cluster.lost_channels(len(workers))]
+    lost = [workers[i].name for i in wire.lost_channels(len(workers))]
     if lost:
-        from .models_cli import server_pid  # only here: it imports the launcher
-
-        pid = server_pid()
-        if pid is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(start_attempts_path())  # it served: not a failed start
-            os.kill(pid, signal.SIGTERM)
+        restart_server(served=True)  # it served: not a failed start
     return lost
 
 
-def probe(base: str) -> tuple[str, str]:
-    """One look: ("ok" | "starting" | "failed", what was seen)."""
-    marker = config_error_marker()
-    if marker.exists():
-        return "failed", f"llmpi refused to start: {marker.read_text().strip()}"
+def probe(base: str, workers: Sequence[Worker] = ()) -> tuple[str, str]:
+    """One look: ("ok" | "starting" | "failed", what was seen). `workers`: a cluster head's."""
+    refused = failure.refused_reason()
+    if refused is not None:
+        return "failed", f"llmpi refused to start: {refused}"
     with contextlib.suppress(OSError):
-        return "failed", f"llmpi is waiting: {Path(waiting_path()).read_text().strip()}"
+        return "failed", f"llmpi is waiting: {Path(paths.waiting()).read_text().strip()}"
     url = f"{base}/health"
     try:
         with urllib.request.urlopen(url, timeout=4) as resp:
@@ -125,7 +110,6 @@ def probe(base: str) -> tuple[str, str]:
         waiting = models_not_loaded(base)
         if waiting:
             return "starting", "not loaded yet: " + ", ".join(waiting)
-        workers = cluster_workers(os.environ)
         lost = reconnect_lost_workers(workers)
         if lost:
             return "failed", f"lost the connection to worker {', '.join(lost)}: llama-server restarts to reconnect"
@@ -151,14 +135,17 @@ def probe(base: str) -> tuple[str, str]:
 
 
 def main(wait: float = LOAD_WAIT) -> int:
-    port = os.environ.get("LLAMA_ARG_PORT") or os.environ.get("LLMPI_PORT") or "8080"
-    base = f"http://127.0.0.1:{port}"
+    try:
+        s = Settings.read(os.environ)
+    except ConfigError as e:  # the launcher refuses with the same reason
+        print(f"llmpi refused to start: {e}")
+        return 1
+    base = f"http://127.0.0.1:{s.server_port}"
     deadline = time.monotonic() + wait
     while True:
-        state, seen = probe(base)
+        state, seen = probe(base, s.workers)
         if state == "ok":
-            with contextlib.suppress(OSError):
-                os.unlink(start_attempts_path())  # it served: a later crash gets its own attempts
+            failure.clear_start_attempts()  # it served: a later crash gets its own attempts
             print(seen)
             return 0
         if state == "failed" or time.monotonic() >= deadline:

@@ -6,7 +6,7 @@ Importing pkg_resources costs supervisord about 0.2 s at every start and 6.5 MiB
 container's whole life (docs/benchmarks.md). Here a stand-in module answers that one use with importlib; any other
 use of pkg_resources imports the real module.
 
-The container's entrypoint: `python3 -m llmpi.supervisord --configuration ...` (this process *is* supervisord).
+The container's entrypoint: `python3 -m llmpi.process.supervisord --configuration ...` (this process *is* supervisord).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 import types
+
+from ..core import paths
 
 
 class EntryPoint:
@@ -70,7 +72,7 @@ def start_without_waiting() -> None:
 
 
 def with_channels(argv: list[str]) -> list[str]:
-    """The command line with the configuration that llmpi.cluster prepared: spiped's key and, on a head with workers,
+    """The command line with the configuration that llmpi.cluster.channels prepared: spiped's key and, on a head with workers,
     its channels (in a process of its own: supervisord, living as long as the container, never imports the
     settings)."""
     if "--configuration" not in argv[:-1]:
@@ -79,16 +81,14 @@ def with_channels(argv: list[str]) -> list[str]:
     if not os.environ.get("LLMPI_WORKERS", "").strip() and not argv[at].endswith("supervisord.worker.conf"):
         return argv  # one board: nothing to prepare (no Python process more at every start)
     done = subprocess.run(
-        [sys.executable, "-m", "llmpi.cluster", argv[at]], stdout=subprocess.PIPE, text=True, check=False
+        [sys.executable, "-m", "llmpi.cluster.channels", argv[at]], stdout=subprocess.PIPE, text=True, check=False
     )
     configuration = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
     return [*argv[:at], configuration or argv[at], *argv[at + 1 :]]
 
 
 def main() -> None:
-    from .markers import clear_state
-
-    clear_state()  # a new container start: no refusal or failed attempts from a start before
+    paths.clear_state()  # a new container start: no refusal or failed attempts from a start before
     sys.argv = with_channels(sys.argv)
     sys.modules.setdefault("pkg_resources", _PkgResources("pkg_resources"))
     from supervisor import supervisord

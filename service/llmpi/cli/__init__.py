@@ -1,0 +1,1 @@
+"""`llmpi` inside the container: keys, models, cluster, board, status. The top layer."""
