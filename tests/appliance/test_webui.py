@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -250,12 +249,18 @@ def test_pull_progress_until_healthy(browser: webdriver.Chrome) -> None:
 
 
 class Router:
-    """A stand-in for llama-server's router: four models, two of them load when asked (one fails)."""
+    """A stand-in for llama-server's router: four models, two of them load when asked (one fails). A load lasts until
+    the test ends it (`loaded`), once it has seen what the page shows meanwhile."""
 
     def __init__(self) -> None:
         self.status = {"small-chat": "loaded", "qwen3-vl": "unloaded", "minilm": "loaded", "broken": "unloaded"}
         self.tags = {"small-chat": "chat", "qwen3-vl": "vision", "minilm": "embedding", "broken": "chat"}
         self.chats: list[dict[str, Any]] = []
+        self.loads = {name: threading.Event() for name in self.status}
+
+    def loaded(self, name: str) -> None:
+        """Ends the load of `name` (the requests waiting for it are answered)."""
+        self.loads[name].set()
 
     def entry(self, name: str) -> dict[str, Any]:
         status: dict[str, Any] = {"value": self.status[name], "args": ["llama-server"]}
@@ -270,7 +275,7 @@ class Router:
     def load(self, name: str) -> bool:
         if self.status[name] != "loaded":
             self.status[name] = "loading"
-            time.sleep(5)
+            self.loads[name].wait(60)  # bounded: a test that failed before ending the load frees its requests
             self.status[name] = "failed" if name == "broken" else "loaded"
         return self.status[name] == "loaded"
 
@@ -328,6 +333,7 @@ def test_router_loads_a_model_on_demand(browser: webdriver.Chrome, tmp_path: Pat
         wait.until(ec.text_to_be_present_in_element((By.ID, "model-status"), "loading qwen3-vl\u2026"))
         wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "qwen3-vl \u2014 sees images \u00b7 loading"))
         shot(browser, "router-loading")
+        router.loaded("qwen3-vl")
         wait.until(ec.text_to_be_present_in_element((By.ID, "stats"), "tokens/s"))
         wait.until(lambda b: b.find_element(By.ID, "model-status").text == "")
         assert "Hello from qwen3-vl" in browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text
@@ -338,6 +344,7 @@ def test_router_loads_a_model_on_demand(browser: webdriver.Chrome, tmp_path: Pat
         # picking a model that fails to load: the error is shown
         Select(browser.find_element(By.ID, "model")).select_by_value("broken")
         wait.until(ec.text_to_be_present_in_element((By.ID, "model-status"), "loading broken\u2026"))
+        router.loaded("broken")
         wait.until(ec.text_to_be_present_in_element((By.ID, "model-status"), "could not load broken"))
         assert "model failed to load" in browser.find_element(By.ID, "model-status").text
         assert not browser.find_element(By.ID, "attach-input").is_enabled()
