@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import ROOT, sse
+
 NOTES = ROOT / "scripts" / "clients" / "docs"
 # scripts/clients/rag.py's system prompt, the notes in place of what its retrieval picked
 RAG_SYSTEM = (
@@ -85,11 +86,7 @@ def chat(
     parts: list[str] = []
     timings: dict[str, Any] = {}
     with urllib.request.urlopen(req, timeout=600) as r:
-        for raw in r:
-            line = raw.decode().strip()
-            if not line.startswith("data:") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[5:])
+        for chunk in sse.events(r):
             timings = chunk.get("timings") or timings
             for choice in chunk.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content")

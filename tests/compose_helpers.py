@@ -1,75 +1,47 @@
-"""Driving the appliance through `docker compose`, the way a user does, plus the docker SDK to look inside."""
+"""Driving the appliance through `docker compose`, the way a user does (benchlib.compose, which the benchmark
+scripts use too), plus the docker SDK to look inside and the logs kept in artifacts/."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import docker
 import pytest
-import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_FILE = ROOT / "compose.yaml"
+from benchlib import ROOT as ROOT
+from benchlib import compose
+from benchlib.compose import COMPOSE_FILE as COMPOSE_FILE
+from benchlib.wait import wait_for as wait_for
+
 ARTIFACTS = ROOT / "artifacts"
 PREPARE_IMAGE = os.environ.get("LLMPI_PREPARE_IMAGE", "llmpi-prepare:latest")
 PIPELINE_OVERRIDE = ROOT / "tests" / "pipeline" / "compose.pipeline.yaml"
 KEY_RE = re.compile(r"sk-llmpi-[A-Za-z0-9_\-]+")
 # every test project binds to loopback on a random free port and announces nothing on this machine's network (the
 # `lan` tests announce on networks of their own)
-TEST_ENV = {"LLMPI_BIND_ADDRESS": "127.0.0.1", "LLMPI_HOST_PORT": "", "LLMPI_ANNOUNCE": "off"}
+TEST_ENV = {**compose.LOOPBACK, "LLMPI_ANNOUNCE": "off"}
 
 
 def compose_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPI_") or k == "LLMPI_IMAGE"}
-    env.update(TEST_ENV)
-    env.update(overrides or {})
-    return env
-
-
-def wait_for(check: Callable[[], bool], timeout: float, pause: float = 0.25, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (requests.RequestException, OSError):
-            pass
-        time.sleep(pause)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return compose.clean_env({**TEST_ENV, **(overrides or {})})
 
 
 @dataclass
-class Project:
-    """One compose project (its own container, volume and port) of the llmpi compose file."""
+class Project(compose.Project):
+    """One compose project (its own container, volume and port) of the llmpi compose file, with TEST_ENV; its log is
+    kept in artifacts/<name>.log when it is removed or does not get healthy."""
 
-    name: str
-    env: dict[str, str] = field(default_factory=dict)
-    files: list[Path] = field(default_factory=lambda: [COMPOSE_FILE])
-
-    def compose(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        cmd = ["docker", "compose", "-p", self.name]
-        for f in self.files:
-            cmd += ["-f", str(f)]
-        return subprocess.run(
-            [*cmd, *args], env=compose_env(self.env), check=check, capture_output=True, text=True, timeout=timeout
-        )
-
-    def up(self) -> None:
-        self.compose("up", "-d", "--no-build")
+    def environment(self) -> dict[str, str]:
+        return compose_env(self.env)
 
     def down(self) -> None:
         self.save_logs()
-        self.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
-
-    def logs(self) -> str:
-        return self.compose("logs", "--no-color", "--no-log-prefix", "llmpi", check=False).stdout
+        super().down()
 
     def save_logs(self) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -83,21 +55,9 @@ class Project:
         assert found, f"no llmpi container in project {self.name}"
         return found[0]
 
-    @property
-    def port(self) -> int:
-        out = self.compose("port", "llmpi", "8080").stdout.strip()
-        return int(out.rsplit(":", 1)[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def health(self) -> int:
-        return requests.get(f"{self.url}/health", timeout=5).status_code
-
-    def wait_healthy(self, timeout: float = 180) -> None:
+    def wait_healthy(self, timeout: float = 180, pause: float = 0.25) -> float:
         try:
-            wait_for(lambda: self.health() == 200, timeout, what=f"{self.name} /health == 200")
+            return super().wait_healthy(timeout, pause)
         except TimeoutError:
             self.save_logs()
             raise
@@ -131,8 +91,8 @@ class Project:
 
 
 def build_profile_service(config: pytest.Config, service: str, profile: str, why: str) -> None:
-    """Build one of compose.yaml's profile services (`prepare`, `peer`) once, its log in artifacts/build-<service>.log;
-    skipped with LLMPI_TEST_SKIP_BUILD=1."""
+    """Build one of compose.yaml's profile services once (the tests build `prepare`; none builds the benchmark's
+    `peer`), its log in artifacts/build-<service>.log; skipped with LLMPI_TEST_SKIP_BUILD=1."""
     if os.environ.get("LLMPI_TEST_SKIP_BUILD"):
         return
     say(config, f"\nbuilding the {service} image ({why})")

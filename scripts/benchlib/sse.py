@@ -27,40 +27,56 @@ def lines(chunks: Iterable[bytes]) -> Iterator[str]:
         yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
-def payloads(chunks: Iterable[bytes]) -> Iterator[str]:
-    """The `data:` payloads, in order, up to and without `[DONE]`; an `error:` line (llama-server's way of ending a
-    stream with an error) becomes a JSON {"error": ...} payload."""
+def _data(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Every `data:` payload, `[DONE]` included; an `error:` line (llama-server's way of ending a stream with an
+    error) becomes a JSON {"error": ...} payload."""
     for line in lines(chunks):
         if line.startswith("data:"):
-            data = line[5:].strip()
-            if data == DONE:
-                return
-            yield data
+            yield line[5:].strip()
         elif line.startswith("error:"):
             yield json.dumps({"error": line[6:].strip()})
 
 
+def payloads(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The `data:` payloads, in order, up to and without `[DONE]` (see `_data` for `error:` lines)."""
+    for data in _data(chunks):
+        if data == DONE:
+            return
+        yield data
+
+
+def _object(data: str) -> dict[str, Any]:
+    event = json.loads(data)
+    if not isinstance(event, dict):
+        raise ValueError(f"a server-sent event that is not a JSON object: {data[:200]!r}")
+    return event
+
+
+class Stream:
+    """The events of one stream as JSON objects, read as they arrive (a loop over it can time each one); after the
+    loop, `done` says whether `data: [DONE]` ended the stream (any other end is a cut stream)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self.done = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for data in _data(self._chunks):
+            if data == DONE:
+                self.done = True
+                return
+            yield _object(data)
+
+
 def events(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    """The `data:` payloads as JSON objects (see `payloads`)."""
-    for data in payloads(chunks):
-        event = json.loads(data)
-        if not isinstance(event, dict):
-            raise ValueError(f"a server-sent event that is not a JSON object: {data[:200]!r}")
-        yield event
+    """The `data:` payloads as JSON objects, up to `[DONE]`; ValueError for a payload that is not an object."""
+    return iter(Stream(chunks))
 
 
 def saw_done(chunks: Iterable[bytes]) -> tuple[list[dict[str, Any]], bool]:
     """Every event and whether the stream ended with `data: [DONE]`."""
-    found: list[dict[str, Any]] = []
-    done = False
-    for line in lines(chunks):
-        if line.startswith("data:"):
-            data = line[5:].strip()
-            if data == DONE:
-                done = True
-                break
-            found.append(json.loads(data))
-    return found, done
+    stream = Stream(chunks)
+    return list(stream), stream.done
 
 
 def content(events_: Iterable[dict[str, Any]]) -> str:

@@ -1,5 +1,7 @@
 """scripts/bench at its smallest setting (issue 7): it runs all of its parts and writes a well-formed record.
-The speed targets themselves are benchmark results (docs/benchmarks.md), not asserted here."""
+The speed targets themselves are benchmark results (docs/benchmarks.md), not asserted here. It runs with --no-peer:
+llama-cpp-python's server (the `peer` image, 5 to 20 minutes to build from its sdist) is the benchmark's own
+comparison, not something the appliance's tests need; a user's `scripts/bench` still compares against it."""
 
 from __future__ import annotations
 
@@ -11,17 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.compose_helpers import ARTIFACTS, ROOT, build_profile_service, compose_env
+from tests.compose_helpers import ARTIFACTS, ROOT, compose_env
 
 pytestmark = pytest.mark.bench
-
-
-@pytest.fixture(scope="module")
-def peer_image(pytestconfig: pytest.Config, appliance_image: str) -> str:
-    build_profile_service(
-        pytestconfig, "peer", "bench", "llama-cpp-python from the pinned sdist; minutes the first time"
-    )
-    return "llmpi-peer:latest"
 
 
 def _positive_numbers(value: Any, path: str = "") -> list[str]:
@@ -42,7 +36,7 @@ def _positive_numbers(value: Any, path: str = "") -> list[str]:
     return bad
 
 
-def test_bench_smoke(peer_image: str, tmp_path: Path) -> None:
+def test_bench_smoke(appliance_image: str, tmp_path: Path) -> None:
     results = tmp_path / "bench.jsonl"
     r = subprocess.run(
         # this interpreter: the test extras' matplotlib draws the chart
@@ -50,6 +44,7 @@ def test_bench_smoke(peer_image: str, tmp_path: Path) -> None:
             sys.executable,
             str(ROOT / "scripts" / "bench"),
             "--quick",
+            "--no-peer",
             "--results",
             str(results),
             "--png",
@@ -66,13 +61,11 @@ def test_bench_smoke(peer_image: str, tmp_path: Path) -> None:
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(records) == 1
     rec = records[0]
-    assert set(rec["servers"]) == {"appliance", "llama-server by hand", "llama-cpp-python"}
+    assert set(rec["servers"]) == {"appliance", "llama-server by hand"}
     for label, server in rec["servers"].items():
         assert set(server["single"]) == {"ttft_ms", "gen_tps", "complete"}
         assert set(server["concurrent"]) == {"2"}
-        assert isinstance(server["concurrent"]["2"]["complete"], bool)
-        if label != "llama-cpp-python":  # the peer may cut streams short (a finding, recorded, not an error)
-            assert server["single"]["complete"] and server["concurrent"]["2"]["complete"], (label, server)
+        assert server["single"]["complete"] and server["concurrent"]["2"]["complete"], (label, server)
     assert {"pp32_tps", "tg16_tps"} == set(rec["llama_bench"])
     assert rec["commit"] and rec["machine"]["cpus"] and rec["date"]
     assert set(rec["image_mib"]) == {"runtime (no model)", "appliance"}
@@ -90,7 +83,7 @@ def test_bench_smoke(peer_image: str, tmp_path: Path) -> None:
     assert speed["growth"]["png"] and Path(speed["growth"]["png"]).stat().st_size > 1000
     assert rec["ratios"]["multi_turn_ttft_vs_hand"] > 0 and rec["ratios"]["rag_ngram_vs_hand"] > 0
     assert rec["ratios"]["multi_turn_ttft_vs_no_reuse"] > 0 and rec["ratios"]["x2_vs_hand"] > 0
-    assert rec["ratios"]["single_vs_hand"] > 0 and rec["ratios"]["x2_vs_peer"] > 0
+    assert rec["ratios"]["single_vs_hand"] > 0 and not any(k.endswith("_vs_peer") for k in rec["ratios"])
     assert "llama-server by hand" in r.stdout and "ratios:" in r.stdout  # the printed table
 
 
