@@ -9,8 +9,8 @@
     llmpi-prepare presets          the catalog (service/catalog.toml): name, kind, ready GGUF repo, boards, why
 
 NAME is a catalog entry. Entries without a transformers repo have ready GGUF files only: `plan` shows their fit
-table, `download` and `run` fetch them as the appliance pulls them (llmpi.models.pull: the quant that fits, sha256-checked,
-with a manifest), e.g. for the bake stage.
+table, `download` and `run` fetch them as the appliance pulls them (llmpi.models.pull: the quant that
+fits, sha256-checked, with a manifest), e.g. for the bake stage.
 
 Tokens: HF_TOKEN or HF_TOKEN_FILE. Hub: HF_ENDPOINT (default the public hub).
 """

@@ -15,8 +15,8 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
 from llmpi.models import catalog
-from llmpi.plan import fit, quants
 from llmpi.models.pull import sha256_file, write_json_atomic
+from llmpi.plan import fit, quants
 
 from . import convert, hub, plan
 from .hfshape import architecture, shape_from_config

@@ -25,7 +25,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from llmpi.gguf import read_gguf
+from llmpi.plan.gguf import read_gguf
 from tests.browser import shot
 from tests.compose_helpers import (
     ARTIFACTS,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llmpi import fit
+from llmpi.core import units
+from llmpi.plan import fit
 from llmpi_prepare import cli, hub, plan
 from tests.hubstub import Hub, Repo, safetensors_file
 from tests.reference import MISTRAL_7B_CONFIG
@@ -102,7 +103,7 @@ def test_fit_is_decided_from_metadata_before_any_weight_is_downloaded(stub: Hub)
     p = plan.make_plan(model, plan.TARGETS["pi5-8gb"], "pi5-8gb", n_ctx=4096)
     assert p.chosen.quant == "Q6_K"
     with pytest.raises(fit.FitError) as e:
-        plan.make_plan(model, 3 * fit.GiB, "--ram 3G", n_ctx=4096)
+        plan.make_plan(model, 3 * units.GiB, "--ram 3G", n_ctx=4096)
     message = str(e.value)
     assert "does not fit in 3.00 GiB (--ram 3G): no quantization of this model fits: even Q2_K needs" in message
     assert "Q4_K_M" in message and "4.37GB" in message  # the table comes with the refusal
@@ -190,16 +191,16 @@ def test_not_enough_disk_is_refused_before_downloading(stub: Hub, tmp_path: Path
 def test_plan_with_workers_splits_what_one_board_cannot_hold(stub: Hub) -> None:
     """`llmpi-prepare plan <repo> --ram 3G --workers 4G,4G`: the same fit the head's launcher applies across boards."""
     model = hub.inspect("mistralai/Mistral-7B-v0.1")
-    p = plan.make_plan(model, 3 * fit.GiB, "--ram 3G", n_ctx=4096, workers=plan.worker_boards("4G,4G"))
+    p = plan.make_plan(model, 3 * units.GiB, "--ram 3G", n_ctx=4096, workers=plan.worker_boards("4G,4G"))
     assert p.chosen.quant == "Q8_0"  # 7.7 GB across 2.75 + 3.75 + 3.75 GiB; alone, 3 GiB fits nothing
     report = p.report()
     assert "fits across 3 boards?" in report and "Q8_0 across 3 boards, 32 layers:" in report
     assert "this board (head):" in report and "worker 1:" in report and "worker 2:" in report
     with pytest.raises(fit.FitError, match=r"does not fit in 3\.00 GiB \(--ram 3G\) and 1 workers"):
-        plan.make_plan(model, 3 * fit.GiB, "--ram 3G", n_ctx=4096, workers=plan.worker_boards("512M"))
+        plan.make_plan(model, 3 * units.GiB, "--ram 3G", n_ctx=4096, workers=plan.worker_boards("512M"))
     with pytest.raises(ValueError, match="not a size"):
         plan.worker_boards("eight gigs")
     assert [b.budget for b in plan.worker_boards("pi5-8gb,2G")] == [
-        plan.TARGETS["pi5-8gb"] - fit.DEFAULT_RESERVE,
-        2 * fit.GiB - fit.DEFAULT_RESERVE,
+        plan.TARGETS["pi5-8gb"] - units.DEFAULT_RESERVE,
+        2 * units.GiB - units.DEFAULT_RESERVE,
     ]

@@ -3,15 +3,21 @@ announcer's publish/withdraw decisions, the finder's choice, and LLMPI_WORKERS=a
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from llmpi import announce, cluster, discovery
-from llmpi.config import ConfigError
-from llmpi.settings import Settings
+from llmpi.cluster import channels
+from llmpi.core import paths
+from llmpi.core.env import ConfigError
+from llmpi.core.settings import Settings
+from llmpi.host import hardware
+from llmpi.lan import announce, discovery
+from llmpi.plan import serving
+from llmpi.process import launcher
 
 pytestmark = [pytest.mark.unit]
 
@@ -119,41 +125,32 @@ def test_workers_auto_takes_the_workers_heard_at_start(monkeypatch: pytest.Monke
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
     env = {"LLMPI_WORKERS": "auto", "LLMPI_ANNOUNCE_DIR": str(tmp_path)}
     assert Settings.read(env).workers == () and Settings.read(env).workers_auto  # before the start's resolution
-    (tmp_path / cluster.WORKERS_FILE).write_text(
+    (tmp_path / paths.WORKERS_FILE).write_text(
         json.dumps([{"host": "192.168.1.31", "port": 50052}, {"host": "192.168.1.32", "port": 50052}])
     )
-    assert cluster.resolve_auto_workers(tmp_path, wait=1, settle=0) == ["192.168.1.31:50052", "192.168.1.32:50052"]
+    assert channels.resolve_auto_workers(tmp_path, wait=1, settle=0) == ["192.168.1.31:50052", "192.168.1.32:50052"]
     assert [w.host for w in Settings.read(env).workers] == ["192.168.1.31", "192.168.1.32"]
-    from llmpi import healthcheck
-
-    assert [w.host for w in healthcheck.cluster_workers(env)] == ["192.168.1.31", "192.168.1.32"]
 
 
 def test_workers_auto_with_none_heard_is_a_refusal_naming_what_to_do(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from llmpi import hardware, launcher
-
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
-    assert cluster.resolve_auto_workers(tmp_path, wait=0.1, settle=0) == []
+    assert channels.resolve_auto_workers(tmp_path, wait=0.1, settle=0) == []
     with pytest.raises(ConfigError, match=r"no worker announced itself.*docker compose restart llmpi"):
         launcher.prepare({"LLMPI_WORKERS": "auto", "LLMPI_ANNOUNCE_DIR": str(tmp_path)}, hardware.detect())
 
 
 def test_the_announcer_is_told_the_models_and_a_failure_to_tell_it_does_not_stop_the_server(tmp_path: Path) -> None:
-    import io
-
-    from llmpi import launcher
-
     s = Settings.read({"LLMPI_ANNOUNCE_DIR": str(tmp_path), "LLMPI_WEBUI": "off"})
-    plan = launcher.Plan(argv=["llama-server"], announced=["qwen3-4b", "minilm"])
+    plan = serving.Plan(argv=["llama-server"], announced=["qwen3-4b", "minilm"])
     out = io.StringIO()
-    launcher.tell_announcer(s, plan, out)
+    announce.tell_announcer(s, plan.announced, out)
     state = announce.read_state(tmp_path)
     assert state == {"models": ["qwen3-4b", "minilm"], "auth": True, "webui": False} and out.getvalue() == ""
     blocked = Settings.read({"LLMPI_ANNOUNCE_DIR": str(tmp_path / "file" / "dir")})
     (tmp_path / "file").write_text("not a directory")
-    launcher.tell_announcer(blocked, plan, out)
+    announce.tell_announcer(blocked, plan.announced, out)
     assert out.getvalue().startswith("llmpi: the network announcement lists no models: cannot write ")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmpi import catalog
+from llmpi.models import catalog
 from llmpi_prepare import cli, pipeline
 from tests.ggufmaker import llama_like
 from tests.hubstub import Hub, Repo

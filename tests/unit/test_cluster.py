@@ -23,19 +23,24 @@ from pathlib import Path
 import pytest
 
 import llmpi
-from llmpi import cluster, fit, hardware, healthcheck, launcher, markers, worker
-from llmpi.config import ConfigError, runtime_dir
-from llmpi.settings import Settings
+from llmpi.cluster import channels, waiting, wire, worker
+from llmpi.core import paths, settings, units
+from llmpi.core.env import ConfigError
+from llmpi.core.settings import Settings
+from llmpi.host import hardware, llama_build
+from llmpi.plan import fit, serving
+from llmpi.plan import split as layers
+from llmpi.process import healthcheck
 from tests.ggufmaker import llama_like
 
 pytestmark = pytest.mark.unit
 
-HW = hardware.Hardware(cpus=8, physical_cores=4, memory=hardware.Memory(8 * fit.GiB, "test RAM"))
+HW = hardware.Hardware(cpus=8, physical_cores=4, memory=hardware.Memory(8 * units.GiB, "test RAM"))
 SECRET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEF"  # 42 characters, one word
 # a Mistral-7B-like model at Q4: 32 layers, 4096 wide, 8 KV heads of 128, 32k trained context
 SHAPE_7B = fit.ModelShape(
     architecture="llama",
-    weights_bytes=int(4.1 * fit.GiB),
+    weights_bytes=int(4.1 * units.GiB),
     n_layer=32,
     n_embd=4096,
     n_vocab=32000,
@@ -51,31 +56,26 @@ def hello_reply(major: int, minor: int, patch: int) -> bytes:
     return struct.pack("<Q", 28) + bytes([major, minor, patch, 0]) + bytes(24)
 
 
-@pytest.fixture(autouse=True)
-def _runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
-
-
 # --- LLMPI_WORKERS ----------------------------------------------------------------------------------------------
 
 
 def test_workers_default_port_explicit_ports_and_blanks() -> None:
-    assert cluster.parse_workers("") == ()
-    assert cluster.parse_workers(" , ,") == ()
-    assert cluster.parse_workers("pi-b, 192.168.1.20:6000 ,,pi-c:50060") == (
-        cluster.Worker("pi-b", 50052),
-        cluster.Worker("192.168.1.20", 6000),
-        cluster.Worker("pi-c", 50060),
+    assert settings.parse_workers("") == ()
+    assert settings.parse_workers(" , ,") == ()
+    assert settings.parse_workers("pi-b, 192.168.1.20:6000 ,,pi-c:50060") == (
+        settings.Worker("pi-b", 50052),
+        settings.Worker("192.168.1.20", 6000),
+        settings.Worker("pi-c", 50060),
     )
-    assert cluster.parse_workers("pi-b")[0].name == "pi-b:50052"
-    assert cluster.parse_workers("[fd00::1]") == (cluster.Worker("fd00::1", 50052),)
-    assert cluster.parse_workers("fd00::1") == (cluster.Worker("fd00::1", 50052),)  # unbracketed: the default port
+    assert settings.parse_workers("pi-b")[0].name == "pi-b:50052"
+    assert settings.parse_workers("[fd00::1]") == (settings.Worker("fd00::1", 50052),)
+    assert settings.parse_workers("fd00::1") == (settings.Worker("fd00::1", 50052),)  # unbracketed: the default port
     # the same host on two ports is two workers (two containers on one board)
-    assert len(cluster.parse_workers("pi-b:50052,pi-b:50062")) == 2
+    assert len(settings.parse_workers("pi-b:50052,pi-b:50062")) == 2
 
 
 def test_workers_ipv6_in_brackets_with_a_port() -> None:
-    assert cluster.parse_workers("[fd00::1]:6000") == (cluster.Worker("fd00::1", 6000),)
+    assert settings.parse_workers("[fd00::1]:6000") == (settings.Worker("fd00::1", 6000),)
 
 
 @pytest.mark.parametrize(
@@ -92,14 +92,14 @@ def test_workers_ipv6_in_brackets_with_a_port() -> None:
 )
 def test_bad_workers_are_refused(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        cluster.parse_workers(text)
+        settings.parse_workers(text)
 
 
 def test_settings_read_workers() -> None:
     assert Settings.read({}).workers == ()
     assert Settings.read({"LLMPI_WORKERS": "a, b:6000"}).workers == (
-        cluster.Worker("a", 50052),
-        cluster.Worker("b", 6000),
+        settings.Worker("a", 50052),
+        settings.Worker("b", 6000),
     )
     with pytest.raises(ConfigError, match="LLMPI_WORKERS names a:50052 twice"):
         Settings.read({"LLMPI_WORKERS": "a,a"})
@@ -109,16 +109,16 @@ def test_settings_read_workers() -> None:
 
 
 def test_check_secret() -> None:
-    assert cluster.check_secret(f"  {SECRET}\n", "LLMPI_CLUSTER_SECRET") == SECRET
+    assert settings.check_secret(f"  {SECRET}\n", "LLMPI_CLUSTER_SECRET") == SECRET
     with pytest.raises(ConfigError, match=r"LLMPI_CLUSTER_SECRET is 5 characters long; .* at least 32"):
-        cluster.check_secret("short", "LLMPI_CLUSTER_SECRET")
+        settings.check_secret("short", "LLMPI_CLUSTER_SECRET")
     with pytest.raises(ConfigError, match="is 31 characters long"):
-        cluster.check_secret(" " + SECRET[:31] + " ", "LLMPI_CLUSTER_SECRET")  # the blanks around do not count
-    assert cluster.check_secret(SECRET[:32], "x") == SECRET[:32]
+        settings.check_secret(" " + SECRET[:31] + " ", "LLMPI_CLUSTER_SECRET")  # the blanks around do not count
+    assert settings.check_secret(SECRET[:32], "x") == SECRET[:32]
     with pytest.raises(ConfigError, match="LLMPI_CLUSTER_SECRET contains blanks"):
-        cluster.check_secret(SECRET[:20] + " " + SECRET[20:], "LLMPI_CLUSTER_SECRET")
+        settings.check_secret(SECRET[:20] + " " + SECRET[20:], "LLMPI_CLUSTER_SECRET")
     with pytest.raises(ConfigError, match="contains blanks"):
-        cluster.check_secret(SECRET[:20] + "\t" + SECRET[20:], "LLMPI_CLUSTER_SECRET")
+        settings.check_secret(SECRET[:20] + "\t" + SECRET[20:], "LLMPI_CLUSTER_SECRET")
 
 
 def test_settings_read_the_secret_or_its_file(tmp_path: Path) -> None:
@@ -137,24 +137,24 @@ def test_settings_read_the_secret_or_its_file(tmp_path: Path) -> None:
 
 
 def test_the_generated_secret_is_made_once_0600(tmp_path: Path) -> None:
-    path = tmp_path / cluster.KEY_FILE_NAME
-    secret, new = cluster.load_or_create_secret(path)
-    assert new and len(secret) >= cluster.MIN_SECRET and cluster.check_secret(secret, "x") == secret
+    path = tmp_path / channels.KEY_FILE_NAME
+    secret, new = channels.load_or_create_secret(path)
+    assert new and len(secret) >= settings.MIN_SECRET and settings.check_secret(secret, "x") == secret
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text().strip() == secret
-    assert cluster.load_or_create_secret(path) == (secret, False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [cluster.KEY_FILE_NAME]  # no partial file left
-    assert cluster.load_or_create_secret(tmp_path / "other.key")[0] != secret  # random, not fixed
+    assert channels.load_or_create_secret(path) == (secret, False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [channels.KEY_FILE_NAME]  # no partial file left
+    assert channels.load_or_create_secret(tmp_path / "other.key")[0] != secret  # random, not fixed
     path.write_text("hand-edited\n")
     with pytest.raises(ConfigError, match=f"{re.escape(str(path))} is 11 characters long"):
-        cluster.load_or_create_secret(path)
+        channels.load_or_create_secret(path)
 
 
 def test_spipeds_key_file_is_the_secret_alone(tmp_path: Path) -> None:
     key = tmp_path / "cluster.key"
     key.write_text("an older key\n")
     key.chmod(0o644)
-    cluster.write_key_file(key, SECRET)
+    channels.write_key_file(key, SECRET)
     assert key.read_bytes() == SECRET.encode()  # no newline: spiped hashes the whole file
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.key"]
@@ -164,10 +164,10 @@ def test_spipeds_key_file_is_the_secret_alone(tmp_path: Path) -> None:
 
 
 def test_head_programs_one_channel_per_worker_port() -> None:
-    workers = (cluster.Worker("192.168.1.20", 50052), cluster.Worker("pi-c", 6000))
+    workers = (settings.Worker("192.168.1.20", 50052), settings.Worker("pi-c", 6000))
     key = Path("/tmp/llmpi/cluster.key")
     ini = configparser.ConfigParser(interpolation=None)
-    ini.read_string(cluster.head_programs(workers, key))
+    ini.read_string(channels.head_programs(workers, key))
     assert ini.sections() == [
         "program:channel-rpc-0",
         "program:channel-info-0",
@@ -183,46 +183,46 @@ def test_head_programs_one_channel_per_worker_port() -> None:
     }
     for name in ini.sections():
         assert ini[name]["autostart"] == "true" and ini[name]["autorestart"] == "true"
-    assert (cluster.rpc_tunnel(1), cluster.info_tunnel(1)) == (51002, 51003)
-    ipv6 = cluster.head_programs((cluster.Worker("fd00::1", 50052),), key)
+    assert (layers.rpc_tunnel(1), layers.info_tunnel(1)) == (51002, 51003)
+    ipv6 = channels.head_programs((settings.Worker("fd00::1", 50052),), key)
     assert "-t [fd00::1]:50052 " in ipv6 and "-t [fd00::1]:50053 " in ipv6
-    assert cluster.head_programs((), key) == ""
+    assert channels.head_programs((), key) == ""
 
 
 # --- the layer split ----------------------------------------------------------------------------------------------
 
 
-def needs(split: cluster.Split) -> list[int]:
+def needs(split: layers.Split) -> list[int]:
     """What each board's share takes, as board_table counts it."""
     return [
-        n * split.per_layer + (split.head_fixed if i == 0 else cluster.WORKER_OVERHEAD)
+        n * split.per_layer + (split.head_fixed if i == 0 else layers.WORKER_OVERHEAD)
         for i, n in enumerate(split.layers)
     ]
 
 
-def pooled_estimate(boards: list[cluster.Board]) -> fit.Estimate:
-    pooled = boards[0].budget + sum(b.budget - cluster.WORKER_OVERHEAD for b in boards[1:])
+def pooled_estimate(boards: list[layers.Board]) -> fit.Estimate:
+    pooled = boards[0].budget + sum(b.budget - layers.WORKER_OVERHEAD for b in boards[1:])
     return fit.choose_slots(SHAPE_7B, pooled, None, None)
 
 
 BOARDS_3_4_4 = [
-    cluster.Board("head", 3 * fit.GiB, "3 GiB"),
-    cluster.Board("w1", 4 * fit.GiB, "4 GiB"),
-    cluster.Board("w2", 4 * fit.GiB, "4 GiB"),
+    layers.Board("head", 3 * units.GiB, "3 GiB"),
+    layers.Board("w1", 4 * units.GiB, "4 GiB"),
+    layers.Board("w2", 4 * units.GiB, "4 GiB"),
 ]
 
 
 def test_split_layers_fits_every_board() -> None:
     est = pooled_estimate(BOARDS_3_4_4)
-    split = cluster.split_layers(SHAPE_7B, est, BOARDS_3_4_4)
-    assert (split.per_layer, split.head_fixed) == cluster.layer_bytes(SHAPE_7B, est)
+    split = layers.split_layers(SHAPE_7B, est, BOARDS_3_4_4)
+    assert (split.per_layer, split.head_fixed) == layers.layer_bytes(SHAPE_7B, est)
     assert split.head_fixed + split.per_layer * SHAPE_7B.n_layer == est.total
     assert len(split.layers) == 3 and sum(split.layers) == SHAPE_7B.n_layer
     assert split.worker_layers == split.layers[1] + split.layers[2]
     for need, board in zip(needs(split), BOARDS_3_4_4, strict=True):
         assert need <= board.budget, split.table()
     # shares roughly in proportion to each board's room for layers
-    room = [BOARDS_3_4_4[0].budget - split.head_fixed] + [b.budget - cluster.WORKER_OVERHEAD for b in BOARDS_3_4_4[1:]]
+    room = [BOARDS_3_4_4[0].budget - split.head_fixed] + [b.budget - layers.WORKER_OVERHEAD for b in BOARDS_3_4_4[1:]]
     for n, r in zip(split.layers, room, strict=True):
         assert abs(n - SHAPE_7B.n_layer * r / sum(room)) < 2, split.layers
     assert split.layers[0] < split.layers[1] and split.layers[0] < split.layers[2]  # the head has less room
@@ -234,16 +234,16 @@ def test_split_layers_fits_every_board() -> None:
 
 def test_split_layers_all_on_one_board_when_it_can() -> None:
     """A head with room for everything still shares by room; a worker with no room gets nothing."""
-    boards = [cluster.Board("head", 64 * fit.GiB, ""), cluster.Board("w1", cluster.WORKER_OVERHEAD, "")]
+    boards = [layers.Board("head", 64 * units.GiB, ""), layers.Board("w1", layers.WORKER_OVERHEAD, "")]
     est = pooled_estimate(boards)
-    split = cluster.split_layers(SHAPE_7B, est, boards)
+    split = layers.split_layers(SHAPE_7B, est, boards)
     assert split.layers == (SHAPE_7B.n_layer, 0) and split.worker_layers == 0
 
 
 def test_split_layers_rounds_each_share_to_a_neighbour() -> None:
     est = pooled_estimate(BOARDS_3_4_4)
-    split = cluster.split_layers(SHAPE_7B, est, BOARDS_3_4_4)
-    room = [BOARDS_3_4_4[0].budget - split.head_fixed] + [b.budget - cluster.WORKER_OVERHEAD for b in BOARDS_3_4_4[1:]]
+    split = layers.split_layers(SHAPE_7B, est, BOARDS_3_4_4)
+    room = [BOARDS_3_4_4[0].budget - split.head_fixed] + [b.budget - layers.WORKER_OVERHEAD for b in BOARDS_3_4_4[1:]]
     capacity = [r // split.per_layer for r in room]
     for n, c in zip(split.layers, capacity, strict=True):
         exact = SHAPE_7B.n_layer * c / sum(capacity)
@@ -253,13 +253,13 @@ def test_split_layers_rounds_each_share_to_a_neighbour() -> None:
 
 def test_split_layers_too_little_memory_names_every_board() -> None:
     boards = [
-        cluster.Board("head", fit.GiB, "1 GiB"),
-        cluster.Board("w1", fit.GiB, ""),
-        cluster.Board("w2", fit.GiB, ""),
+        layers.Board("head", units.GiB, "1 GiB"),
+        layers.Board("w1", units.GiB, ""),
+        layers.Board("w2", units.GiB, ""),
     ]
-    est = fit.choose_slots(SHAPE_7B, 64 * fit.GiB, None, None)
+    est = fit.choose_slots(SHAPE_7B, 64 * units.GiB, None, None)
     with pytest.raises(fit.FitError) as e:
-        cluster.split_layers(SHAPE_7B, est, boards)
+        layers.split_layers(SHAPE_7B, est, boards)
     message = str(e.value)
     assert message.startswith("the model does not fit across 3 boards: 32 layers of about ")
     lines = [line for line in message.splitlines() if re.match(r"  \S+: \d+ layers, needs .* of ", line)]
@@ -272,19 +272,19 @@ def test_split_layers_too_little_memory_names_every_board() -> None:
 
 def test_split_layers_a_head_without_room_for_its_fixed_part() -> None:
     """The embeddings, output and buffers stay on the head: workers with room for every layer do not help."""
-    est = fit.choose_slots(SHAPE_7B, 64 * fit.GiB, None, None)
-    _, head_fixed = cluster.layer_bytes(SHAPE_7B, est)
-    boards = [cluster.Board("head", head_fixed - fit.MiB, ""), cluster.Board("w1", 64 * fit.GiB, "")]
+    est = fit.choose_slots(SHAPE_7B, 64 * units.GiB, None, None)
+    _, head_fixed = layers.layer_bytes(SHAPE_7B, est)
+    boards = [layers.Board("head", head_fixed - units.MiB, ""), layers.Board("w1", 64 * units.GiB, "")]
     with pytest.raises(fit.FitError, match="the head needs"):
-        cluster.split_layers(SHAPE_7B, est, boards)
-    boards[0] = cluster.Board("head", head_fixed, "")  # exactly enough: every layer on the worker
-    assert cluster.split_layers(SHAPE_7B, est, boards).layers == (0, SHAPE_7B.n_layer)
+        layers.split_layers(SHAPE_7B, est, boards)
+    boards[0] = layers.Board("head", head_fixed, "")  # exactly enough: every layer on the worker
+    assert layers.split_layers(SHAPE_7B, est, boards).layers == (0, SHAPE_7B.n_layer)
 
 
 def test_server_args() -> None:
     est = pooled_estimate(BOARDS_3_4_4)
-    split = cluster.split_layers(SHAPE_7B, est, BOARDS_3_4_4)
-    args = cluster.server_args(split, 2)
+    split = layers.split_layers(SHAPE_7B, est, BOARDS_3_4_4)
+    args = layers.server_args(split, 2)
     f = dict(zip(args[:-1:2], args[1::2], strict=True))
     assert args[-1] == "--no-repack"
     assert f["--rpc"] == "127.0.0.1:51000,127.0.0.1:51002"
@@ -294,8 +294,8 @@ def test_server_args() -> None:
     assert f["--tensor-split"] == f"{split.layers[1]},{split.layers[2] + 1}"
     assert f["--override-tensor"] == "^(token_embd|output)[.]weight$=CPU"
     assert "--no-mmproj-offload" in args
-    fixed = cluster.Split((3, 5, 0), 1, 0, tuple(BOARDS_3_4_4))
-    assert cluster.server_args(fixed, 2)[1:8:2] == ["127.0.0.1:51000,127.0.0.1:51002", "off", "6", "5,1"]
+    fixed = layers.Split((3, 5, 0), 1, 0, tuple(BOARDS_3_4_4))
+    assert layers.server_args(fixed, 2)[1:8:2] == ["127.0.0.1:51000,127.0.0.1:51002", "off", "6", "5,1"]
 
 
 # --- probing a worker over local sockets ------------------------------------------------------------------------
@@ -377,7 +377,7 @@ class Ports:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.tunnels = self._tunnels(4)
-        monkeypatch.setattr(cluster, "TUNNEL_BASE", self.tunnels[0].getsockname()[1])
+        monkeypatch.setattr(layers, "TUNNEL_BASE", self.tunnels[0].getsockname()[1])
         self.published = [bound(), bound()]
         self.servers: list[Server] = []
 
@@ -403,9 +403,9 @@ class Ports:
     def info(self, i: int) -> socket.socket:
         return self.tunnels[2 * i + 1]
 
-    def worker(self, i: int) -> cluster.Worker:
+    def worker(self, i: int) -> settings.Worker:
         """A worker whose description port (PORT + 1, what the launcher checks first) is published[i]."""
-        return cluster.Worker("127.0.0.1", self.published[i].getsockname()[1] - 1)
+        return settings.Worker("127.0.0.1", self.published[i].getsockname()[1] - 1)
 
     def serve(self, sock: socket.socket, handle: Handler) -> Server:
         server = Server(sock, handle).start()
@@ -428,7 +428,7 @@ def ports(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
         p.close()
 
 
-def description(budget: int = 3 * fit.GiB, **versions: str) -> dict[str, object]:
+def description(budget: int = 3 * units.GiB, **versions: str) -> dict[str, object]:
     return {
         "llmpi": llmpi.__version__,
         "llama_cpp": "b9999",
@@ -445,33 +445,35 @@ def test_describe_returns_the_workers_description(ports: Ports) -> None:
     w = ports.worker(0)
     ports.serve(ports.published[0], closes)
     info = ports.serve(ports.info(0), sends(json.dumps(description()).encode()))
-    assert cluster.describe(0, w) == description()
+    assert wire.describe(0, w) == description()
     assert info.connections == 1
-    board = cluster.board_from(w, cluster.describe(0, w))
-    assert board == cluster.Board(f"{w.name} (aarch64)", 3 * fit.GiB, str(description()["budget_source"]), "aarch64", 4)
+    board = wire.board_from(w, wire.describe(0, w))
+    assert board == layers.Board(
+        f"{w.name} (aarch64)", 3 * units.GiB, str(description()["budget_source"]), "aarch64", 4
+    )
 
 
 def test_describe_a_channel_closed_without_a_word_names_the_secret(ports: Ports) -> None:
     w = ports.worker(0)
     ports.serve(ports.published[0], closes)
     ports.serve(ports.info(0), closes)
-    with pytest.raises(cluster.WorkerUnreachable, match="closed the encrypted channel: its cluster secret") as e:
-        cluster.describe(0, w)
+    with pytest.raises(wire.WorkerUnreachable, match="closed the encrypted channel: its cluster secret") as e:
+        wire.describe(0, w)
     assert w.name in str(e.value) and "LLMPI_CLUSTER_SECRET" in str(e.value)
 
 
 def test_describe_a_channel_not_up_yet(ports: Ports) -> None:
     w = ports.worker(0)
     ports.serve(ports.published[0], closes)
-    with pytest.raises(cluster.WorkerUnreachable, match=f"the channel to {re.escape(w.name)} is not up yet"):
-        cluster.describe(0, w)
+    with pytest.raises(wire.WorkerUnreachable, match=f"the channel to {re.escape(w.name)} is not up yet"):
+        wire.describe(0, w)
 
 
 def test_describe_a_worker_whose_port_is_closed(ports: Ports) -> None:
     w = ports.worker(0)  # bound, not listening: refused
     info = ports.serve(ports.info(0), sends(json.dumps(description()).encode()))
-    with pytest.raises(cluster.WorkerUnreachable, match=rf"{re.escape(w.name)} does not answer \(.*refused"):
-        cluster.describe(0, w)
+    with pytest.raises(wire.WorkerUnreachable, match=rf"{re.escape(w.name)} does not answer \(.*refused"):
+        wire.describe(0, w)
     assert info.connections == 0  # the channel was not tried
 
 
@@ -480,67 +482,67 @@ def test_describe_something_else_is_waited_for_and_named(ports: Ports, body: byt
     """Not a description (another service on that port, or one cut short): the head waits, saying so."""
     ports.serve(ports.published[0], closes)
     ports.serve(ports.info(0), sends(body))
-    with pytest.raises(cluster.WorkerUnreachable, match="not an llmpi worker's description"):
-        cluster.describe(0, ports.worker(0))
+    with pytest.raises(wire.WorkerUnreachable, match="not an llmpi worker's description"):
+        wire.describe(0, ports.worker(0))
 
 
 def test_hello_reads_the_protocol_version(ports: Ports) -> None:
     seen: list[bytes] = []
     ports.serve(ports.rpc(1), answers_hello(hello_reply(7, 0, 0), seen))
-    assert cluster.hello(1, ports.worker(1)) == "7.0.0"  # the second worker's tunnel
+    assert wire.hello(1, ports.worker(1)) == "7.0.0"  # the second worker's tunnel
     assert seen == [HELLO_REQUEST]
     ports.serve(ports.rpc(0), answers_hello(hello_reply(3, 4, 1), seen))
-    assert cluster.hello(0, ports.worker(0)) == "3.4.1"
+    assert wire.hello(0, ports.worker(0)) == "3.4.1"
 
 
 def test_hello_a_wrong_answer_is_a_refusal(ports: Ports) -> None:
     ports.serve(ports.rpc(0), answers_hello(struct.pack("<Q", 3) + bytes([7, 0, 0]), []))
     w = ports.worker(0)
     with pytest.raises(ConfigError, match=f"worker {re.escape(w.name)} answered HELLO with 3 bytes"):
-        cluster.hello(0, w)
+        wire.hello(0, w)
 
 
 def test_hello_no_answer_is_a_wait(ports: Ports) -> None:
     w = ports.worker(0)
-    with pytest.raises(cluster.WorkerUnreachable, match="its RPC server does not answer"):
-        cluster.hello(0, w)  # nothing on the tunnel
+    with pytest.raises(wire.WorkerUnreachable, match="its RPC server does not answer"):
+        wire.hello(0, w)  # nothing on the tunnel
     ports.serve(ports.rpc(0), answers_hello(b"", []))  # reads the request, closes without an answer
-    with pytest.raises(cluster.WorkerUnreachable, match="closed the connection before answering HELLO"):
-        cluster.hello(0, w)
+    with pytest.raises(wire.WorkerUnreachable, match="closed the connection before answering HELLO"):
+        wire.hello(0, w)
 
 
 def test_check_versions() -> None:
-    w = cluster.Worker("pi-b", 50052)
+    w = settings.Worker("pi-b", 50052)
     own = {"llmpi": "0.1.0", "llama_cpp": "b9999", "rpc": "7.0.0"}
     info: dict[str, object] = {"llmpi": "0.1.0", "llama_cpp": "b9999"}
-    cluster.check_versions(w, info, "7.0.0", own)
+    wire.check_versions(w, info, "7.0.0", own)
     with pytest.raises(ConfigError, match=r"worker pi-b:50052 runs RPC protocol 6\.0\.0, this head 7\.0\.0"):
-        cluster.check_versions(w, info, "6.0.0", own)
+        wire.check_versions(w, info, "6.0.0", own)
     with pytest.raises(ConfigError, match=r"runs llama\.cpp build b8000, this head b9999: every board needs the same"):
-        cluster.check_versions(w, {**info, "llama_cpp": "b8000"}, "7.0.0", own)
+        wire.check_versions(w, {**info, "llama_cpp": "b8000"}, "7.0.0", own)
     with pytest.raises(ConfigError, match=r"runs llmpi version 0\.0\.9, this head 0\.1\.0"):
-        cluster.check_versions(w, {**info, "llmpi": "0.0.9"}, "7.0.0", own)
+        wire.check_versions(w, {**info, "llmpi": "0.0.9"}, "7.0.0", own)
     with pytest.raises(ConfigError, match=r"runs llmpi version \?, this head 0\.1\.0"):
-        cluster.check_versions(w, {"llama_cpp": "b9999"}, "7.0.0", own)
+        wire.check_versions(w, {"llama_cpp": "b9999"}, "7.0.0", own)
     # a head whose image says nothing about its llama.cpp checks what it knows
-    cluster.check_versions(w, {**info, "llama_cpp": "b8000"}, "6.0.0", {**own, "llama_cpp": "", "rpc": ""})
+    wire.check_versions(w, {**info, "llama_cpp": "b8000"}, "6.0.0", {**own, "llama_cpp": "", "rpc": ""})
 
 
 def test_own_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     version_file = tmp_path / "version.json"
-    monkeypatch.setattr(cluster, "VERSION_FILE", version_file)
-    assert cluster.own_versions() == {"llmpi": llmpi.__version__, "llama_cpp": "", "rpc": ""}
+    monkeypatch.setattr(llama_build, "VERSION_FILE", version_file)
+    assert llama_build.own_versions() == {"llmpi": llmpi.__version__, "llama_cpp": "", "rpc": ""}
     version_file.write_text(json.dumps({"llama_cpp": "b9999", "rpc": "7.0.0"}))
-    assert cluster.own_versions() == {"llmpi": llmpi.__version__, "llama_cpp": "b9999", "rpc": "7.0.0"}
+    assert llama_build.own_versions() == {"llmpi": llmpi.__version__, "llama_cpp": "b9999", "rpc": "7.0.0"}
 
 
 def test_board_from_needs_a_budget() -> None:
-    w = cluster.Worker("pi-b", 50052)
+    w = settings.Worker("pi-b", 50052)
     with pytest.raises(ConfigError, match="worker pi-b:50052 did not say how much memory it has"):
-        cluster.board_from(w, {"arch": "aarch64"})
+        wire.board_from(w, {"arch": "aarch64"})
     with pytest.raises(ConfigError, match="did not say how much memory"):
-        cluster.board_from(w, {"budget": "lots"})
-    assert cluster.board_from(w, {"budget": "1024"}) == cluster.Board("pi-b:50052 (?)", 1024, "")
+        wire.board_from(w, {"budget": "lots"})
+    assert wire.board_from(w, {"budget": "1024"}) == layers.Board("pi-b:50052 (?)", 1024, "")
 
 
 # --- the launcher waits for its workers -------------------------------------------------------------------------
@@ -549,37 +551,37 @@ def test_board_from_needs_a_budget() -> None:
 def test_wait_for_workers_marks_the_wait_and_logs_it(
     ports: Ports, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(launcher, "WORKER_RETRY", 0.05)
+    monkeypatch.setattr(waiting, "WORKER_RETRY", 0.05)
     version_file = tmp_path / "version.json"
     version_file.write_text(json.dumps({"llama_cpp": "b9999", "rpc": "7.0.0"}))
-    monkeypatch.setattr(cluster, "VERSION_FILE", version_file)
+    monkeypatch.setattr(llama_build, "VERSION_FILE", version_file)
     w0, w1 = ports.worker(0), ports.worker(1)
     s = Settings.read({"LLMPI_WORKERS": f"{w0.name},{w1.name}", "LLMPI_DATA_DIR": str(tmp_path / "data")})
     ports.serve(ports.published[0], closes)
-    for i, budget in ((0, 3 * fit.GiB), (1, 5 * fit.GiB)):
+    for i, budget in ((0, 3 * units.GiB), (1, 5 * units.GiB)):
         ports.serve(ports.info(i), sends(json.dumps(description(budget)).encode()))
         ports.serve(ports.rpc(i), answers_hello(hello_reply(7, 0, 0), []))
     late = Server(ports.published[1], closes)  # the second worker's port opens after a few tries
     ports.servers.append(late)
-    runtime_dir()  # made by the launcher's first look at the refusal marker
-    waiting = Path(markers.waiting_path())
+    Path(paths.make_runtime_dir())  # made by the launcher's first look at the refusal marker
+    marker = Path(paths.waiting())
     seen: dict[str, object] = {}
 
     def second_worker_comes_up() -> None:
         deadline = time.monotonic() + 5
-        while not waiting.exists() and time.monotonic() < deadline:
+        while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
-        seen["marker"] = waiting.read_text() if waiting.exists() else None
+        seen["marker"] = marker.read_text() if marker.exists() else None
         seen["probe"] = healthcheck.probe("http://127.0.0.1:9")
-        time.sleep(2 * launcher.WORKER_RETRY)  # a couple more tries fail
-        seen["still"] = waiting.exists()
+        time.sleep(2 * waiting.WORKER_RETRY)  # a couple more tries fail
+        seen["still"] = marker.exists()
         late.start()
 
     helper = threading.Thread(target=second_worker_comes_up, daemon=True)
     helper.start()
     out = io.StringIO()
     started = time.monotonic()
-    boards = launcher.wait_for_workers(s, out)
+    boards = waiting.wait_for_workers(s, out)
     helper.join(5)
     assert time.monotonic() - started < 5
     assert seen["marker"] == f"waiting for worker {w1.name} does not answer (Connection refused)\n"
@@ -588,15 +590,15 @@ def test_wait_for_workers_marks_the_wait_and_logs_it(
         f"llmpi is waiting: waiting for worker {w1.name} does not answer (Connection refused)",
     )
     assert seen["still"] is True
-    assert not waiting.exists()
+    assert not marker.exists()
     log = out.getvalue()
     assert log == (
         f"llmpi: waiting for worker {w1.name} does not answer (Connection refused)\n"  # once: the same reason
         "llmpi: every worker answers\n"
     )
     assert [(b.name, b.budget) for b in boards] == [
-        (f"{w0.name} (aarch64)", 3 * fit.GiB),
-        (f"{w1.name} (aarch64)", 5 * fit.GiB),
+        (f"{w0.name} (aarch64)", 3 * units.GiB),
+        (f"{w1.name} (aarch64)", 5 * units.GiB),
     ]
 
 
@@ -605,7 +607,7 @@ def test_wait_for_workers_refuses_other_versions_at_once(
 ) -> None:
     version_file = tmp_path / "version.json"
     version_file.write_text(json.dumps({"llama_cpp": "b9999", "rpc": "7.0.0"}))
-    monkeypatch.setattr(cluster, "VERSION_FILE", version_file)
+    monkeypatch.setattr(llama_build, "VERSION_FILE", version_file)
     w = ports.worker(0)
     ports.serve(ports.published[0], closes)
     ports.serve(ports.info(0), sends(json.dumps(description()).encode()))
@@ -613,22 +615,22 @@ def test_wait_for_workers_refuses_other_versions_at_once(
     s = Settings.read({"LLMPI_WORKERS": w.name})
     out = io.StringIO()
     with pytest.raises(ConfigError, match=rf"worker {re.escape(w.name)} runs RPC protocol 6\.0\.0, this head 7\.0\.0"):
-        launcher.wait_for_workers(s, out)
+        waiting.wait_for_workers(s, out)
     assert out.getvalue() == ""
-    assert launcher.wait_for_workers(Settings.read({}), out) == []  # no workers: nothing to wait for
+    assert waiting.wait_for_workers(Settings.read({}), out) == []  # no workers: nothing to wait for
 
 
 def test_the_health_check_reports_the_wait(tmp_path: Path) -> None:
-    runtime_dir()
+    Path(paths.make_runtime_dir())
     closed = bound()
     try:
         base = f"http://127.0.0.1:{closed.getsockname()[1]}"
-        Path(markers.waiting_path()).write_text("waiting for worker pi-b:50052 does not answer (No route to host)\n")
+        Path(paths.waiting()).write_text("waiting for worker pi-b:50052 does not answer (No route to host)\n")
         assert healthcheck.probe(base) == (
             "failed",
             "llmpi is waiting: waiting for worker pi-b:50052 does not answer (No route to host)",
         )
-        Path(markers.waiting_path()).unlink()
+        Path(paths.waiting()).unlink()
         assert healthcheck.probe(base)[0] == "starting"  # the launcher is on to the next step
     finally:
         closed.close()
@@ -648,10 +650,10 @@ def cluster_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def workers_boards(mib: int) -> list[cluster.Board]:
+def workers_boards(mib: int) -> list[layers.Board]:
     return [
-        cluster.Board("a:50052 (aarch64)", mib * fit.MiB, "worker a's memory"),
-        cluster.Board("b:50052 (aarch64)", mib * fit.MiB, "worker b's memory"),
+        layers.Board("a:50052 (aarch64)", mib * units.MiB, "worker a's memory"),
+        layers.Board("b:50052 (aarch64)", mib * units.MiB, "worker b's memory"),
     ]
 
 
@@ -664,7 +666,7 @@ def table_layers(notes: list[str]) -> dict[str, int]:
 
 
 def test_plan_with_workers(cluster_env: dict[str, str]) -> None:
-    p = launcher.plan(Settings.read(cluster_env), HW, workers_boards(100))
+    p = serving.plan(Settings.read(cluster_env), HW, workers_boards(100))
     f = dict(zip(p.argv[1:], [*p.argv[2:], ""], strict=True))
     assert p.argv[0] == "llama-server" and f["--model"] == cluster_env["LLMPI_MODEL"]
     assert f["--rpc"] == "127.0.0.1:51000,127.0.0.1:51002" and f["--fit"] == "off" and "--no-repack" in p.argv
@@ -683,7 +685,7 @@ def test_plan_with_workers(cluster_env: dict[str, str]) -> None:
 def test_plan_with_workers_too_small(cluster_env: dict[str, str]) -> None:
     cluster_env["LLMPI_MEMORY_LIMIT"] = "320M"
     with pytest.raises(ConfigError) as e:
-        launcher.plan(Settings.read(cluster_env), HW, workers_boards(64))
+        serving.plan(Settings.read(cluster_env), HW, workers_boards(64))
     message = str(e.value)
     assert message.startswith("the model does not fit across 3 boards: 8 layers")
     lines = message.splitlines()
@@ -699,7 +701,7 @@ def test_plan_with_too_little_memory_even_pooled(cluster_env: dict[str, str]) ->
     """Not even the smallest context fits the boards' memory together: the fit's own message, then each board."""
     cluster_env["LLMPI_MEMORY_LIMIT"] = "260M"
     with pytest.raises(ConfigError) as e:
-        launcher.plan(Settings.read(cluster_env), HW, workers_boards(20))
+        serving.plan(Settings.read(cluster_env), HW, workers_boards(20))
     message = str(e.value)
     assert message.startswith("the model does not fit in memory with ") and "(3 boards together)" in message
     lines = message.splitlines()
@@ -752,12 +754,16 @@ def test_worker_rpc_argv_and_description() -> None:
     ]
     assert worker.rpc_argv(Settings.read({"LLMPI_THREADS": "3"}), HW)[6] == "3"
     info = worker.description(s, HW)
-    assert info["budget"] == 2 * fit.GiB - fit.DEFAULT_RESERVE and info["threads"] == 4
+    assert info["budget"] == 2 * units.GiB - units.DEFAULT_RESERVE and info["threads"] == 4
     assert info["budget_source"] == "2048 MiB LLMPI_MEMORY_LIMIT minus a reserve of 256 MiB"
     assert info["llmpi"] == llmpi.__version__
     # what the head makes of it, after the JSON round trip
-    board = cluster.board_from(cluster.Worker("pi-b", 50052), json.loads(json.dumps(info)))
-    assert (board.budget, board.source, board.threads) == (2 * fit.GiB - fit.DEFAULT_RESERVE, info["budget_source"], 4)
+    board = wire.board_from(settings.Worker("pi-b", 50052), json.loads(json.dumps(info)))
+    assert (board.budget, board.source, board.threads) == (
+        2 * units.GiB - units.DEFAULT_RESERVE,
+        info["budget_source"],
+        4,
+    )
 
 
 # --- the version ------------------------------------------------------------------------------------------------
@@ -780,12 +786,9 @@ def test_health_check_names_a_worker_that_stopped_answering() -> None:
         dead = closed.getsockname()[1]
         closed.close()  # and one that does not
         env = {"LLMPI_WORKERS": f"127.0.0.1:{port - 1},127.0.0.1:{dead - 1}"}
-        missing = healthcheck.workers_missing(healthcheck.cluster_workers(env))
+        missing = healthcheck.workers_missing(Settings.read(env).workers)
         assert len(missing) == 1 and missing[0].startswith(f"127.0.0.1:{dead - 1} (")
-        assert (
-            healthcheck.workers_missing(healthcheck.cluster_workers({"LLMPI_WORKERS": f"127.0.0.1:{port - 1}"})) == []
-        )
-        assert healthcheck.cluster_workers({}) == () and healthcheck.cluster_workers({"LLMPI_WORKERS": "a:x"}) == ()
+        assert healthcheck.workers_missing(Settings.read({"LLMPI_WORKERS": f"127.0.0.1:{port - 1}"}).workers) == []
     finally:
         listening.close()
 
@@ -801,6 +804,6 @@ def test_lost_channels_are_the_head_connections_closed_by_the_other_end(tmp_path
         # another connection in CLOSE_WAIT, not to a tunnel
         "   2: 0100007F:A004 0100007F:1F90 08 00000000:00000000 00:00000000 00000000  1000  0 3\n"
     )
-    assert cluster.lost_channels(2, tmp_path) == [1]
-    assert cluster.lost_channels(1, tmp_path) == []
-    assert cluster.lost_channels(2, tmp_path / "missing") == []
+    assert wire.lost_channels(2, tmp_path) == [1]
+    assert wire.lost_channels(1, tmp_path) == []
+    assert wire.lost_channels(2, tmp_path / "missing") == []

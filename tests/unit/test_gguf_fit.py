@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from llmpi import fit
-from llmpi.gguf import GGUFError, read_gguf
+from llmpi.core import units
+from llmpi.plan import fit
+from llmpi.plan.gguf import GGUFError, read_gguf
 from tests.ggufmaker import llama_like
 
 pytestmark = pytest.mark.unit
@@ -69,31 +70,37 @@ def _shape(weights: int) -> fit.ModelShape:
 
 
 def test_auto_context_is_the_largest_that_fits() -> None:
-    shape = _shape(4 * fit.GiB)
-    big = fit.choose_context(shape, 16 * fit.GiB, None)
+    shape = _shape(4 * units.GiB)
+    big = fit.choose_context(shape, 16 * units.GiB, None)
     assert big.n_ctx == fit.DEFAULT_CONTEXT_CAP
     tight_budget = fit.estimate(shape, 2048).total + 1
     assert fit.choose_context(shape, tight_budget, None).n_ctx == 2048
 
 
 def test_refusal_names_the_numbers() -> None:
-    shape = _shape(int(4.07 * fit.GiB))  # the recipe's 7B Q4_K_M
+    shape = _shape(int(4.07 * units.GiB))  # the recipe's 7B Q4_K_M
     with pytest.raises(fit.FitError) as e:
-        fit.choose_context(shape, 3 * fit.GiB, None, budget_source="4 GiB board")
+        fit.choose_context(shape, 3 * units.GiB, None, budget_source="4 GiB board")
     msg = str(e.value)
     assert "weights 4.07 GiB" in msg and "only 3.00 GiB is available (4 GiB board)" in msg
     with pytest.raises(fit.FitError, match="requested context of 32768 tokens"):
-        fit.choose_context(shape, 6 * fit.GiB, 32768)
+        fit.choose_context(shape, 6 * units.GiB, 32768)
 
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("8G", 8 * fit.GiB), ("512M", 512 * fit.MiB), ("1.5GiB", 3 * fit.GiB // 2), ("4096", 4096), ("2gb", 2 * fit.GiB)],
+    [
+        ("8G", 8 * units.GiB),
+        ("512M", 512 * units.MiB),
+        ("1.5GiB", 3 * units.GiB // 2),
+        ("4096", 4096),
+        ("2gb", 2 * units.GiB),
+    ],
 )
 def test_parse_size(text: str, value: int) -> None:
-    assert fit.parse_size(text) == value
+    assert units.parse_size(text) == value
 
 
 def test_parse_size_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="not a size"):
-        fit.parse_size("lots")
+        units.parse_size("lots")

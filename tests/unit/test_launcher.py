@@ -5,42 +5,27 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from llmpi import cli, fatal_listener, fit, hardware, keys, launcher, markers
-from llmpi.config import ConfigError, config_error_marker, file_env, runtime_dir
-from llmpi.settings import Settings
+from llmpi.cli import main as cli
+from llmpi.core import failure, keys, paths, units
+from llmpi.core.env import ConfigError, file_env
+from llmpi.core.settings import Settings
+from llmpi.host import hardware
+from llmpi.models import resolve
+from llmpi.plan import fit, serving
+from llmpi.process import fatal_listener, launcher
 from tests.ggufmaker import llama_like
+from tests.unit.helpers import HW, flags, preset_sections, pulled
 
 pytestmark = pytest.mark.unit
-
-HW = hardware.Hardware(cpus=8, physical_cores=4, memory=hardware.Memory(8 * fit.GiB, "test RAM"))
-
-
-@pytest.fixture(autouse=True)
-def _runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     model = llama_like(tmp_path / "tiny-chat.Q4_K_M.gguf")
     return {"LLMPI_MODEL": str(model), "LLMPI_DATA_DIR": str(tmp_path / "data")}
-
-
-def flags(argv: list[str]) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    i = 1
-    while i < len(argv):
-        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            out[argv[i]] = argv[i + 1]
-            i += 2
-        else:
-            out[argv[i]] = None
-            i += 1
-    return out
 
 
 def test_defaults(env: dict[str, str]) -> None:
@@ -169,7 +154,7 @@ def test_main_writes_marker_and_exits_78(
     monkeypatch.setenv("LLMPI_MODEL", "/nonexistent/model.gguf")
     assert launcher.main([]) == 78
     assert "configuration error: the model file /nonexistent/model.gguf does not exist" in capsys.readouterr().err
-    assert "does not exist" in config_error_marker().read_text()
+    assert "does not exist" in Path(paths.config_error()).read_text()
 
 
 # --- keys -----------------------------------------------------------------------------------------------------
@@ -178,7 +163,7 @@ def test_main_writes_marker_and_exits_78(
 def _keys(env: dict[str, str], data: Path, out: io.StringIO | None = None) -> keys.Auth:
     """What the launcher does with keys at start: read the settings, then apply them (files written)."""
     settings = Settings.read({**env, "LLMPI_DATA_DIR": str(data)})
-    return launcher.apply_keys(settings, out or io.StringIO())
+    return keys.apply_keys(settings, out or io.StringIO())
 
 
 def _server_keys() -> list[str]:
@@ -314,11 +299,11 @@ def test_cgroup_v2_limits(tmp_path: Path) -> None:
         tmp_path,
         {
             "proc/meminfo": "MemTotal:       16000000 kB\nMemFree: 1 kB\n",
-            "sys/fs/cgroup/memory.max": str(4 * fit.GiB),
+            "sys/fs/cgroup/memory.max": str(4 * units.GiB),
             "sys/fs/cgroup/cpu.max": "150000 100000",
         },
     )
-    assert hardware.cgroup_memory_limit(root) == 4 * fit.GiB
+    assert hardware.cgroup_memory_limit(root) == 4 * units.GiB
     assert hardware.cgroup_cpu_quota(root) == 1.5
 
 
@@ -350,7 +335,7 @@ def test_physical_cores_count_smt_siblings_once(tmp_path: Path) -> None:
 def test_detect_on_this_machine() -> None:
     hw = hardware.detect()
     assert 1 <= hw.physical_cores <= hw.cpus
-    assert hw.memory.total > 256 * fit.MiB
+    assert hw.memory.total > 256 * units.MiB
 
 
 # --- FATAL listener -------------------------------------------------------------------------------------------
@@ -368,11 +353,11 @@ def test_listener_keeps_last_words_and_never_stops_supervisord() -> None:
     )
     assert len(listener.lines) == fatal_listener.KEEP_LINES
     listener.handle("PROCESS_STATE_EXITED", "processname:llama-server from_state:RUNNING expected:0 pid:7")
-    words = Path(markers.last_words_path()).read_text()
+    words = Path(paths.last_words()).read_text()
     assert "unknown model architecture" in words and "line 3" not in words  # the error lines, not the chatter
     listener.handle("PROCESS_STATE_FATAL", "processname:llama-server groupname:llama-server from_state:BACKOFF")
     assert "will not be started again" in log.getvalue() and "unknown model architecture" in log.getvalue()
-    config_error_marker().write_text("the model file /x does not exist\n")
+    Path(paths.config_error()).write_text("the model file /x does not exist\n")
     listener.handle("PROCESS_STATE_FATAL", "processname:llama-server groupname:llama-server from_state:BACKOFF")
     assert "until the problem is fixed: the model file /x does not exist" in log.getvalue()
     listener.handle("PROCESS_STATE_STARTING", "processname:llama-server from_state:BACKOFF tries:1")
@@ -384,28 +369,28 @@ def test_repeated_start_failures_become_a_refusal(env: dict[str, str], monkeypat
         monkeypatch.setenv(k, v)
     execs: list[str] = []
     monkeypatch.setattr(os, "execvpe", lambda *a: execs.append(a[0]))
-    runtime_dir()
-    Path(markers.last_words_path()).write_text("error loading model: unknown model architecture: 'x'\n")
-    for _ in range(launcher.MAX_START_ATTEMPTS):
+    Path(paths.make_runtime_dir())
+    Path(paths.last_words()).write_text("error loading model: unknown model architecture: 'x'\n")
+    for _ in range(failure.MAX_START_ATTEMPTS):
         assert launcher.main([]) == 0  # exec'd (here: recorded)
-    assert len(execs) == launcher.MAX_START_ATTEMPTS
+    assert len(execs) == failure.MAX_START_ATTEMPTS
     assert launcher.main([]) == 78
-    reason = config_error_marker().read_text()
+    reason = Path(paths.config_error()).read_text()
     assert "stopped 3 times before it could serve" in reason and "unknown model architecture" in reason
     # a refusal is final in this container: supervisord's next try refuses at once, nothing is redone
-    assert launcher.main([]) == 78 and len(execs) == launcher.MAX_START_ATTEMPTS
+    assert launcher.main([]) == 78 and len(execs) == failure.MAX_START_ATTEMPTS
     # a restarted container starts afresh; the health check saw it serve: a later crash gets its attempts again
-    markers.clear_state()
-    for _ in range(launcher.MAX_START_ATTEMPTS - 1):
+    paths.clear_state()
+    for _ in range(failure.MAX_START_ATTEMPTS - 1):
         assert launcher.main([]) == 0
-    Path(markers.start_attempts_path()).unlink()
-    assert launcher.main([]) == 0 and launcher.main([]) == 0 and not config_error_marker().exists()
-    markers.clear_state()
+    Path(paths.start_attempts()).unlink()
+    assert launcher.main([]) == 0 and launcher.main([]) == 0 and not Path(paths.config_error()).exists()
+    paths.clear_state()
     # the launcher's own refusals (a wrong setting) are not failed starts of llama-server
     monkeypatch.setenv("LLMPI_PARALLEL", "many")
-    for _ in range(launcher.MAX_START_ATTEMPTS + 2):
+    for _ in range(failure.MAX_START_ATTEMPTS + 2):
         assert launcher.main([]) == 78
-    assert "LLMPI_PARALLEL='many'" in config_error_marker().read_text()
+    assert "LLMPI_PARALLEL='many'" in Path(paths.config_error()).read_text()
 
 
 def test_unexpected_launcher_errors_are_refusals_too(
@@ -419,7 +404,7 @@ def test_unexpected_launcher_errors_are_refusals_too(
 
     monkeypatch.setattr(hardware, "detect", unreadable)  # not a ConfigError: a bug or a strange host
     assert launcher.main([]) == 78
-    assert "the launcher failed: PermissionError" in config_error_marker().read_text()
+    assert "the launcher failed: PermissionError" in Path(paths.config_error()).read_text()
     assert "Traceback" in capsys.readouterr().err
 
 
@@ -523,7 +508,7 @@ def test_pkg_resources_stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     import os.path
     import sys
 
-    from llmpi import supervisord
+    from llmpi.process import supervisord
 
     stand_in = supervisord._PkgResources("pkg_resources")
     # what supervisor does with it: an event listener's default result handler, a "module:attr" spec
@@ -543,7 +528,7 @@ def test_supervisord_first_poll_does_not_wait(monkeypatch: pytest.MonkeyPatch) -
     import sys
     import types
 
-    from llmpi import supervisord
+    from llmpi.process import supervisord
 
     waited: list[float] = []
 
@@ -597,24 +582,6 @@ def test_prompt_cache_is_counted_in_the_fit(env: dict[str, str]) -> None:
     assert flags(launcher.prepare(env, HW, out=io.StringIO()).plan.argv)["--cache-ram"] == "0"
 
 
-def pulled(models: Path, name: str, quant: str = "Q4_K_M", kind: str = "chat", **shape: Any) -> Path:
-    """A model as `llmpi models pull` leaves it: <name>.<quant>.gguf and its manifest."""
-    models.mkdir(parents=True, exist_ok=True)
-    model = llama_like(models / f"{name}.{quant}.gguf", **shape)
-    manifest = {"name": name, "kind": kind, "quant": quant, "file": model.name, "source": {"repo": f"o/{name}-GGUF"}}
-    (models / f"{name}.{quant}.json").write_text(json.dumps(manifest))
-    return model
-
-
-def preset_sections(preset: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    head, *blocks = preset.split("\n\n")
-    top = dict(line.split(" = ") for line in head.splitlines())
-    sections = {
-        b.splitlines()[0].strip("[]"): dict(line.split(" = ") for line in b.splitlines()[1:]) for b in blocks if b
-    }
-    return top, sections
-
-
 def test_every_model_in_the_models_directory_is_served_by_name(env: dict[str, str], tmp_path: Path) -> None:
     models = tmp_path / "data" / "models"
     pulled(models, "other-chat")
@@ -644,7 +611,7 @@ def test_models_max_is_how_many_of_the_largest_fit_together(env: dict[str, str],
     env["LLMPI_MEMORY_LIMIT"] = "600M"
     env["LLMPI_PARALLEL"] = "1"
     env["LLMPI_CTX_SIZE"] = "2048"
-    p = launcher.plan(Settings.read(env), HW)
+    p = serving.plan(Settings.read(env), HW)
     f = flags(p.argv)
     top, sections = preset_sections(next(t for path, t in p.files.items() if path.name == "models.ini"))
     assert "huge" not in sections and any("not serving huge" in n for n in p.notes)
@@ -656,7 +623,7 @@ def test_models_max_is_how_many_of_the_largest_fit_together(env: dict[str, str],
     (models / "huge.Q4_K_M.json").unlink()  # without its manifest, a model file is not served
     env["LLMPI_MEMORY_LIMIT"] = "3G"  # each with its prompt cache: 1 slot, room for 7 more conversations
     top, _ = preset_sections(
-        next(t for path, t in launcher.plan(Settings.read(env), HW).files.items() if path.name == "models.ini")
+        next(t for path, t in serving.plan(Settings.read(env), HW).files.items() if path.name == "models.ini")
     )
     assert top["models-max"] == "3"
 
@@ -685,11 +652,11 @@ def test_an_amx_cpu_counts_the_amx_backends_work_memory(env: dict[str, str], tmp
     )
     assert hardware.has_amx(tmp_path) and not hardware.has_amx(tmp_path / "nothing")
     amx = hardware.Hardware(cpus=8, physical_cores=4, memory=HW.memory, amx=True)
-    plain, with_amx = launcher.plan(Settings.read(env), HW), launcher.plan(Settings.read(env), amx)
+    plain, with_amx = serving.plan(Settings.read(env), HW), serving.plan(Settings.read(env), amx)
     assert "AMX work buffers 256 MiB" in with_amx.notes[0] and "AMX" not in plain.notes[0]
 
 
 def test_a_pull_plans_with_what_the_launcher_will_count(env: dict[str, str]) -> None:
     amx = hardware.Hardware(cpus=8, physical_cores=4, memory=HW.memory, amx=True)
     s = Settings.read(env)
-    assert launcher.pull_budget(s, amx)[0] == launcher.pull_budget(s, HW)[0] - fit.AMX_WORK
+    assert resolve.pull_budget(s, amx)[0] == resolve.pull_budget(s, HW)[0] - fit.AMX_WORK

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from llmpi import catalog, cluster, fit, gguf, pull
+from llmpi.core import units
+from llmpi.models import catalog, pull
+from llmpi.plan import fit, gguf, model_files, split
 from tests.ggufmaker import llama_like, write_gguf
 from tests.hubstub import Hub, Repo
 
@@ -64,7 +66,11 @@ def test_names() -> None:
         pull.parse_ref("qwen3-4b-instruc", ENTRIES)
     with pytest.raises(pull.PullError, match="unknown quantization type 'Q9'"):
         pull.parse_ref("qwen3-4b-instruct:Q9", ENTRIES)
-    assert pull.is_path("/data/models/x.gguf") and pull.is_path("model.GGUF") and not pull.is_path("a/b")
+    assert (
+        model_files.is_path("/data/models/x.gguf")
+        and model_files.is_path("model.GGUF")
+        and not model_files.is_path("a/b")
+    )
 
 
 def mistral_7b_repo(hub: Hub, tmp_path: Path) -> tuple[pull.Ref, pull.Remote]:
@@ -81,7 +87,7 @@ def mistral_7b_repo(hub: Hub, tmp_path: Path) -> tuple[pull.Ref, pull.Remote]:
 
 def test_fit_table_chooses_q4_k_m_for_an_8gb_pi_and_refuses_a_2gb_one(hub: Hub, tmp_path: Path) -> None:
     ref, remote = mistral_7b_repo(hub, tmp_path)
-    pi5_8gb = int(7.9 * fit.GiB) - fit.DEFAULT_RESERVE
+    pi5_8gb = int(7.9 * units.GiB) - units.DEFAULT_RESERVE
     p = pull.plan_pull(ref, remote, pi5_8gb, "test", None)
     assert (p.quant, p.model_file, p.kind) == ("Q4_K_M", "Mistral-7B-Q4_K_M.gguf", "chat")
     assert "Q6_K" in p.table and "<-" in p.table  # the whole table, the choice marked
@@ -89,10 +95,10 @@ def test_fit_table_chooses_q4_k_m_for_an_8gb_pi_and_refuses_a_2gb_one(hub: Hub, 
         pull.plan_pull(pull.parse_ref("someone/Mistral-7B-GGUF:Q6_K", ENTRIES), remote, pi5_8gb, "t", None).quant
         == "Q6_K"
     )
-    pi4_4gb = int(3.7 * fit.GiB) - fit.DEFAULT_RESERVE
+    pi4_4gb = int(3.7 * units.GiB) - units.DEFAULT_RESERVE
     assert pull.plan_pull(ref, remote, pi4_4gb, "test", None).quant == "Q2_K"
     with pytest.raises(pull.PullError, match=r"does not fit: no quantization of this model fits(.|\n)*Q2_K"):
-        pull.plan_pull(ref, remote, 2 * fit.GiB, "test", None)
+        pull.plan_pull(ref, remote, 2 * units.GiB, "test", None)
     # only headers were read (ranged), never a whole file
     assert sum(hub.stats.body_bytes.values()) < 10 * (tmp_path / "h.gguf").stat().st_size
 
@@ -100,7 +106,7 @@ def test_fit_table_chooses_q4_k_m_for_an_8gb_pi_and_refuses_a_2gb_one(hub: Hub, 
 def test_download_writes_the_model_and_its_manifest_atomically(hub: Hub, tiny_repo: Repo, tmp_path: Path) -> None:
     hub.repos["someone/Tiny-GGUF"] = tiny_repo
     ref = pull.parse_ref("someone/Tiny-GGUF:Q8_0", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * fit.GiB, "test", None)
+    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
     models = tmp_path / "models"
     out = io.StringIO()
     manifest_path = pull.download(p, models, None, out.write, write_progress=False)
@@ -111,7 +117,7 @@ def test_download_writes_the_model_and_its_manifest_atomically(hub: Hub, tiny_re
     assert manifest["source"]["repo"] == "someone/Tiny-GGUF" and manifest["source"]["revision"] == tiny_repo.sha
     assert sorted(p.name for p in models.iterdir()) == ["tiny.Q8_0.gguf", "tiny.Q8_0.json"]  # no work files left
     assert "pulling tiny: verifying Tiny-Q8_0.gguf 100.0%" in out.getvalue()
-    [local] = pull.local_models(models)
+    [local] = model_files.local_models(models)
     assert (local.name, local.quant, local.kind) == ("tiny", "Q8_0", "chat")
     assert pull.find_local(pull.parse_ref("someone/Tiny-GGUF", ENTRIES), [local]) == local
     assert pull.find_local(pull.parse_ref("someone/Tiny-GGUF:Q2_K", ENTRIES), [local]) is None
@@ -121,7 +127,7 @@ def test_a_wrong_sha256_keeps_nothing(hub: Hub, tiny_repo: Repo, tmp_path: Path)
     tiny_repo.listed_sha256["Tiny-Q8_0.gguf"] = "0" * 64
     hub.repos["someone/Tiny-GGUF"] = tiny_repo
     ref = pull.parse_ref("someone/Tiny-GGUF:Q8_0", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * fit.GiB, "test", None)
+    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
     models = tmp_path / "models"
     with pytest.raises(pull.PullError, match="sha256 does not match the hub's"):
         pull.download(p, models, None, lambda m: None, write_progress=False)
@@ -134,7 +140,7 @@ def test_a_cut_connection_resumes(hub: Hub, tmp_path: Path) -> None:
     hub.repos["someone/Cut-GGUF"] = Repo({"Cut-Q4_K_M.gguf": data})
     hub.cut_after["Cut-Q4_K_M.gguf"] = 16 * 2**20
     ref = pull.parse_ref("someone/Cut-GGUF", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * fit.GiB, "test", None)
+    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
     models = tmp_path / "models"
     try:
         pull.download(p, models, None, lambda m: None, write_progress=False)
@@ -154,7 +160,7 @@ def test_vision_repo_brings_its_projector_and_embedding_is_recognized(hub: Hub, 
         {"Vis-Q4_K_M.gguf": model, "mmproj-Vis-f16.gguf": proj, "mmproj-Vis-Q8_0.gguf": proj}
     )
     ref = pull.parse_ref("someone/Vis-GGUF", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * fit.GiB, "test", None)
+    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
     assert (p.kind, p.mmproj_file, p.model_file) == ("vision", "mmproj-Vis-f16.gguf", "Vis-Q4_K_M.gguf")
     manifest = json.loads(pull.download(p, tmp_path / "models", None, lambda m: None, False).read_text())
     assert manifest["mmproj"]["file"] == "vis.Q4_K_M.mmproj.gguf" and manifest["kind"] == "vision"
@@ -163,7 +169,7 @@ def test_vision_repo_brings_its_projector_and_embedding_is_recognized(hub: Hub, 
     emb = write_gguf(tmp_path / "e.gguf", meta, {"token_embd.weight": (8, 8)}).read_bytes()
     hub.repos["someone/Emb-GGUF"] = Repo({"emb-F16.gguf": emb, "emb-Q8_0.gguf": emb, "emb-Q4_K_M.gguf": emb})
     ref = pull.parse_ref("someone/Emb-GGUF", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * fit.GiB, "test", None)
+    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
     assert (p.kind, p.quant) == ("embedding", "Q8_0")  # embeddings: Q8_0 by default, not Q4_K_M
 
 
@@ -181,19 +187,19 @@ def test_missing_repo_and_quant(hub: Hub, tiny_repo: Repo) -> None:
     hub.repos["someone/Tiny-GGUF"] = tiny_repo
     ref = pull.parse_ref("someone/Tiny-GGUF:Q5_K_M", ENTRIES)
     with pytest.raises(pull.PullError, match="Q5_K_M is not available"):
-        pull.plan_pull(ref, pull.inspect(ref, None), 8 * fit.GiB, "test", None)
+        pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
 
 
 def test_a_cluster_plan_splits_what_one_board_cannot_hold(hub: Hub, tmp_path: Path) -> None:
     """With workers (a cluster's head pulling LLMPI_MODEL, or llmpi-prepare plan --workers) a type fits when its
     layers can be split across the boards; the table says so and the chosen type's split is shown per board."""
     ref, remote = mistral_7b_repo(hub, tmp_path)
-    pi4_4gb = int(3.7 * fit.GiB) - fit.DEFAULT_RESERVE
+    pi4_4gb = int(3.7 * units.GiB) - units.DEFAULT_RESERVE
     assert pull.plan_pull(ref, remote, pi4_4gb, "test", None).quant == "Q2_K"  # alone
     boards = [
-        cluster.Board("this board (head)", pi4_4gb, "test"),
-        cluster.Board("worker 1", pi4_4gb, "test"),
-        cluster.Board("worker 2", pi4_4gb, "test"),
+        split.Board("this board (head)", pi4_4gb, "test"),
+        split.Board("worker 1", pi4_4gb, "test"),
+        split.Board("worker 2", pi4_4gb, "test"),
     ]
     p = pull.plan_pull(ref, remote, pi4_4gb, "test", None, boards)
     assert p.quant == "Q4_K_M"  # three 4 GB boards hold the 4.4 GB file
@@ -205,5 +211,5 @@ def test_a_cluster_plan_splits_what_one_board_cannot_hold(hub: Hub, tmp_path: Pa
         == fit.ModelShape.from_gguf(gguf.read_gguf(tmp_path / "h.gguf")).n_layer
     )
     with pytest.raises(pull.PullError, match="does not fit"):
-        small = [cluster.Board("this board (head)", 2 * fit.GiB, "t"), cluster.Board("w", 64 * fit.MiB, "t")]
-        pull.plan_pull(ref, remote, 2 * fit.GiB, "test", None, small)
+        small = [split.Board("this board (head)", 2 * units.GiB, "t"), split.Board("w", 64 * units.MiB, "t")]
+        pull.plan_pull(ref, remote, 2 * units.GiB, "test", None, small)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmpi import fit, quants
+from llmpi.core import units
+from llmpi.plan import fit, quants
 from llmpi_prepare.hfshape import shape_from_config
 from tests.reference import MISTRAL_7B_CONFIG, MISTRAL_7B_PARAMS
 
@@ -38,36 +39,42 @@ def test_sizes_match_the_recipe_table(quant: str, gb: float) -> None:
 
 @pytest.mark.parametrize(("quant", "gib"), LLAMA3_8B.items())
 def test_sizes_match_llama_quantize_for_another_model(quant: str, gib: float) -> None:
-    assert quants.weights_bytes(8_030_261_248, quant) / fit.GiB == pytest.approx(gib, rel=0.05)
+    assert quants.weights_bytes(8_030_261_248, quant) / units.GiB == pytest.approx(gib, rel=0.05)
 
 
 def test_table_and_choice_for_a_pi() -> None:
     shape = shape_from_config(MISTRAL_7B, MISTRAL_7B_PARAMS)
     assert (shape.n_layer, shape.k_width, shape.n_ff) == (32, 1024, 14336)
     rows = quants.table_from_sizes(
-        shape, quants.estimated_sizes(MISTRAL_7B_PARAMS), budget=int(7.6 * fit.GiB) - fit.DEFAULT_RESERVE, n_ctx=4096
+        shape,
+        quants.estimated_sizes(MISTRAL_7B_PARAMS),
+        budget=int(7.6 * units.GiB) - units.DEFAULT_RESERVE,
+        n_ctx=4096,
     )
     # 4096 tokens of f16 KV cache for Mistral 7B: 32 layers x 2 x 1024 x 2 bytes = 128 KiB a token = 512 MiB
     q4 = next(r for r in rows if r.quant == "Q4_K_M")
     assert q4.needed - q4.size == pytest.approx(
-        512 * fit.MiB + fit.compute_bytes(shape) + fit.runtime_overhead(shape), rel=0.01
+        512 * units.MiB + fit.compute_bytes(shape) + fit.runtime_overhead(shape), rel=0.01
     )
     chosen = quants.choose(rows)  # an 8 GB Pi 5: the best that fits
     assert chosen.quant == "Q6_K"
     assert quants.choose(rows, "q4_k").quant == "Q4_K_M"
     with pytest.raises(fit.FitError, match=r"Q8_0 needs .* smaller types that fit: Q6_K, Q5_K_M"):
         quants.choose(rows, "Q8_0")
-    text = quants.render(rows, int(7.6 * fit.GiB), chosen.quant)
+    text = quants.render(rows, int(7.6 * units.GiB), chosen.quant)
     assert "Q6_K" in text and "<-" in text
 
 
 def test_nothing_fits_a_4gb_pi_at_7b_except_small_types() -> None:
     shape = shape_from_config(MISTRAL_7B, MISTRAL_7B_PARAMS)
     rows = quants.table_from_sizes(
-        shape, quants.estimated_sizes(MISTRAL_7B_PARAMS), budget=int(3.7 * fit.GiB) - fit.DEFAULT_RESERVE, n_ctx=4096
+        shape,
+        quants.estimated_sizes(MISTRAL_7B_PARAMS),
+        budget=int(3.7 * units.GiB) - units.DEFAULT_RESERVE,
+        n_ctx=4096,
     )
     assert quants.choose(rows).quant == "Q2_K"
-    rows = quants.table_from_sizes(shape, quants.estimated_sizes(MISTRAL_7B_PARAMS), budget=2 * fit.GiB, n_ctx=4096)
+    rows = quants.table_from_sizes(shape, quants.estimated_sizes(MISTRAL_7B_PARAMS), budget=2 * units.GiB, n_ctx=4096)
     with pytest.raises(fit.FitError, match="no quantization of this model fits: even Q2_K needs"):
         quants.choose(rows)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmpi import board, settings
-from llmpi.config import ConfigError
-from llmpi.settings import COMPOSE_SETTINGS, HUB_VARIABLES, INTERNAL_SETTINGS, SETTINGS, Settings
+from llmpi.core import env, settings
+from llmpi.core.env import ConfigError
+from llmpi.core.settings import COMPOSE_SETTINGS, HUB_VARIABLES, INTERNAL_SETTINGS, SETTINGS, Settings
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -43,7 +43,7 @@ def test_env_example_shows_every_setting() -> None:
 
 def test_settings_reads_only_listed_variables() -> None:
     source = Path(settings.__file__).read_text().split("INTERNAL_SETTINGS = ", 1)[1]
-    source += inspect.getsource(board.sysfs_setting)  # LLMPI_SYSFS_PATH, read there for Settings and the listener
+    source += inspect.getsource(env.sysfs_path)  # LLMPI_SYSFS_PATH, read there for Settings and the listener
     read = set(re.findall(r'"(LLMPI_[A-Z_]+)"', source))
     assert read <= set(SETTINGS) | set(INTERNAL_SETTINGS)
     assert set(SETTINGS) - read <= {f"{n}_FILE" for n in read}  # *_FILE variants are read by file_env

@@ -8,20 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from llmpi import catalog, launcher, speculation
-from llmpi.config import ConfigError
-from llmpi.gguf import read_vocabulary
-from llmpi.settings import Settings
+from llmpi.core.env import ConfigError
+from llmpi.core.settings import Settings
+from llmpi.models import catalog, resolve
+from llmpi.plan import serving, speculation
+from llmpi.plan.gguf import read_vocabulary
+from llmpi.process import launcher
 from tests.ggufmaker import llama_like
-from tests.unit.test_launcher import HW, flags, preset_sections, pulled
+from tests.unit.helpers import HW, NO_PAGE, flags, preset_sections, pulled
 
 pytestmark = [pytest.mark.unit, pytest.mark.speed]
 VOCAB = ["<unk>", "<s>", "</s>", *(f"piece{i}" for i in range(3, 300))]
-
-
-@pytest.fixture(autouse=True)
-def _runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
 
 
 @pytest.fixture
@@ -86,16 +83,16 @@ def test_vocabulary_rules_follow_llama_cpp(tmp_path: Path) -> None:
 def test_the_fit_counts_the_draft_and_the_prompt_cache(env: dict[str, str], tmp_path: Path) -> None:
     draft = llama_like(tmp_path / "draft.gguf", n_layer=2, n_embd=1024, tokens=VOCAB)  # 2 x 4 MiB of weights
     env.update(LLMPI_MEMORY_LIMIT="600M", LLMPI_PARALLEL="8", LLMPI_CTX_SIZE="4096")
-    without = launcher.plan(Settings.read(env), HW)
+    without = serving.plan(Settings.read(env), HW)
     env["LLMPI_DRAFT_MODEL"] = str(draft)
-    with_draft = launcher.plan(Settings.read(env), HW)
+    with_draft = serving.plan(Settings.read(env), HW)
     # the draft's own KV cache (8 slots x 4096 tokens x 2 layers x 2 x 1024 wide x 2 bytes: 256 MiB) and weights
     # leave less room for the prompt cache
     cache = int(str(flags(without.argv)["--cache-ram"])), int(str(flags(with_draft.argv)["--cache-ram"]))
     assert cache[1] < cache[0]
     env["LLMPI_PROMPT_CACHE"] = "200M"
     with pytest.raises(ConfigError) as e:
-        launcher.plan(Settings.read(env), HW)
+        serving.plan(Settings.read(env), HW)
     message = str(e.value)
     assert "prompt cache 200 MiB + draft model 185 MiB = 495 MiB needed" in message, message
     assert "(LLMPI_PROMPT_CACHE)" in message and "no draft model (LLMPI_DRAFT_MODEL=off)" in message
@@ -151,4 +148,4 @@ def test_the_catalog_s_drafts_are_catalog_entries_of_the_same_family() -> None:
 def test_a_draft_with_workers_is_refused_before_any_download(env: dict[str, str]) -> None:
     env.update(LLMPI_WORKERS="pi-b", LLMPI_DRAFT_MODEL="qwen3-0.6b")
     with pytest.raises(ConfigError, match=r"LLMPI_DRAFT_MODEL and LLMPI_WORKERS together are not supported"):
-        launcher.draft_on_board(Settings.read(env), HW, env, io.StringIO())
+        resolve.draft_on_board(Settings.read(env), HW, io.StringIO(), NO_PAGE)

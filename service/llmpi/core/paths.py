@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+# service/: the chat page (web/), the catalog (catalog.toml) and supervisord's configurations beside the package
+SERVICE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FALLBACK_RUNTIME_DIR = "/dev/shm/llmpi"  # when /tmp is not writable (a read-only root without its tmpfs)
 
 # on the data volume (Settings.data_dir)

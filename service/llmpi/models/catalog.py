@@ -11,7 +11,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog.toml"
+from ..core import paths
+
+DEFAULT_CATALOG = Path(paths.SERVICE_DIR) / "catalog.toml"
 KINDS = ("chat", "vision", "embedding")
 
 

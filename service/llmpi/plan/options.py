@@ -14,7 +14,7 @@ from ..core.settings import DRAIN_SECONDS, LOG_LEVELS, Settings
 from . import fit, speculation
 from .model_files import Model, sibling_template
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the chat page, served by llama-server at /
+WEB_DIR = Path(paths.SERVICE_DIR) / "web"  # the chat page, served by llama-server at /
 SERVER = "llama-server"
 Option = tuple[str, str, str | None]  # (LLAMA_ARG_* variable, flag, value; None for a bare flag)
 
@@ -79,7 +79,8 @@ def model_options(s: Settings, model: Model, est: fit.Estimate, threads: int) ->
 
 
 def speculation_options(s: Settings, model: Model) -> list[Option]:
-    """Speculative decoding (llmpi.plan.speculation): n-gram drafts from the conversation (LLMPI_SPECULATION) and a draft
+    """Speculative decoding (llmpi.plan.speculation): n-gram drafts from the conversation (LLMPI_SPECULATION) and a
+    draft
     model (LLMPI_DRAFT_MODEL), either, both or none."""
     ngram = s.speculation == "ngram"
     types = speculation.spec_types(ngram, model.draft is not None)

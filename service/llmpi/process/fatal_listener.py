@@ -6,7 +6,8 @@ health log and the container log" (the one failure state), never a Docker restar
 * PROCESS_LOG_STDERR: llama-server logs everything to stderr; the last lines of its latest start
   (PROCESS_STATE_STARTING) are kept in memory.
 * PROCESS_STATE_EXITED (unexpected) / BACKOFF: those lines are written to the last-words file, which the launcher
-  names as the reason when llama-server has stopped too often without ever serving (llmpi.core.failure.MAX_START_ATTEMPTS).
+  names as the reason when llama-server has stopped too often without ever serving
+  (llmpi.core.failure.MAX_START_ATTEMPTS).
 * PROCESS_STATE_FATAL: supervisord will not start the program again; the reason is logged (the launcher's refusal
   marker, or the last words), and the health check reports it.
 

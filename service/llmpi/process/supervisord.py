@@ -72,9 +72,9 @@ def start_without_waiting() -> None:
 
 
 def with_channels(argv: list[str]) -> list[str]:
-    """The command line with the configuration that llmpi.cluster.channels prepared: spiped's key and, on a head with workers,
-    its channels (in a process of its own: supervisord, living as long as the container, never imports the
-    settings)."""
+    """The command line with the configuration that llmpi.cluster.channels prepared: spiped's key and, on a head with
+    workers, its channels (in a process of its own: supervisord, living as long as the container, never imports
+    the settings)."""
     if "--configuration" not in argv[:-1]:
         return argv
     at = argv.index("--configuration") + 1
