@@ -564,7 +564,7 @@ def test_wait_for_workers_marks_the_wait_and_logs_it(
     late = Server(ports.published[1], closes)  # the second worker's port opens after a few tries
     ports.servers.append(late)
     Path(paths.make_runtime_dir())  # made by the launcher's first look at the refusal marker
-    marker = Path(paths.waiting())
+    marker = Path(paths.runtime_file(paths.WAITING))
     seen: dict[str, object] = {}
 
     def second_worker_comes_up() -> None:
@@ -625,12 +625,14 @@ def test_the_health_check_reports_the_wait(tmp_path: Path) -> None:
     closed = bound()
     try:
         base = f"http://127.0.0.1:{closed.getsockname()[1]}"
-        Path(paths.waiting()).write_text("waiting for worker pi-b:50052 does not answer (No route to host)\n")
+        Path(paths.runtime_file(paths.WAITING)).write_text(
+            "waiting for worker pi-b:50052 does not answer (No route to host)\n"
+        )
         assert healthcheck.probe(base) == (
             "failed",
             "llmpi is waiting: waiting for worker pi-b:50052 does not answer (No route to host)",
         )
-        Path(paths.waiting()).unlink()
+        Path(paths.runtime_file(paths.WAITING)).unlink()
         assert healthcheck.probe(base)[0] == "starting"  # the launcher is on to the next step
     finally:
         closed.close()

@@ -154,7 +154,7 @@ def test_main_writes_marker_and_exits_78(
     monkeypatch.setenv("LLMPI_MODEL", "/nonexistent/model.gguf")
     assert launcher.main([]) == 78
     assert "configuration error: the model file /nonexistent/model.gguf does not exist" in capsys.readouterr().err
-    assert "does not exist" in Path(paths.config_error()).read_text()
+    assert "does not exist" in Path(paths.runtime_file(paths.CONFIG_ERROR)).read_text()
 
 
 # --- keys -----------------------------------------------------------------------------------------------------
@@ -353,11 +353,11 @@ def test_listener_keeps_last_words_and_never_stops_supervisord() -> None:
     )
     assert len(listener.lines) == fatal_listener.KEEP_LINES
     listener.handle("PROCESS_STATE_EXITED", "processname:llama-server from_state:RUNNING expected:0 pid:7")
-    words = Path(paths.last_words()).read_text()
+    words = Path(paths.runtime_file(paths.LAST_WORDS)).read_text()
     assert "unknown model architecture" in words and "line 3" not in words  # the error lines, not the chatter
     listener.handle("PROCESS_STATE_FATAL", "processname:llama-server groupname:llama-server from_state:BACKOFF")
     assert "will not be started again" in log.getvalue() and "unknown model architecture" in log.getvalue()
-    Path(paths.config_error()).write_text("the model file /x does not exist\n")
+    Path(paths.runtime_file(paths.CONFIG_ERROR)).write_text("the model file /x does not exist\n")
     listener.handle("PROCESS_STATE_FATAL", "processname:llama-server groupname:llama-server from_state:BACKOFF")
     assert "until the problem is fixed: the model file /x does not exist" in log.getvalue()
     listener.handle("PROCESS_STATE_STARTING", "processname:llama-server from_state:BACKOFF tries:1")
@@ -370,12 +370,12 @@ def test_repeated_start_failures_become_a_refusal(env: dict[str, str], monkeypat
     execs: list[str] = []
     monkeypatch.setattr(os, "execvpe", lambda *a: execs.append(a[0]))
     Path(paths.make_runtime_dir())
-    Path(paths.last_words()).write_text("error loading model: unknown model architecture: 'x'\n")
+    Path(paths.runtime_file(paths.LAST_WORDS)).write_text("error loading model: unknown model architecture: 'x'\n")
     for _ in range(failure.MAX_START_ATTEMPTS):
         assert launcher.main([]) == 0  # exec'd (here: recorded)
     assert len(execs) == failure.MAX_START_ATTEMPTS
     assert launcher.main([]) == 78
-    reason = Path(paths.config_error()).read_text()
+    reason = Path(paths.runtime_file(paths.CONFIG_ERROR)).read_text()
     assert "stopped 3 times before it could serve" in reason and "unknown model architecture" in reason
     # a refusal is final in this container: supervisord's next try refuses at once, nothing is redone
     assert launcher.main([]) == 78 and len(execs) == failure.MAX_START_ATTEMPTS
@@ -383,14 +383,16 @@ def test_repeated_start_failures_become_a_refusal(env: dict[str, str], monkeypat
     paths.clear_state()
     for _ in range(failure.MAX_START_ATTEMPTS - 1):
         assert launcher.main([]) == 0
-    Path(paths.start_attempts()).unlink()
-    assert launcher.main([]) == 0 and launcher.main([]) == 0 and not Path(paths.config_error()).exists()
+    Path(paths.runtime_file(paths.START_ATTEMPTS)).unlink()
+    assert (
+        launcher.main([]) == 0 and launcher.main([]) == 0 and not Path(paths.runtime_file(paths.CONFIG_ERROR)).exists()
+    )
     paths.clear_state()
     # the launcher's own refusals (a wrong setting) are not failed starts of llama-server
     monkeypatch.setenv("LLMPI_PARALLEL", "many")
     for _ in range(failure.MAX_START_ATTEMPTS + 2):
         assert launcher.main([]) == 78
-    assert "LLMPI_PARALLEL='many'" in Path(paths.config_error()).read_text()
+    assert "LLMPI_PARALLEL='many'" in Path(paths.runtime_file(paths.CONFIG_ERROR)).read_text()
 
 
 def test_unexpected_launcher_errors_are_refusals_too(
@@ -404,7 +406,7 @@ def test_unexpected_launcher_errors_are_refusals_too(
 
     monkeypatch.setattr(hardware, "detect", unreadable)  # not a ConfigError: a bug or a strange host
     assert launcher.main([]) == 78
-    assert "the launcher failed: PermissionError" in Path(paths.config_error()).read_text()
+    assert "the launcher failed: PermissionError" in Path(paths.runtime_file(paths.CONFIG_ERROR)).read_text()
     assert "Traceback" in capsys.readouterr().err
 
 

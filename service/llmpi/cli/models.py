@@ -139,7 +139,7 @@ def apply_change(s: Settings, out: TextIO) -> None:
         return
     hw = hardware.detect()
     new = plan(resolved(s), hw)
-    preset = Path(paths.models_preset())
+    preset = Path(paths.runtime_file(paths.MODELS_PRESET))
     if router_running() and preset in new.files:
         write_files(new.files)
         tell_announcer(s, new.announced, out)

@@ -93,7 +93,7 @@ def resolve_auto_workers(announce_dir: Path, wait: float = AUTO_WAIT, settle: fl
     if found:
         time.sleep(settle)
         found = heard_workers(announce_dir)
-    write_atomic(Path(paths.auto_workers()), ",".join(found) + "\n")
+    write_atomic(Path(paths.runtime_file(paths.AUTO_WORKERS)), ",".join(found) + "\n")
     print(f"llmpi: LLMPI_WORKERS=auto: {', '.join(found) or 'no worker found'}", file=sys.stderr, flush=True)
     return found
 
@@ -129,11 +129,11 @@ def prepare_channels(configuration: str, env: dict[str, str]) -> str:
     else:
         return configuration
     paths.make_runtime_dir()
-    key = Path(paths.cluster_key())
+    key = Path(paths.runtime_file(paths.CLUSTER_KEY))
     write_key_file(key, secret)
     if worker:
         return configuration
-    combined = Path(paths.supervisord_conf())
+    combined = Path(paths.runtime_file(paths.SUPERVISORD_CONF))
     combined.write_text(Path(configuration).read_text() + "\n" + head_programs(s.workers, key))
     return str(combined)
 

@@ -37,7 +37,7 @@ def wait_for_workers(s: Settings, out: TextIO) -> list[Board]:
     if not s.workers:
         return []
     paths.make_runtime_dir()
-    waiting = Path(paths.waiting())
+    waiting = Path(paths.runtime_file(paths.WAITING))
     said, said_at = "", 0.0
     while True:
         try:

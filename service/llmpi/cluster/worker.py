@@ -29,7 +29,7 @@ INFO_LOCAL_PORT = 50153  # the worker's description on its loopback
 
 def key_file() -> Path:
     paths.make_runtime_dir()
-    return Path(paths.cluster_key())
+    return Path(paths.runtime_file(paths.CLUSTER_KEY))
 
 
 def description(s: Settings, hw: hardware.Hardware) -> dict[str, object]:

@@ -22,7 +22,7 @@ def refuse(reason: str, who: str = "llmpi") -> int:
     after which supervisord gives up on the program and the container stays up, unhealthy."""
     print(f"{who}: configuration error: {reason}", file=sys.stderr, flush=True)
     paths.make_runtime_dir()
-    Path(paths.config_error()).write_text(reason + "\n")
+    Path(paths.runtime_file(paths.CONFIG_ERROR)).write_text(reason + "\n")
     return CONFIG_ERROR_EXIT
 
 
@@ -31,7 +31,7 @@ def earlier_refusal() -> str | None:
     cause is fixed and the container recreated or restarted, which clears the runtime directory: never redo a
     download or a load in a loop), or too many starts that never served."""
     try:
-        return Path(paths.config_error()).read_text().strip() or "refused before (no reason kept)"
+        return Path(paths.runtime_file(paths.CONFIG_ERROR)).read_text().strip() or "refused before (no reason kept)"
     except FileNotFoundError:
         return failed_starts_refusal()
 
@@ -39,7 +39,7 @@ def earlier_refusal() -> str | None:
 def refused_reason() -> str | None:
     """The reason the launcher (or the worker) gave when it refused to start, if it did."""
     try:
-        return Path(paths.config_error()).read_text().strip()
+        return Path(paths.runtime_file(paths.CONFIG_ERROR)).read_text().strip()
     except OSError:
         return None
 
@@ -51,7 +51,7 @@ def failed_starts_refusal() -> str | None:
     if attempts < MAX_START_ATTEMPTS:
         return None
     try:
-        last = Path(paths.last_words()).read_text().strip()
+        last = Path(paths.runtime_file(paths.LAST_WORDS)).read_text().strip()
     except OSError:
         last = ""
     return (
@@ -64,7 +64,7 @@ def failed_starts_refusal() -> str | None:
 
 def start_attempts() -> int:
     try:
-        return int(Path(paths.start_attempts()).read_text() or "0")
+        return int(Path(paths.runtime_file(paths.START_ATTEMPTS)).read_text() or "0")
     except (OSError, ValueError):
         return 0
 
@@ -72,10 +72,10 @@ def start_attempts() -> int:
 def count_start_attempt() -> None:
     """One more start of llama-server (called right before the exec: the launcher's own refusals do not count)."""
     paths.make_runtime_dir()
-    Path(paths.start_attempts()).write_text(str(start_attempts() + 1))
+    Path(paths.runtime_file(paths.START_ATTEMPTS)).write_text(str(start_attempts() + 1))
 
 
 def clear_start_attempts() -> None:
     """llama-server served (or stopped for a reason that is not its own): the count starts again."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(paths.start_attempts())
+        os.unlink(paths.runtime_file(paths.START_ATTEMPTS))

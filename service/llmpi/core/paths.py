@@ -20,6 +20,22 @@ ANNOUNCE_FILE = "announce.json"  # written by the launcher: what the announcer t
 WORKERS_FILE = "workers.json"  # written by the announcer: the workers it hears on the network
 
 
+# the files in the runtime directory: runtime_file(NAME) is where each one is
+CONFIG_ERROR = "config-error"  # the launcher's (or worker's) refusal; read by the health check and the listener
+START_ATTEMPTS = "start-attempts"  # llama-server's starts that never served; cleared by the health check on a 200
+LAST_WORDS = "last-words"  # llama-server's last lines before it exited, kept by the FATAL listener
+WAITING = "waiting"  # what the launcher waits for (a worker of the cluster); read by the health check
+HEALTH = "health.json"  # the models the health check expects loaded, and the server's key file (the launcher's)
+MODELS_PRESET = "models.ini"  # the router's --models-preset (the launcher's; `llmpi models` rewrites it)
+PULL_PROGRESS = "pull.json"  # a running pull's progress, for the status page and the health check
+BOARD_PROM = "board.prom"  # the board watch's metrics, appended to llama-server's /metrics (--metrics-textfile)
+BOARD_JSON = "board.json"  # the board watch's last reading, for `llmpi status`
+SERVER_KEYS = "api_keys"  # the keys llama-server accepts (--api-key-file), one a line
+ADMIN_KEYS = "admin_keys"  # the keys that may manage the router's models (--admin-key-file)
+AUTO_WORKERS = "workers.auto"  # LLMPI_WORKERS=auto: the workers found at this container's start (Settings reads it)
+CLUSTER_KEY = CLUSTER_KEY_FILE  # spiped's key file, made from the cluster secret at container start
+SUPERVISORD_CONF = "supervisord.conf"  # a head's supervisord configuration: the image's plus a channel per worker
+
 def runtime_dir() -> str:
     """A private per-container scratch directory (not on the data volume): /tmp/llmpi, or /dev/shm/llmpi when /tmp
     cannot be written (LLMPI_RUNTIME_DIR in tests). Every process decides the same way, so they agree on the
@@ -43,82 +59,14 @@ def make_runtime_dir() -> str:
 
 
 def runtime_file(name: str) -> str:
+    """Where the runtime file `name` (one of the names above) is."""
     return os.path.join(runtime_dir(), name)
-
-
-def config_error() -> str:
-    """Written by the launcher (or the worker) when it refuses to start; read by the health check and the listener."""
-    return runtime_file("config-error")
-
-
-def start_attempts() -> str:
-    """How many times llama-server was started without serving yet; cleared by the health check on a 200."""
-    return runtime_file("start-attempts")
-
-
-def last_words() -> str:
-    """The last lines llama-server wrote before it exited, kept by the FATAL listener for the launcher's refusal."""
-    return runtime_file("last-words")
-
-
-def waiting() -> str:
-    """What the launcher is waiting for (a worker of the cluster), while it waits; read by the health check."""
-    return runtime_file("waiting")
-
-
-def health() -> str:
-    """health.json: the models the health check expects loaded, and the server's key file (written by the launcher)."""
-    return runtime_file("health.json")
-
-
-def models_preset() -> str:
-    """models.ini: the router's --models-preset (written by the launcher, rewritten by `llmpi models`)."""
-    return runtime_file("models.ini")
-
-
-def pull_progress() -> str:
-    """pull.json: a running pull's progress, for the status page and the health check."""
-    return runtime_file("pull.json")
-
-
-def board_prom() -> str:
-    """board.prom: the board watch's metrics, appended by llama-server's /metrics (--metrics-textfile)."""
-    return runtime_file("board.prom")
-
-
-def board_json() -> str:
-    """board.json: the board watch's last reading, for `llmpi board`."""
-    return runtime_file("board.json")
-
-
-def server_keys() -> str:
-    """The keys llama-server accepts (--api-key-file), one a line."""
-    return runtime_file("api_keys")
-
-
-def admin_keys() -> str:
-    """The keys that may manage the router's models (--admin-key-file)."""
-    return runtime_file("admin_keys")
-
-
-def auto_workers() -> str:
-    """LLMPI_WORKERS=auto: the workers this container found at its start, as host:port,... (Settings reads it)."""
-    return runtime_file("workers.auto")
-
-
-def cluster_key() -> str:
-    """spiped's key file, made from the cluster secret at container start."""
-    return runtime_file(CLUSTER_KEY_FILE)
-
-
-def supervisord_conf() -> str:
-    """A head's supervisord configuration with a channel per worker port (the image's, plus the channels)."""
-    return runtime_file("supervisord.conf")
 
 
 def clear_state() -> None:
     """A new container start: no refusal, no attempts, no last words from a start before (a plain `docker run`
     keeps /tmp across restarts)."""
-    for path in (config_error(), start_attempts(), last_words(), waiting()):
+    for name in (CONFIG_ERROR, START_ATTEMPTS, LAST_WORDS, WAITING):
+        path = runtime_file(name)
         with contextlib.suppress(OSError):
             os.unlink(path)

@@ -238,7 +238,7 @@ def workers_text(env: Mapping[str, str]) -> str:
     if text.lower() != "auto":
         return text
     try:
-        return Path(paths.auto_workers()).read_text().strip()
+        return Path(paths.runtime_file(paths.AUTO_WORKERS)).read_text().strip()
     except OSError:
         return ""
 

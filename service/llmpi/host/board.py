@@ -332,11 +332,11 @@ def clock_lines(snap: Mapping[str, Any]) -> list[str]:
 
 def prom_path() -> Path:
     """board.prom in the runtime directory; llmpi.plan.options.server_options names it for --metrics-textfile."""
-    return Path(paths.board_prom())
+    return Path(paths.runtime_file(paths.BOARD_PROM))
 
 
 def json_path() -> Path:
-    return Path(paths.board_json())
+    return Path(paths.runtime_file(paths.BOARD_JSON))
 
 
 class Watch:

@@ -103,7 +103,7 @@ def server_options(s: Settings, router: bool) -> list[Option]:
         opts.append(("LLAMA_ARG_STATIC_PATH", "--path", str(WEB_DIR)))
     if s.metrics:
         opts.append(("LLAMA_ARG_ENDPOINT_METRICS", "--metrics", None))
-        opts.append(("LLAMA_ARG_METRICS_TEXTFILE", "--metrics-textfile", paths.board_prom()))
+        opts.append(("LLAMA_ARG_METRICS_TEXTFILE", "--metrics-textfile", paths.runtime_file(paths.BOARD_PROM)))
     if s.auth:
         opts.append(("LLAMA_ARG_API_KEY_FILE", "--api-key-file", str(server_keys_file())))
     if router:

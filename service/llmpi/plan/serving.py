@@ -285,7 +285,7 @@ def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[Board] = ()) -> Pl
         argv, est = plan_cluster(s, hw, model, threads, boards, notes)
         argv += render_argv(not_overridden(s, notes, server_options(s, False)))
         notes.insert(0, f"model {model.info.path.name}: {est.breakdown()} across the boards")
-        health_file = {Path(paths.health()): json.dumps(health)}
+        health_file = {Path(paths.runtime_file(paths.HEALTH)): json.dumps(health)}
         return Plan(argv=argv, notes=notes, files=health_file, announced=[model.alias])
     second = load_embedding_model(s, threads)
     budget, source = memory_budget(s, hw)
@@ -303,7 +303,7 @@ def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[Board] = ()) -> Pl
         served = [Served(model.alias, opts, est, kind, True)] + ([second] if second else [])
         served += other_models(s, taken, second, threads, budget, source, notes, hw.amx)
         limit = models_max(served, budget)
-        preset = Path(paths.models_preset())
+        preset = Path(paths.runtime_file(paths.MODELS_PRESET))
         files[preset] = router_preset(s, notes, served, limit)
         argv += ["--models-preset", str(preset), "--models-max", str(limit), "--models-default", model.alias]
         health["models"] = [m.alias for m in served if m.startup]
@@ -312,7 +312,7 @@ def plan(s: Settings, hw: hardware.Hardware, boards: Sequence[Board] = ()) -> Pl
             f"at most {limit} loaded at once; a request naming none of them goes to {model.alias}; {preset}"
         )
     argv += render_argv(not_overridden(s, notes, server_options(s, router)))
-    files[Path(paths.health())] = json.dumps(health)
+    files[Path(paths.runtime_file(paths.HEALTH))] = json.dumps(health)
     shape = model.shape
     notes.insert(
         0,

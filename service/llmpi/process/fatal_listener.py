@@ -75,14 +75,14 @@ class Listener:
         if not words:
             return
         try:
-            os.makedirs(os.path.dirname(paths.last_words()), mode=0o700, exist_ok=True)
-            with open(paths.last_words(), "w") as f:
+            os.makedirs(os.path.dirname(paths.runtime_file(paths.LAST_WORDS)), mode=0o700, exist_ok=True)
+            with open(paths.runtime_file(paths.LAST_WORDS), "w") as f:
                 f.write(words + "\n")
         except OSError as e:
             print(f"llmpi: cannot keep llama-server's last words: {e}", file=self.log, flush=True)
 
     def verdict(self, name: str) -> None:
-        marker = paths.config_error()
+        marker = paths.runtime_file(paths.CONFIG_ERROR)
         reason = ""
         if os.path.exists(marker):
             with open(marker) as f:

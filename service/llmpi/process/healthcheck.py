@@ -43,7 +43,7 @@ LOAD_WAIT = 20 * 60  # below the Dockerfile's HEALTHCHECK --timeout
 def models_not_loaded(base: str) -> list[str]:
     """Router mode: the models named in the launcher's health.json whose status is not "loaded" (all, on error)."""
     try:
-        health = json.loads(Path(paths.health()).read_text())
+        health = json.loads(Path(paths.runtime_file(paths.HEALTH)).read_text())
     except (OSError, ValueError):
         return []
     wanted = [str(m) for m in health.get("models") or []]
@@ -101,7 +101,7 @@ def probe(base: str, workers: Sequence[Worker] = ()) -> tuple[str, str]:
     if refused is not None:
         return "failed", f"llmpi refused to start: {refused}"
     with contextlib.suppress(OSError):
-        return "failed", f"llmpi is waiting: {Path(paths.waiting()).read_text().strip()}"
+        return "failed", f"llmpi is waiting: {Path(paths.runtime_file(paths.WAITING)).read_text().strip()}"
     url = f"{base}/health"
     try:
         with urllib.request.urlopen(url, timeout=4) as resp:

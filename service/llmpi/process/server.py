@@ -15,7 +15,7 @@ SERVER_NAME = "llama-server"
 
 def router_running() -> bool:
     """The launcher started llama-server as a router (it wrote the models preset)."""
-    return os.path.isfile(paths.models_preset())
+    return os.path.isfile(paths.runtime_file(paths.MODELS_PRESET))
 
 
 def serves(port: int) -> bool:
