@@ -245,8 +245,9 @@ VOLUME ["/data"]
 # through compose's volume llmpi-announce; it never sees /data
 EXPOSE 8080
 # /health is 503 while the model loads and 200 once it serves. A Pi loading a 4 GB model from an SD card needs
-# minutes: the check itself waits while the server is loading (up to 20 minutes, llmpi.process.healthcheck.LOAD_WAIT), so
-# Docker shows `starting` that long without a long start period, and a refusal is `unhealthy` within about 30 s.
+# minutes: the check itself waits while the server is loading (up to 20 minutes,
+# llmpi.process.healthcheck.LOAD_WAIT), so Docker shows `starting` that long without a long start period, and a
+# refusal is `unhealthy` within about 30 s.
 HEALTHCHECK --interval=10s --timeout=21m --start-period=5s --retries=3 \
     CMD ["python3", "-m", "llmpi.process.healthcheck"]
 # supervisord itself, minus its up-front import of pkg_resources (service/llmpi/process/supervisord.py)
