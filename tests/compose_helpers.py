@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,21 +91,25 @@ class Project(compose.Project):
         return int(code), out.decode(errors="replace")
 
 
-def build_profile_service(config: pytest.Config, service: str, profile: str, why: str) -> None:
-    """Build one of compose.yaml's profile services once (the tests build `prepare`; none builds the benchmark's
-    `peer`), its log in artifacts/build-<service>.log; skipped with LLMPI_TEST_SKIP_BUILD=1."""
+def build_logged(config: pytest.Config, what: str, cmd: list[str], log_name: str, env: Mapping[str, str]) -> None:
+    """Build an image once per test session (a no-op when Docker's layer cache is warm), its output in
+    artifacts/<log_name> and how long it took said, so that a CI run shows where its time went; skipped with
+    LLMPI_TEST_SKIP_BUILD=1."""
     if os.environ.get("LLMPI_TEST_SKIP_BUILD"):
         return
-    say(config, f"\nbuilding the {service} image ({why})")
+    say(config, f"\nbuilding {what} (progress in artifacts/{log_name})")
     ARTIFACTS.mkdir(exist_ok=True)
-    with (ARTIFACTS / f"build-{service}.log").open("w") as log:
-        subprocess.run(
-            ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", profile, "build", service],
-            env=compose_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-        )
+    started = time.monotonic()
+    with (ARTIFACTS / log_name).open("w") as log:
+        subprocess.run(cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, check=True)
+    say(config, f"built {what.split(' (')[0]} in {time.monotonic() - started:.0f} s")
+
+
+def build_profile_service(config: pytest.Config, service: str, profile: str, why: str) -> None:
+    """Build one of compose.yaml's profile services once (the tests build `prepare`; none builds the benchmark's
+    `peer`)."""
+    cmd = ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", profile, "build", service]
+    build_logged(config, f"the {service} image ({why})", cmd, f"build-{service}.log", compose_env())
 
 
 def say(config: pytest.Config, text: str) -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,13 +8,12 @@ import pytest
 
 from tests.browser import browser  # noqa: F401  (a shared fixture)
 from tests.compose_helpers import (
-    ARTIFACTS,
     COMPOSE_FILE,
     PREPARE_IMAGE,
     Project,
+    build_logged,
     build_profile_service,
     compose_env,
-    say,
 )
 
 
@@ -23,22 +21,9 @@ from tests.compose_helpers import (
 def appliance_image(pytestconfig: pytest.Config) -> str:
     """Build the image once per test session (a no-op when the layer cache is warm), as `docker compose build`."""
     image = os.environ.get("LLMPI_IMAGE", "llmpi:latest")
-    if os.environ.get("LLMPI_TEST_SKIP_BUILD"):
-        return image
-    ARTIFACTS.mkdir(exist_ok=True)
-    say(
-        pytestconfig,
-        "\nbuilding the appliance image with docker compose (about 10 minutes the first time on 2 cores; "
-        "progress in artifacts/build.log)",
-    )
-    with (ARTIFACTS / "build.log").open("w") as log:
-        subprocess.run(
-            ["docker", "compose", "-f", str(COMPOSE_FILE), "build", "llmpi"],
-            env=compose_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-        )
+    cmd = ["docker", "compose", "-f", str(COMPOSE_FILE), "build", "llmpi"]
+    why = "about 10 minutes the first time on 2 cores"
+    build_logged(pytestconfig, f"the appliance image with docker compose ({why})", cmd, "build.log", compose_env())
     return image
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import docker
 import openai
 import pytest
 
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, compose_env, say
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, build_logged, compose_env
 
 pytestmark = pytest.mark.arm64
 HERE = Path(__file__).resolve().parent
@@ -25,21 +24,9 @@ EM_AARCH64 = 183  # ELF e_machine of AArch64
 
 @pytest.fixture(scope="session")
 def arm64_image(pytestconfig: pytest.Config) -> str:
-    ARTIFACTS.mkdir(exist_ok=True)
-    if not os.environ.get("LLMPI_TEST_SKIP_BUILD"):
-        say(
-            pytestconfig,
-            "\ncross-building the arm64 image (about 10 minutes the first time on 2 cores; "
-            "progress in artifacts/build-arm64.log)",
-        )
-        with (ARTIFACTS / "build-arm64.log").open("w") as log:
-            subprocess.run(
-                [str(ROOT / "scripts/build-arm64")],
-                env=compose_env({"LLMPI_ARM64_IMAGE": IMAGE}),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=True,
-            )
+    why = "cross-built, about 10 minutes the first time on 2 cores"
+    env = compose_env({"LLMPI_ARM64_IMAGE": IMAGE})
+    build_logged(pytestconfig, f"the arm64 image ({why})", [str(ROOT / "scripts/build-arm64")], "build-arm64.log", env)
     return IMAGE
 
 
