@@ -1,8 +1,13 @@
 """Every LLMPI_* setting, read from the environment and validated once, into one typed object.
 
-The rest of the launcher takes a `Settings` and never reads the environment itself. `SETTINGS` lists each
-variable with its default as the README's settings table shows it; a unit test keeps that table, this list,
-compose.yaml and .env.example in step.
+Every process reads it once, at its start (`Settings.read(os.environ)`), and passes it on; the rest of the package
+never reads the environment. The exceptions, each for a reason: the processes that live as long as the container
+and cannot afford this module's imports read their one variable themselves (core.paths: LLMPI_RUNTIME_DIR, the
+tests' runtime directory; core.env.sysfs_path: LLMPI_SYSFS_PATH for the board watch; process.supervisord:
+LLMPI_WORKERS, whether there are channels to prepare); the hub's address is read where huggingface_hub is called
+(HF_ENDPOINT), and the catalog's file where the catalog is read (LLMPI_CATALOG, which only tests set), so that
+llmpi-prepare, which has no Settings, reads them the same way. `SETTINGS` lists each variable with its default as the README's settings table shows it; a
+unit test keeps that table, this list, compose.yaml and .env.example in step.
 """
 
 from __future__ import annotations
