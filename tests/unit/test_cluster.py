@@ -15,7 +15,6 @@ import socket
 import stat
 import struct
 import threading
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -551,7 +550,6 @@ def test_board_from_needs_a_budget() -> None:
 def test_wait_for_workers_marks_the_wait_and_logs_it(
     ports: Ports, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(waiting, "WORKER_RETRY", 0.05)
     version_file = tmp_path / "version.json"
     version_file.write_text(json.dumps({"llama_cpp": "b9999", "rpc": "7.0.0"}))
     monkeypatch.setattr(llama_build, "VERSION_FILE", version_file)
@@ -561,29 +559,24 @@ def test_wait_for_workers_marks_the_wait_and_logs_it(
     for i, budget in ((0, 3 * units.GiB), (1, 5 * units.GiB)):
         ports.serve(ports.info(i), sends(json.dumps(description(budget)).encode()))
         ports.serve(ports.rpc(i), answers_hello(hello_reply(7, 0, 0), []))
-    late = Server(ports.published[1], closes)  # the second worker's port opens after a few tries
+    late = Server(ports.published[1], closes)  # the second worker's port opens after three failed tries
     ports.servers.append(late)
-    Path(paths.make_runtime_dir())  # made by the launcher's first look at the refusal marker
     marker = Path(paths.runtime_file(paths.WAITING))
     seen: dict[str, object] = {}
+    naps: list[float] = []
 
-    def second_worker_comes_up() -> None:
-        deadline = time.monotonic() + 5
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        seen["marker"] = marker.read_text() if marker.exists() else None
-        seen["probe"] = healthcheck.probe("http://127.0.0.1:9")
-        time.sleep(2 * waiting.WORKER_RETRY)  # a couple more tries fail
-        seen["still"] = marker.exists()
-        late.start()
+    def sleep(seconds: float) -> None:  # the launcher's pause between tries: what is true meanwhile
+        naps.append(seconds)
+        if len(naps) == 1:
+            seen["marker"] = marker.read_text() if marker.exists() else None
+            seen["probe"] = healthcheck.probe("http://127.0.0.1:9")
+        if len(naps) == 3:
+            seen["still"] = marker.exists()
+            late.start()
 
-    helper = threading.Thread(target=second_worker_comes_up, daemon=True)
-    helper.start()
     out = io.StringIO()
-    started = time.monotonic()
-    boards = waiting.wait_for_workers(s, out)
-    helper.join(5)
-    assert time.monotonic() - started < 5
+    boards = waiting.wait_for_workers(s, out, sleep=sleep, clock=lambda: 0.0)
+    assert naps == [waiting.WORKER_RETRY] * 3
     assert seen["marker"] == f"waiting for worker {w1.name} does not answer (Connection refused)\n"
     assert seen["probe"] == (
         "failed",

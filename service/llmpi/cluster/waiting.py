@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -30,10 +31,12 @@ def describe_workers(s: Settings) -> list[Board]:
     return boards
 
 
-def wait_for_workers(s: Settings, out: TextIO) -> list[Board]:
+def wait_for_workers(
+    s: Settings, out: TextIO, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic
+) -> list[Board]:
     """The workers' descriptions, waiting for as long as one does not answer: the reason goes to the log (again
     every 30 s if it changes or persists) and to the health check, which reports unhealthy meanwhile. A worker that
-    answers with other versions is a refusal (ConfigError), not a wait."""
+    answers with other versions is a refusal (ConfigError), not a wait. `sleep` and `clock`: the time it waits by."""
     if not s.workers:
         return []
     paths.make_runtime_dir()
@@ -45,10 +48,10 @@ def wait_for_workers(s: Settings, out: TextIO) -> list[Board]:
         except wire.WorkerUnreachable as e:
             reason = f"waiting for worker {e}"
             waiting.write_text(reason + "\n")
-            if reason != said or time.monotonic() - said_at >= WORKER_LOG_EVERY:
+            if reason != said or clock() - said_at >= WORKER_LOG_EVERY:
                 print(f"llmpi: {reason}", file=out, flush=True)
-                said, said_at = reason, time.monotonic()
-            time.sleep(WORKER_RETRY)
+                said, said_at = reason, clock()
+            sleep(WORKER_RETRY)
             continue
         with contextlib.suppress(FileNotFoundError):
             waiting.unlink()

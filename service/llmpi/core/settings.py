@@ -6,8 +6,10 @@ and cannot afford this module's imports read their one variable themselves (core
 tests' runtime directory; core.env.sysfs_path: LLMPI_SYSFS_PATH for the board watch; process.supervisord:
 LLMPI_WORKERS, whether there are channels to prepare); the hub's address is read where huggingface_hub is called
 (HF_ENDPOINT), and the catalog's file where the catalog is read (LLMPI_CATALOG, which only tests set), so that
-llmpi-prepare, which has no Settings, reads them the same way. `SETTINGS` lists each variable with its default as the README's settings table shows it; a
-unit test keeps that table, this list, compose.yaml and .env.example in step.
+llmpi-prepare, which has no Settings, reads them the same way.
+
+`SETTINGS` lists each variable with its default as the README's settings table shows it; a unit test keeps that
+table, this list, compose.yaml and .env.example in step.
 """
 
 from __future__ import annotations
