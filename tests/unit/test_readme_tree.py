@@ -120,7 +120,7 @@ def readme_problems(root: Path, readme: str) -> list[str]:
 
 def docs_problems(root: Path, index: str) -> list[str]:
     docs = root / "docs"
-    listed = {t for t in re.findall(r"\]\(([^)#\s]+)\)", index) if "/" not in t}
+    listed = {t for t in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", index) if "/" not in t}
     present = {p.name for p in docs.iterdir() if p.is_file() and not p.name.startswith(".")} - {"README.md"}
     return compare("docs/README.md", listed, present)
 
@@ -133,25 +133,84 @@ def test_docs_index_lists_every_doc() -> None:
     assert docs_problems(ROOT, (ROOT / "docs" / "README.md").read_text()) == []
 
 
-def test_the_check_finds_what_is_missing_and_what_is_gone() -> None:
-    readme = (ROOT / "README.md").read_text()
-    patch = sorted((ROOT / "build" / "patches").glob("*.patch"))[-1].name[:4]
-    marker = sorted(markers(ROOT))[0]
-    edited = re.sub(rf"\n  - `{patch}`[^\n]*(\n    [^\n]*)*", "", readme)  # a patch's item, continuation included
-    edited = edited.replace("`pull.py`", "`pulls.py`").replace(f"  - `{marker}`:", "  - `no-such-marker`:")
-    edited = edited.replace("  - `find`:", "  - `gone-script`: gone\n  - `find`:")
-    assert readme_problems(ROOT, edited) == [
-        f"build/patches/: not named: {patch}",
-        "service/llmpi/models/: not named: pull.py",
-        "service/llmpi/models/: named but not in the tree: pulls.py",
-        "scripts/: named but not in the tree: gone-script",
-        f"pytest markers: not named: {marker}",
-        "pytest markers: named but not in the tree: no-such-marker",
-    ]
+SMALL_README = """# x
 
-    index = (ROOT / "docs" / "README.md").read_text()
-    edited = index.replace("[memory.md](memory.md)", "[memory](memory.txt)")
-    assert docs_problems(ROOT, edited) == [
-        "docs/README.md: not named: memory.md",
-        "docs/README.md: named but not in the tree: memory.txt",
+## How it is built
+
+- `build/patches/`: fixes, each with its reason on its first line:
+  - `0001` the first
+  - `0002` the second,
+    on two lines
+- `service/`: the package:
+  - `core/`: `env.py` the environment, `paths.py` the paths
+- `scripts/`:
+  - `start`: start it
+  - `benchlib/`: `sse.py` the SSE reader
+- `tests/`: by folder, `unit/` and `lan/`. Markers:
+  - `unit`: fast
+  - `lan`: the network
+
+More in docs/README.md.
+
+## License
+"""
+
+
+@pytest.fixture
+def small_tree(tmp_path: Path) -> Path:
+    """A tree that SMALL_README describes exactly."""
+    for name in [
+        "build/patches/0001-first.patch",
+        "build/patches/0002-second.patch",
+        "service/llmpi/core/__init__.py",
+        "service/llmpi/core/env.py",
+        "service/llmpi/core/paths.py",
+        "scripts/start",
+        "scripts/benchlib/__init__.py",
+        "scripts/benchlib/sse.py",
+        "tests/unit/test_x.py",
+        "tests/lan/test_y.py",
+        "docs/a.md",
+        "docs/b.png",
+    ]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    (tmp_path / "scripts" / "__pycache__").mkdir()
+    markers = '[tool.pytest.ini_options]\nmarkers = ["unit: fast", "lan: the network"]\n'
+    (tmp_path / "pyproject.toml").write_text(markers)
+    return tmp_path
+
+
+def test_the_check_finds_what_is_missing_and_what_is_gone(small_tree: Path) -> None:
+    assert readme_problems(small_tree, SMALL_README) == []
+    for name in ["build/patches/0003-third.patch", "service/llmpi/core/units.py", "scripts/soak", "tests/board/t.py"]:
+        (small_tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (small_tree / name).write_text("")
+    (small_tree / "service/llmpi/host").mkdir()
+    (small_tree / "service/llmpi/host/__init__.py").write_text("")
+    (small_tree / "scripts/benchlib/sse.py").unlink()
+    (small_tree / "pyproject.toml").write_text('[tool.pytest.ini_options]\nmarkers = ["unit: fast", "board: b"]\n')
+    edited = SMALL_README.replace("`0001` the first", "`0009` gone").replace("docs/README.md", "docs/")
+    assert readme_problems(small_tree, edited) == [
+        "'## How it is built' does not point at docs/README.md",
+        "build/patches/: not named: 0001, 0003",
+        "build/patches/: named but not in the tree: 0009",
+        "service/llmpi/ packages: not named: host/",
+        "service/llmpi/core/: not named: units.py",
+        "scripts/: not named: soak",
+        "scripts/benchlib/: named but not in the tree: sse.py",
+        "tests/ folders: not named: board/",
+        "pytest markers: not named: board",
+        "pytest markers: named but not in the tree: lan",
+    ]
+    assert readme_problems(small_tree, SMALL_README.replace("- `scripts/`:", "- `script/`:"))[0] == (
+        "no item - `scripts/`: in '## How it is built'"
+    )
+
+
+def test_the_docs_check_finds_what_is_missing_and_what_is_gone(small_tree: Path) -> None:
+    assert docs_problems(small_tree, "- [a.md](a.md): a\n- [b.png](b.png): b\n- [README](../README.md)") == []
+    assert docs_problems(small_tree, "- [a](a.txt): a\n- [b.png](b.png#top): b") == [
+        "docs/README.md: not named: a.md",
+        "docs/README.md: named but not in the tree: a.txt",
     ]
