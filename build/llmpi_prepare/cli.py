@@ -10,7 +10,8 @@
 
 NAME is a catalog entry. Entries without a transformers repo have ready GGUF files only: `plan` shows their fit
 table, `download` and `run` fetch them as the appliance pulls them (llmpi.models.pull: the quant that
-fits, sha256-checked, with a manifest), e.g. for the bake stage.
+fits, sha256-checked, with a manifest), e.g. for the bake stage; so does `run --prebuilt`, which also verifies them
+with llama-server.
 
 Tokens: HF_TOKEN or HF_TOKEN_FILE. Hub: HF_ENDPOINT (default the public hub).
 """
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmpi.models import catalog, pull
+from llmpi.models.hub import HubError
 from llmpi.plan import fit, quants, split
 
 from . import convert, hub, pipeline, plan
@@ -87,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "download":
             hub.download(model, args.out, token)
             print(f"downloaded {model.repo_id}@{model.revision[:12]} to {args.out}")
-    except (hub.PrepareError, pull.PullError, fit.FitError, quants.UnknownQuant, ValueError) as e:
+    except (hub.PrepareError, HubError, fit.FitError, quants.UnknownQuant, ValueError) as e:
         print(f"llmpi-prepare: {e}", file=sys.stderr)
         return 1
     return 0
@@ -104,10 +106,7 @@ def pull_ready_gguf(
 ) -> None:
     """A catalog entry with ready GGUF files only: the appliance's own pull (llmpi.models.pull, the same fit table as
     `llmpi models pull`); `plan` prints the table, `download` and `run` put the files and the manifest in --out."""
-    ref = pull.parse_ref(entry.name if quant == "auto" else f"{entry.name}:{quant}", catalog.load())
-    budget = memory - fit.DEFAULT_RESERVE
-    boards = split.with_head(budget, source, workers)
-    p = pull.plan_pull(ref, pull.inspect(ref, token), budget, source, token, boards)
+    p = pipeline.plan_ready(entry, quant, memory, source, token, args.ctx, workers)
     print(p.table)
     if args.command == "plan":
         return

@@ -1,66 +1,29 @@
-"""The whole pipeline: plan (fit) -> download -> convert -> quantize -> verify -> manifest -> clean up."""
+"""The whole pipeline: plan (fit) -> download -> convert -> quantize -> verify -> manifest -> clean up; and, for a
+model the pinned converter cannot convert, a catalog entry's ready GGUF files pulled as the appliance pulls them
+(llmpi.models.pull), then verified."""
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 
-from huggingface_hub import HfApi, hf_hub_download
-from huggingface_hub.errors import HfHubHTTPError
-
-from llmpi.models import catalog
-from llmpi.models.pull import sha256_file, write_json_atomic
-from llmpi.plan import fit, quants
+from llmpi.models import catalog, choose, pull
+from llmpi.models import hub as hub_client
+from llmpi.plan import fit, split
 
 from . import convert, hub, plan
-from .hfshape import architecture, shape_from_config
+from .hfshape import architecture
 
 EMBEDDING_ARCH_SUFFIXES = ("Model",)  # BertModel, XLMRobertaModel, NomicBertModel...: encoders, no LM head
 
 
 def is_embedding(arch: str) -> bool:
     return arch.endswith(EMBEDDING_ARCH_SUFFIXES) and not arch.endswith(("ForCausalLM", "LMHeadModel"))
-
-
-def _manifest(
-    *,
-    source: dict[str, object],
-    architecture: str,
-    kind: str,
-    quant: str,
-    final: Path,
-    final_mmproj: Path | None,
-    n_params: int,
-    n_ctx_train: int,
-    planned: dict[str, object],
-    verified: dict[str, object],
-    extra: dict[str, object] | None = None,
-) -> dict[str, object]:
-    """What the result is and where it came from; written next to the model as <name>.json."""
-    return {
-        "source": source,
-        "architecture": architecture,
-        "kind": kind,
-        "quant": quant,
-        "file": final.name,
-        "sha256": sha256_file(final),
-        "size": final.stat().st_size,
-        "parameters": n_params,
-        "trained_context": n_ctx_train,
-        "mmproj": None
-        if final_mmproj is None
-        else {"file": final_mmproj.name, "sha256": sha256_file(final_mmproj), "size": final_mmproj.stat().st_size},
-        "planned_for": planned,
-        "verified": verified,
-        **(extra or {}),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
 
 
 @dataclass(frozen=True)
@@ -102,7 +65,8 @@ def run(
     work.mkdir(exist_ok=True)
 
     need = model.download_bytes + 2 * model.n_params + p.chosen.size
-    hub.require_disk(out_dir, need, f"the download, the f16 intermediate and {q}", have_in=work)
+    with hub.prepare_errors():
+        pull.require_disk(out_dir, need, f"the download, the f16 intermediate and {q}", have_in=work)
     timings: dict[str, float] = {}
     clock = time.monotonic()
 
@@ -125,7 +89,7 @@ def run(
         say(f"quantizing to {q}")
         quantized = convert.quantize(f16, work / f"model.{q}.gguf", q)
     step("quantize_s")
-    peak_disk = hub.tree_size(work)  # download + f16 + quantized: the most the pipeline holds at once
+    peak_disk = pull.tree_size(work)  # download + f16 + quantized: the most the pipeline holds at once
     say("verifying with llama-server")
     check = convert.verify(quantized, mmproj, embedding=embedding)
     step("verify_s")
@@ -134,33 +98,50 @@ def run(
     os.replace(quantized, final)
     if mmproj is not None and final_mmproj is not None:
         os.replace(mmproj, final_mmproj)
-    manifest = _manifest(
+    manifest = pull.manifest(
         source={"repo": repo, "revision": model.revision},
         architecture=arch,
         kind="embedding" if embedding else "chat",
         quant=q,
-        final=final,
-        final_mmproj=final_mmproj,
-        n_params=model.n_params,
-        n_ctx_train=p.shape.n_ctx_train,
-        planned={"memory": memory, "source": memory_source, "context": n_ctx, "estimated_memory": p.chosen.needed},
-        verified=check,
-        extra={"pipeline": {**timings, "peak_disk_bytes": peak_disk}},
+        model=final,
+        mmproj=final_mmproj,
+        parameters=model.n_params,
+        trained_context=p.shape.n_ctx_train,
+        extra={
+            "planned_for": planned_for(memory, memory_source, n_ctx, p.chosen.needed),
+            "verified": check,
+            "pipeline": {**timings, "peak_disk_bytes": peak_disk},
+        },
     )
-    write_json_atomic(manifest_path, manifest)
+    pull.write_manifest(manifest_path, manifest)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     say(f"ready: {final} ({final.stat().st_size / 1e9:.2f} GB, {q}); serve it with LLMPI_MODEL={final}")
     return Result(final, final_mmproj, manifest_path)
 
 
-def _pick(files: dict[str, int], pattern: str, projector: bool = False) -> str | None:
-    """The file matching `pattern` (case-insensitive; the shortest name when several do). A model file is never a
-    projector: a name with "mmproj" in it only matches when `projector` is asked for."""
-    hits = [
-        f for f in files if fnmatch(f.lower(), pattern.lower()) and (projector or "mmproj" not in Path(f).name.lower())
-    ]
-    return min(hits, key=len) if hits else None
+def planned_for(memory: int, source: str, n_ctx: int, needed: int) -> dict[str, object]:
+    """The manifest's `planned_for`: the memory and context the fit was made for, and what the model needs."""
+    return {"memory": memory, "source": source, "context": n_ctx, "estimated_memory": needed}
+
+
+def plan_ready(
+    entry: catalog.Entry,
+    quant: str,
+    memory: int,
+    memory_source: str,
+    token: str | None,
+    n_ctx: int = choose.PLAN_CONTEXT,
+    workers: Sequence[split.Board] = (),
+) -> choose.PullPlan:
+    """A catalog entry's ready GGUF files fitted as the appliance's pull fits them (llmpi.models.choose.plan_pull:
+    the hub's file sizes, the model's shape from a GGUF header, `auto` as the appliance takes it), for `memory` less
+    the reserve or, with workers, across the boards. HubError when nothing (or not `quant`) fits."""
+    ref = choose.entry_ref(entry, "" if quant == "auto" else quant)
+    budget = memory - fit.DEFAULT_RESERVE
+    boards = split.with_head(budget, memory_source, workers)
+    remote = hub_client.inspect(ref.repo, ref.revision, token)
+    return choose.plan_pull(ref, remote, budget, memory_source, token, boards, n_ctx)
 
 
 def run_prebuilt(
@@ -174,91 +155,30 @@ def run_prebuilt(
     name: str | None = None,
     say: Callable[[str], object] = print,
 ) -> Result:
-    """A ready GGUF (and projector) from the catalog entry's gguf_repo: fitted with the real file sizes from the
-    hub, downloaded resumably, verified, with a manifest. For models the pinned converter cannot convert. The fit
-    takes the model's shape from its transformers repo's config, so the entry must name one."""
+    """A ready GGUF (and projector) from the catalog entry's gguf_repo, as the appliance pulls it (`plan_ready`, then
+    llmpi.models.pull.fetch: resumable, each file checked against the hub's sha256 and read as a complete GGUF),
+    verified with llama-server, then moved into `out_dir` with its manifest (llmpi.models.pull.install; `name`, when
+    given, is the file's stem and the name it is served by). For models the pinned converter cannot convert."""
     if not entry.gguf_repo:
         raise hub.PrepareError(f"{entry.name} names no repo of ready GGUF files")
-    if not entry.repo:
-        raise hub.PrepareError(prebuilt_only(entry.name))
-    base = hub.inspect(entry.repo, entry.revision, token)  # the model's shape, for the KV cache and buffers
-    api = HfApi(token=token, endpoint=hub.endpoint())
-    try:
-        info = api.model_info(entry.gguf_repo, files_metadata=True)
-    except HfHubHTTPError as e:
-        raise hub.explain(e, entry.gguf_repo, None) from None
-    files = {s.rfilename: int(s.size or 0) for s in (info.siblings or [])}
-    by_quant = {q: f for q in quants.QUANTS if (f := _pick(files, entry.gguf_pattern.replace("{quant}", q)))}
-    if not by_quant:
-        raise hub.PrepareError(f"{entry.gguf_repo} has no GGUF file matching {entry.gguf_pattern!r}")
-    mmproj = ""
-    if entry.mmproj:
-        mmproj = _pick(files, entry.mmproj, projector=True) or ""
-        if not mmproj:
-            raise hub.PrepareError(f"{entry.gguf_repo} has no projector matching {entry.mmproj!r}")
-    mm_size = files[mmproj] if mmproj else 0
-    shape = shape_from_config(base.config, base.n_params)
-    budget = memory - fit.DEFAULT_RESERVE
-    rows = quants.table_from_sizes(shape, {q: files[f] for q, f in by_quant.items()}, budget, n_ctx, extra=mm_size)
-    try:
-        chosen = quants.choose(rows, quant)
-    except fit.FitError as e:
-        raise fit.FitError(
-            f"{entry.name} does not fit in {fit.fmt_bytes(memory)} ({memory_source}): {e}\n"
-            f"{quants.render(rows, budget)}"
-        ) from None
-    say(f"{entry.gguf_repo}@{(info.sha or '')[:12]}: ready GGUF files\n" + quants.render(rows, budget, chosen.quant))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = name or f"{entry.name}.{chosen.quant}"
-    final, manifest_path = out_dir / f"{stem}.gguf", out_dir / f"{stem}.json"
-    final_mm = out_dir / f"{stem}.mmproj.gguf" if mmproj else None
-    work = out_dir / f".prepare-{entry.gguf_repo.replace('/', '--')}-{(info.sha or 'main')[:12]}"
-    wanted = [by_quant[chosen.quant]] + ([mmproj] if mmproj else [])
-    need = sum(files[f] for f in wanted)
-    hub.require_disk(out_dir, need, ", ".join(wanted))
-    got: list[Path] = []
-    for f in wanted:
-        say(f"downloading {f} ({files[f] / 1e9:.2f} GB)")
-        try:
-            got.append(
-                Path(
-                    hf_hub_download(
-                        entry.gguf_repo, f, revision=info.sha, token=token, local_dir=work, endpoint=hub.endpoint()
-                    )
-                )
-            )
-        except HfHubHTTPError as e:
-            raise hub.explain(e, entry.gguf_repo, info.sha) from None
-    model_file, mm_file = got[0], (got[1] if mmproj else None)
-    embedding = entry.kind == "embedding"
+    with hub.prepare_errors():
+        p = plan_ready(entry, quant, memory, memory_source, token, n_ctx)
+        say(p.table)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = pull.work_dir(out_dir, p.remote)
+        pull.require_disk(out_dir, p.total_bytes, ", ".join(f.name for f in p.files), have_in=work)
+        got = pull.fetch(p, work, token, say, write_progress=False)
     say("verifying with llama-server")
-    check = convert.verify(model_file, mm_file, embedding=embedding)
-    os.replace(model_file, final)
-    if mm_file is not None and final_mm is not None:
-        os.replace(mm_file, final_mm)
-    write_json_atomic(
-        manifest_path,
-        _manifest(
-            source={
-                "repo": entry.gguf_repo,
-                "revision": info.sha,
-                "file": wanted[0],
-                "model_repo": base.repo_id,
-                "model_revision": base.revision,
-            },
-            architecture=entry.architecture,
-            kind="embedding" if embedding else "chat",
-            quant=chosen.quant,
-            final=final,
-            final_mmproj=final_mm,
-            n_params=base.n_params,
-            n_ctx_train=shape.n_ctx_train,
-            planned={"memory": memory, "source": memory_source, "context": n_ctx, "estimated_memory": chosen.needed},
-            verified=check,
-        ),
-    )
+    check = convert.verify(got[0], got[1] if p.mmproj_file else None, embedding=p.kind == "embedding")
+    stem = (name or p.stem).replace("{quant}", p.quant)
+    if name:
+        p = dataclasses.replace(p, ref=dataclasses.replace(p.ref, name=stem))
+    extra = {"planned_for": planned_for(memory, memory_source, n_ctx, p.needed), "verified": check}
+    manifest_path = pull.install(p, got, out_dir, stem, extra)
     shutil.rmtree(work, ignore_errors=True)
-    say(f"ready: {final} ({final.stat().st_size / 1e9:.2f} GB, {chosen.quant}); serve it with LLMPI_MODEL={final}")
+    final = out_dir / f"{stem}.gguf"
+    final_mm = out_dir / f"{stem}.mmproj.gguf" if p.mmproj_file else None
+    say(f"ready: {final} ({final.stat().st_size / 1e9:.2f} GB, {p.quant}); serve it with LLMPI_MODEL={final}")
     return Result(final, final_mm, manifest_path)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmpi.models import catalog
-from llmpi_prepare import cli, pipeline
+from llmpi.models import catalog, choose, hub
+from llmpi_prepare import cli
 from tests.ggufmaker import llama_like
 from tests.hubstub import Hub, Repo
 
@@ -77,18 +77,14 @@ def test_names_in_readme_examples_are_in_the_catalog() -> None:
 
 
 def test_model_files_and_projectors_are_told_apart() -> None:
-    files = {
-        "gemma-3-4b-it-Q4_K_M.gguf": 1,
-        "gemma-3-4b-it-f16.gguf": 1,
-        "mmproj-model-f16.gguf": 1,
-        "README.md": 1,
-    }
-    e = ENTRIES["gemma-3-4b-it"]
-    assert pipeline._pick(files, e.gguf_pattern.replace("{quant}", "Q4_K_M")) == "gemma-3-4b-it-Q4_K_M.gguf"
-    assert pipeline._pick(files, e.gguf_pattern.replace("{quant}", "F16")) == "gemma-3-4b-it-f16.gguf"
-    assert pipeline._pick(files, "*{quant}*.gguf".replace("{quant}", "F16")) == "gemma-3-4b-it-f16.gguf"
-    assert pipeline._pick(files, e.mmproj, projector=True) == "mmproj-model-f16.gguf"
-    assert pipeline._pick(files, "*Q8_0*.gguf") is None
+    """The one file picker (llmpi.models.choose), which the appliance's pull and llmpi-prepare's ready GGUF files
+    share: a model file is never a projector, and the projector is the entry's."""
+    files = ["gemma-3-4b-it-Q4_K_M.gguf", "gemma-3-4b-it-f16.gguf", "mmproj-model-f16.gguf", "README.md"]
+    remote = hub.Remote("ggml-org/gemma-3-4b-it-GGUF", "0" * 40, {n: hub.RemoteFile(n, 1, None) for n in files})
+    ref = choose.entry_ref(ENTRIES["gemma-3-4b-it"])
+    assert choose.quant_files(ref, remote) == {"F16": "gemma-3-4b-it-f16.gguf", "Q4_K_M": "gemma-3-4b-it-Q4_K_M.gguf"}
+    assert choose.projector_file(ref, remote) == "mmproj-model-f16.gguf"
+    assert choose.quant_files(choose.Ref("x", remote.repo, "auto", "x", "*Q8_0*.gguf"), remote) == {}
 
 
 @pytest.mark.parametrize("command", ["plan", "download", "run"])

@@ -1,5 +1,6 @@
-"""Pulling a model by name (llmpi.pull) against the local hub stand-in: the name, the fit before download, the
-download (resumable, sha256-checked, atomic, with a manifest), and every refusal leaving nothing behind."""
+"""Pulling a model by name (llmpi.models: choose, hub, pull) against the local hub stand-in: the name, the fit before
+download, the download (resumable, sha256-checked, atomic, with a manifest), and every refusal leaving nothing
+behind."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from llmpi.core import units
-from llmpi.models import catalog, pull
+from llmpi.models import catalog, choose, pull
+from llmpi.models import hub as hub_client
 from llmpi.plan import fit, gguf, model_files, split
 from tests.ggufmaker import llama_like, write_gguf
 from tests.hubstub import Hub, Repo
@@ -55,17 +57,17 @@ def tiny_repo(tmp_path: Path) -> Repo:
 
 
 def test_names() -> None:
-    r = pull.parse_ref("qwen3-4b-instruct", ENTRIES)
+    r = choose.parse_ref("qwen3-4b-instruct", ENTRIES)
     assert (r.name, r.repo, r.quant) == ("qwen3-4b-instruct", ENTRIES["qwen3-4b-instruct"].gguf_repo, "auto")
-    assert pull.parse_ref("qwen3-4b-instruct:q8_0", ENTRIES).quant == "Q8_0"
-    r = pull.parse_ref("bartowski/Qwen_Qwen3-4B-GGUF:Q4_K_M", ENTRIES)
+    assert choose.parse_ref("qwen3-4b-instruct:q8_0", ENTRIES).quant == "Q8_0"
+    r = choose.parse_ref("bartowski/Qwen_Qwen3-4B-GGUF:Q4_K_M", ENTRIES)
     assert (r.repo, r.quant, r.name) == ("bartowski/Qwen_Qwen3-4B-GGUF", "Q4_K_M", "qwen_qwen3-4b")
-    assert pull.parse_ref("hf.co/owner/Some-Model-GGUF", ENTRIES).repo == "owner/Some-Model-GGUF"
-    assert pull.parse_ref("https://huggingface.co/owner/m:Q2_K", ENTRIES).quant == "Q2_K"
-    with pytest.raises(pull.PullError, match="did you mean qwen3-4b-instruct"):
-        pull.parse_ref("qwen3-4b-instruc", ENTRIES)
-    with pytest.raises(pull.PullError, match="unknown quantization type 'Q9'"):
-        pull.parse_ref("qwen3-4b-instruct:Q9", ENTRIES)
+    assert choose.parse_ref("hf.co/owner/Some-Model-GGUF", ENTRIES).repo == "owner/Some-Model-GGUF"
+    assert choose.parse_ref("https://huggingface.co/owner/m:Q2_K", ENTRIES).quant == "Q2_K"
+    with pytest.raises(choose.PullError, match="did you mean qwen3-4b-instruct"):
+        choose.parse_ref("qwen3-4b-instruc", ENTRIES)
+    with pytest.raises(choose.PullError, match="unknown quantization type 'Q9'"):
+        choose.parse_ref("qwen3-4b-instruct:Q9", ENTRIES)
     assert (
         model_files.is_path("/data/models/x.gguf")
         and model_files.is_path("model.GGUF")
@@ -73,7 +75,12 @@ def test_names() -> None:
     )
 
 
-def mistral_7b_repo(hub: Hub, tmp_path: Path) -> tuple[pull.Ref, pull.Remote]:
+def inspect(ref: choose.Ref) -> hub_client.Remote:
+    """The repo a name resolves to, as the hub stand-in lists it (no token)."""
+    return hub_client.inspect(ref.repo, ref.revision, None)
+
+
+def mistral_7b_repo(hub: Hub, tmp_path: Path) -> tuple[choose.Ref, hub_client.Remote]:
     """A ready-GGUF repo on the stand-in hub: a 7B model's header, the hub listing four quant files' real sizes."""
     header = big_header(tmp_path / "h.gguf")
     sizes = {"Q8_0": 7_700_000_000, "Q6_K": 5_940_000_000, "Q4_K_M": 4_370_000_000, "Q2_K": 2_720_000_000}
@@ -81,55 +88,59 @@ def mistral_7b_repo(hub: Hub, tmp_path: Path) -> tuple[pull.Ref, pull.Remote]:
         {f"Mistral-7B-{q}.gguf": header for q in sizes},
         listed_sizes={f"Mistral-7B-{q}.gguf": n for q, n in sizes.items()},
     )
-    ref = pull.parse_ref("someone/Mistral-7B-GGUF", ENTRIES)
-    return ref, pull.inspect(ref, None)
+    ref = choose.parse_ref("someone/Mistral-7B-GGUF", ENTRIES)
+    return ref, inspect(ref)
 
 
 def test_fit_table_chooses_q4_k_m_for_an_8gb_pi_and_refuses_a_2gb_one(hub: Hub, tmp_path: Path) -> None:
     ref, remote = mistral_7b_repo(hub, tmp_path)
     pi5_8gb = int(7.9 * units.GiB) - units.DEFAULT_RESERVE
-    p = pull.plan_pull(ref, remote, pi5_8gb, "test", None)
+    p = choose.plan_pull(ref, remote, pi5_8gb, "test", None)
     assert (p.quant, p.model_file, p.kind) == ("Q4_K_M", "Mistral-7B-Q4_K_M.gguf", "chat")
     assert "Q6_K" in p.table and "<-" in p.table  # the whole table, the choice marked
     assert (
-        pull.plan_pull(pull.parse_ref("someone/Mistral-7B-GGUF:Q6_K", ENTRIES), remote, pi5_8gb, "t", None).quant
+        choose.plan_pull(choose.parse_ref("someone/Mistral-7B-GGUF:Q6_K", ENTRIES), remote, pi5_8gb, "t", None).quant
         == "Q6_K"
     )
     pi4_4gb = int(3.7 * units.GiB) - units.DEFAULT_RESERVE
-    assert pull.plan_pull(ref, remote, pi4_4gb, "test", None).quant == "Q2_K"
-    with pytest.raises(pull.PullError, match=r"does not fit: no quantization of this model fits(.|\n)*Q2_K"):
-        pull.plan_pull(ref, remote, 2 * units.GiB, "test", None)
+    assert choose.plan_pull(ref, remote, pi4_4gb, "test", None).quant == "Q2_K"
+    with pytest.raises(choose.PullError, match=r"does not fit: no quantization of this model fits(.|\n)*Q2_K"):
+        choose.plan_pull(ref, remote, 2 * units.GiB, "test", None)
     # only headers were read (ranged), never a whole file
     assert sum(hub.stats.body_bytes.values()) < 10 * (tmp_path / "h.gguf").stat().st_size
 
 
 def test_download_writes_the_model_and_its_manifest_atomically(hub: Hub, tiny_repo: Repo, tmp_path: Path) -> None:
     hub.repos["someone/Tiny-GGUF"] = tiny_repo
-    ref = pull.parse_ref("someone/Tiny-GGUF:Q8_0", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
+    ref = choose.parse_ref("someone/Tiny-GGUF:Q8_0", ENTRIES)
+    p = choose.plan_pull(ref, inspect(ref), 8 * units.GiB, "test", None)
     models = tmp_path / "models"
     out = io.StringIO()
     manifest_path = pull.download(p, models, None, out.write, write_progress=False)
     manifest = json.loads(manifest_path.read_text())
     model = models / "tiny.Q8_0.gguf"
     assert model.read_bytes() == tiny_repo.files["Tiny-Q8_0.gguf"]
-    assert manifest["sha256"] == pull.sha256_file(model) and manifest["kind"] == "chat" and manifest["name"] == "tiny"
+    assert (
+        manifest["sha256"] == hub_client.sha256_file(model)
+        and manifest["kind"] == "chat"
+        and manifest["name"] == "tiny"
+    )
     assert manifest["source"]["repo"] == "someone/Tiny-GGUF" and manifest["source"]["revision"] == tiny_repo.sha
     assert sorted(p.name for p in models.iterdir()) == ["tiny.Q8_0.gguf", "tiny.Q8_0.json"]  # no work files left
     assert "pulling tiny: verifying Tiny-Q8_0.gguf 100.0%" in out.getvalue()
     [local] = model_files.local_models(models)
     assert (local.name, local.quant, local.kind) == ("tiny", "Q8_0", "chat")
-    assert pull.find_local(pull.parse_ref("someone/Tiny-GGUF", ENTRIES), [local]) == local
-    assert pull.find_local(pull.parse_ref("someone/Tiny-GGUF:Q2_K", ENTRIES), [local]) is None
+    assert pull.find_local(choose.parse_ref("someone/Tiny-GGUF", ENTRIES), [local]) == local
+    assert pull.find_local(choose.parse_ref("someone/Tiny-GGUF:Q2_K", ENTRIES), [local]) is None
 
 
 def test_a_wrong_sha256_keeps_nothing(hub: Hub, tiny_repo: Repo, tmp_path: Path) -> None:
     tiny_repo.listed_sha256["Tiny-Q8_0.gguf"] = "0" * 64
     hub.repos["someone/Tiny-GGUF"] = tiny_repo
-    ref = pull.parse_ref("someone/Tiny-GGUF:Q8_0", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
+    ref = choose.parse_ref("someone/Tiny-GGUF:Q8_0", ENTRIES)
+    p = choose.plan_pull(ref, inspect(ref), 8 * units.GiB, "test", None)
     models = tmp_path / "models"
-    with pytest.raises(pull.PullError, match="sha256 does not match the hub's"):
+    with pytest.raises(choose.PullError, match="sha256 does not match the hub's"):
         pull.download(p, models, None, lambda m: None, write_progress=False)
     assert list(models.iterdir()) == []
 
@@ -139,12 +150,12 @@ def test_a_cut_connection_resumes(hub: Hub, tmp_path: Path) -> None:
     data = llama_like(tmp_path / "m.gguf", n_embd=1024, vocab=4096).read_bytes()
     hub.repos["someone/Cut-GGUF"] = Repo({"Cut-Q4_K_M.gguf": data})
     hub.cut_after["Cut-Q4_K_M.gguf"] = 16 * 2**20
-    ref = pull.parse_ref("someone/Cut-GGUF", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
+    ref = choose.parse_ref("someone/Cut-GGUF", ENTRIES)
+    p = choose.plan_pull(ref, inspect(ref), 8 * units.GiB, "test", None)
     models = tmp_path / "models"
     try:
         pull.download(p, models, None, lambda m: None, write_progress=False)
-    except pull.PullError:  # the cut ended this pull: the next one (a restart) continues from the partial file
+    except hub_client.HubError:  # the cut ended this pull: the next one (a restart) continues from the partial file
         assert not list(models.glob("*.json"))
         pull.download(p, models, None, lambda m: None, write_progress=False)
     assert (models / "cut.Q4_K_M.gguf").read_bytes() == data
@@ -159,8 +170,8 @@ def test_vision_repo_brings_its_projector_and_embedding_is_recognized(hub: Hub, 
     hub.repos["someone/Vis-GGUF"] = Repo(
         {"Vis-Q4_K_M.gguf": model, "mmproj-Vis-f16.gguf": proj, "mmproj-Vis-Q8_0.gguf": proj}
     )
-    ref = pull.parse_ref("someone/Vis-GGUF", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
+    ref = choose.parse_ref("someone/Vis-GGUF", ENTRIES)
+    p = choose.plan_pull(ref, inspect(ref), 8 * units.GiB, "test", None)
     assert (p.kind, p.mmproj_file, p.model_file) == ("vision", "mmproj-Vis-f16.gguf", "Vis-Q4_K_M.gguf")
     manifest = json.loads(pull.download(p, tmp_path / "models", None, lambda m: None, False).read_text())
     assert manifest["mmproj"]["file"] == "vis.Q4_K_M.mmproj.gguf" and manifest["kind"] == "vision"
@@ -168,26 +179,26 @@ def test_vision_repo_brings_its_projector_and_embedding_is_recognized(hub: Hub, 
     meta: dict[str, Any] = {"general.architecture": "bert", "bert.context_length": 512, "bert.pooling_type": 1}
     emb = write_gguf(tmp_path / "e.gguf", meta, {"token_embd.weight": (8, 8)}).read_bytes()
     hub.repos["someone/Emb-GGUF"] = Repo({"emb-F16.gguf": emb, "emb-Q8_0.gguf": emb, "emb-Q4_K_M.gguf": emb})
-    ref = pull.parse_ref("someone/Emb-GGUF", ENTRIES)
-    p = pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
+    ref = choose.parse_ref("someone/Emb-GGUF", ENTRIES)
+    p = choose.plan_pull(ref, inspect(ref), 8 * units.GiB, "test", None)
     assert (p.kind, p.quant) == ("embedding", "Q8_0")  # embeddings: Q8_0 by default, not Q4_K_M
 
 
 def test_hub_unreachable_says_how_to_copy_a_model_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard: nothing listens
-    ref = pull.parse_ref("someone/Tiny-GGUF", ENTRIES)
+    ref = choose.parse_ref("someone/Tiny-GGUF", ENTRIES)
     expected = r"cannot reach the hub at http://127\.0\.0\.1:9(.|\n)*docker compose cp"
-    with pytest.raises(pull.HubUnreachable, match=expected):
-        pull.inspect(ref, None)
+    with pytest.raises(hub_client.HubUnreachable, match=expected):
+        inspect(ref)
 
 
 def test_missing_repo_and_quant(hub: Hub, tiny_repo: Repo) -> None:
-    with pytest.raises(pull.PullError, match="no model repo 'someone/Nothing-GGUF'"):
-        pull.inspect(pull.parse_ref("someone/Nothing-GGUF", ENTRIES), None)
+    with pytest.raises(hub_client.HubError, match="no model repo 'someone/Nothing-GGUF'"):
+        hub_client.inspect("someone/Nothing-GGUF", "main", None)
     hub.repos["someone/Tiny-GGUF"] = tiny_repo
-    ref = pull.parse_ref("someone/Tiny-GGUF:Q5_K_M", ENTRIES)
-    with pytest.raises(pull.PullError, match="Q5_K_M is not available"):
-        pull.plan_pull(ref, pull.inspect(ref, None), 8 * units.GiB, "test", None)
+    ref = choose.parse_ref("someone/Tiny-GGUF:Q5_K_M", ENTRIES)
+    with pytest.raises(choose.PullError, match="Q5_K_M is not available"):
+        choose.plan_pull(ref, inspect(ref), 8 * units.GiB, "test", None)
 
 
 def test_a_cluster_plan_splits_what_one_board_cannot_hold(hub: Hub, tmp_path: Path) -> None:
@@ -195,13 +206,13 @@ def test_a_cluster_plan_splits_what_one_board_cannot_hold(hub: Hub, tmp_path: Pa
     layers can be split across the boards; the table says so and the chosen type's split is shown per board."""
     ref, remote = mistral_7b_repo(hub, tmp_path)
     pi4_4gb = int(3.7 * units.GiB) - units.DEFAULT_RESERVE
-    assert pull.plan_pull(ref, remote, pi4_4gb, "test", None).quant == "Q2_K"  # alone
+    assert choose.plan_pull(ref, remote, pi4_4gb, "test", None).quant == "Q2_K"  # alone
     boards = [
         split.Board("this board (head)", pi4_4gb, "test"),
         split.Board("worker 1", pi4_4gb, "test"),
         split.Board("worker 2", pi4_4gb, "test"),
     ]
-    p = pull.plan_pull(ref, remote, pi4_4gb, "test", None, boards)
+    p = choose.plan_pull(ref, remote, pi4_4gb, "test", None, boards)
     assert p.quant == "Q4_K_M"  # three 4 GB boards hold the 4.4 GB file
     assert "fits across 3 boards?" in p.table and "Q4_K_M across 3 boards" in p.table
     lines = [line for line in p.table.splitlines() if " layers, needs " in line]
@@ -210,6 +221,6 @@ def test_a_cluster_plan_splits_what_one_board_cannot_hold(hub: Hub, tmp_path: Pa
         sum(int(line.split(": ")[1].split(" layers")[0]) for line in lines)
         == fit.ModelShape.from_gguf(gguf.read_gguf(tmp_path / "h.gguf")).n_layer
     )
-    with pytest.raises(pull.PullError, match="does not fit"):
+    with pytest.raises(choose.PullError, match="does not fit"):
         small = [split.Board("this board (head)", 2 * units.GiB, "t"), split.Board("w", 64 * units.MiB, "t")]
-        pull.plan_pull(ref, remote, 2 * units.GiB, "test", None, small)
+        choose.plan_pull(ref, remote, 2 * units.GiB, "test", None, small)

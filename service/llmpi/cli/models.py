@@ -24,7 +24,7 @@ from ..core.env import ConfigError
 from ..core.settings import Settings
 from ..host import hardware
 from ..lan.announce import tell_announcer
-from ..models import catalog, pull, resolve
+from ..models import catalog, choose, hub, pull, resolve
 from ..plan import fit
 from ..plan.model_files import DEFAULT_MODEL, local_models, manifest_kind, model_alias, read_manifest
 from ..plan.serving import plan
@@ -163,17 +163,17 @@ def apply_change(s: Settings, out: TextIO) -> None:
 
 def models_pull(s: Settings, text: str, out: TextIO) -> str:
     try:
-        ref = pull.parse_ref(text, catalog.load())
+        ref = choose.parse_ref(text, catalog.load())
         local = pull.find_local(ref, local_models(s.models_dir))
         if local is not None:
             return f"{local.name} is on this board already ({local.path.name}); `llmpi models rm {local.name}` first"
         budget, source = resolve.pull_budget(s, hardware.detect())
         token = s.hub_token
-        remote = pull.inspect(ref, token)
-        p = pull.plan_pull(ref, remote, budget, source, token)
+        remote = hub.inspect(ref.repo, ref.revision, token)
+        p = choose.plan_pull(ref, remote, budget, source, token)
         print(p.table, file=out, flush=True)
         pull.download(p, s.models_dir, token, lambda m: print(f"llmpi: {m}", file=out, flush=True), False)
-    except pull.PullError as e:
+    except hub.HubError as e:
         raise ConfigError(str(e)) from None
     apply_change(s, out)
     return f'pulled {ref.name} ({p.quant}, {p.total_bytes / 1e9:.2f} GB): use it with "model": "{ref.name}"'

@@ -16,19 +16,19 @@ from ..host import hardware
 from ..plan import fit, split
 from ..plan.model_files import DEFAULT_MODEL, LocalModel, is_path, local_models, read_manifest
 from ..plan.serving import DRAFT_WITH_WORKERS, load_embedding_model, memory_budget
-from . import catalog, pull
+from . import catalog, choose, hub, progress, pull
 
 # opens the page that shows a pull's progress (llmpi.process.statuspage) around a download, given what it shows
 StatusPage = Callable[[Callable[[], dict[str, object]]], contextlib.AbstractContextManager[object]]
 
 
-def named_model(s: Settings) -> pull.Ref | None:
+def named_model(s: Settings) -> choose.Ref | None:
     """LLMPI_MODEL as a model to pull (a catalog name, or a hub repo of GGUF files); None when it names a file."""
     if not s.model or is_path(s.model):
         return None
     try:
-        return pull.parse_ref(s.model, catalog.load())
-    except pull.PullError as e:
+        return choose.parse_ref(s.model, catalog.load())
+    except choose.PullError as e:
         raise ConfigError(f"LLMPI_MODEL: {e}") from None
 
 
@@ -55,7 +55,7 @@ def pull_budget(s: Settings, hw: hardware.Hardware) -> tuple[int, str]:
 
 def pull_progress(name: str) -> dict[str, object]:
     """The pull's progress file, or (before the download starts) that the repo is being looked at."""
-    data = pull.read_progress()
+    data = progress.read_progress()
     if data is not None:
         return data
     return {
@@ -72,7 +72,7 @@ def pull_progress(name: str) -> dict[str, object]:
 
 def pull_model(
     s: Settings,
-    ref: pull.Ref,
+    ref: choose.Ref,
     hw: hardware.Hardware,
     out: TextIO,
     page: StatusPage,
@@ -95,18 +95,18 @@ def pull_model(
         say(f"no status page while pulling ({e}); progress is in this log")
     try:
         with shown:
-            remote = pull.inspect(ref, s.hub_token)
+            remote = hub.inspect(ref.repo, ref.revision, s.hub_token)
             boards = split.with_head(budget, source, workers)
-            p = pull.plan_pull(ref, remote, budget, source, s.hub_token, boards)
+            p = choose.plan_pull(ref, remote, budget, source, s.hub_token, boards)
             say(p.table)
             return pull.download(p, s.models_dir, s.hub_token, say)
-    except pull.PullError as e:
+    except hub.HubError as e:
         raise ConfigError(f"{setting}={ref.text}: {e}") from None
 
 
 def on_board(
     s: Settings,
-    ref: pull.Ref,
+    ref: choose.Ref,
     setting: str,
     hw: hardware.Hardware,
     out: TextIO,
@@ -143,7 +143,7 @@ def served_entry(s: Settings, entries: Mapping[str, catalog.Entry]) -> catalog.E
     return next((e for e in entries.values() if repo_name and e.gguf_repo.lower() == repo_name), None)
 
 
-def draft_ref(s: Settings) -> pull.Ref | None:
+def draft_ref(s: Settings) -> choose.Ref | None:
     """LLMPI_DRAFT_MODEL as a model to find on the board or pull: a catalog name or hub repo as given, or for
     `auto` the draft the catalog names for the served model. None for a file or for no draft."""
     if not s.draft_model or is_path(s.draft_model):
@@ -164,8 +164,8 @@ def draft_ref(s: Settings) -> pull.Ref | None:
             )
         text = entry.draft
     try:
-        return pull.parse_ref(text, entries)
-    except pull.PullError as e:
+        return choose.parse_ref(text, entries)
+    except choose.PullError as e:
         raise ConfigError(f"LLMPI_DRAFT_MODEL: {e}") from None
 
 

@@ -34,7 +34,7 @@ from ..cluster import wire
 from ..core import failure, keys, paths
 from ..core.env import ConfigError
 from ..core.settings import Settings, Worker
-from ..models import pull
+from ..models import progress
 from .server import restart_server
 
 LOAD_WAIT = 20 * 60  # below the Dockerfile's HEALTHCHECK --timeout
@@ -65,13 +65,13 @@ def pull_line(body: str) -> str:
         snap = json.loads(body).get("pull")
     except ValueError:
         snap = None
-    return pull.describe(snap) if isinstance(snap, dict) else "pulling the model"
+    return progress.describe(snap) if isinstance(snap, dict) else "pulling the model"
 
 
 def pulling_now() -> str:
     """The pull's progress from its file, for when the status page is not answering."""
-    snap = pull.read_progress()
-    return "; " + pull.describe(snap) if snap is not None else ""
+    snap = progress.read_progress()
+    return "; " + progress.describe(snap) if snap is not None else ""
 
 
 def workers_missing(workers: Sequence[Worker]) -> list[str]:
