@@ -32,7 +32,7 @@ STOP_WATCH = (
     "for p in os.listdir('/proc'):\n"
     "    try: cmd = open(f'/proc/{p}/cmdline', 'rb').read() if p.isdigit() else b''\n"
     "    except OSError: continue\n"
-    "    if b'-m\\x00llmpi.fatal_listener' in cmd: os.kill(int(p), signal.SIGTERM); print(p)\n"
+    "    if b'-m\\x00llmpi.process.fatal_listener' in cmd: os.kill(int(p), signal.SIGTERM); print(p)\n"
 )
 
 

@@ -92,7 +92,7 @@ def test_the_head_alone_refuses_with_its_numbers(appliance_image: str) -> None:
     done = subprocess.run(
         ["docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "python3",
          "-e", f"LLMPI_MEMORY_LIMIT={HEAD_MEMORY}", "-e", "LLMPI_MEMORY_RESERVE=0", "-e", "LLMPI_PARALLEL=1",
-         "-e", "LLMPI_CTX_SIZE=2048", appliance_image, "-m", "llmpi.launcher"],
+         "-e", "LLMPI_CTX_SIZE=2048", appliance_image, "-m", "llmpi.process.launcher"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 78, done.stdout + done.stderr
@@ -355,7 +355,7 @@ def test_a_worker_lost_mid_stream_then_back(cluster: Project, key: str) -> None:
         1,
         "the head to say which worker",
     )
-    code, out = cluster.exec(["python3", "-m", "llmpi.healthcheck"])
+    code, out = cluster.exec(["python3", "-m", "llmpi.process.healthcheck"])
     assert code == 1 and "waiting for worker worker2:50052" in out, out
     worker.reload()
     restarted_by_docker = worker.status == "running"

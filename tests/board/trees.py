@@ -1,5 +1,5 @@
 """Fixture sysfs trees of a Raspberry Pi 4 and a Pi 5, as their kernels lay them out (docs/board.md has the
-sources), for llmpi.board's unit tests and for mounting into the real container as LLMPI_SYSFS_PATH."""
+sources), for llmpi.host.board's unit tests and for mounting into the real container as LLMPI_SYSFS_PATH."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""llmpi.announce and llmpi.discovery without a network: which addresses are announced, the TXT records, the
+"""llmpi.lan.announce and llmpi.lan.discovery without a network: which addresses are announced, the TXT records, the
 announcer's publish/withdraw decisions, the finder's choice, and LLMPI_WORKERS=auto's resolution."""
 
 from __future__ import annotations

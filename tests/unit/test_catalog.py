@@ -91,8 +91,8 @@ def test_model_files_and_projectors_are_told_apart() -> None:
 def test_prepare_pulls_ready_gguf_only_entries_like_the_appliance(
     command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An entry without a transformers repo goes through llmpi.pull (the bake stage uses this): its fit table, then
-    the files and the manifest in --out; without a hub, a clear error and nothing written."""
+    """An entry without a transformers repo goes through llmpi.models.pull (the bake stage uses this): its fit table,
+    then the files and the manifest in --out; without a hub, a clear error and nothing written."""
     gguf = llama_like(tmp_path / "m.gguf").read_bytes()
     (tmp_path / "catalog.toml").write_text(
         '[models."tiny"]\nkind = "chat"\ngguf_repo = "test/Tiny-GGUF"\ndescription = "d"\nwhy = "w"\nboards = "any"\n'
