@@ -156,35 +156,25 @@ def run_prebuilt(
     say: Callable[[str], object] = print,
 ) -> Result:
     """A ready GGUF (and projector) from the catalog entry's gguf_repo, as the appliance pulls it (`plan_ready`, then
-    llmpi.models.pull.fetch: resumable, each file checked against the hub's sha256 and read as a complete GGUF),
-    verified with llama-server, then moved into `out_dir` with its manifest (llmpi.models.pull.install; `name`, when
-    given, is the file's stem and the name it is served by). For models the pinned converter cannot convert."""
+    llmpi.models.pull.download: resumable, each file checked against the hub's sha256 and read as a complete GGUF),
+    verified with llama-server before it is moved into `out_dir` with its manifest (`name`, when given, is the
+    file's stem and the name it is served by). For models the pinned converter cannot convert."""
     if not entry.gguf_repo:
         raise hub.PrepareError(f"{entry.name} names no repo of ready GGUF files")
     with hub.prepare_errors():
         p = plan_ready(entry, quant, memory, memory_source, token, n_ctx)
         say(p.table)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        work = pull.work_dir(out_dir, p.remote)
-        pull.require_disk(out_dir, p.total_bytes, ", ".join(f.name for f in p.files), have_in=work)
-        got = pull.fetch(p, work, token, say, write_progress=False)
-    say("verifying with llama-server")
-    check = convert.verify(got[0], got[1] if p.mmproj_file else None, embedding=p.kind == "embedding")
-    stem = (name or p.stem).replace("{quant}", p.quant)
-    if name:
-        p = dataclasses.replace(p, ref=dataclasses.replace(p.ref, name=stem))
-    extra = {"planned_for": planned_for(memory, memory_source, n_ctx, p.needed), "verified": check}
-    manifest_path = pull.install(p, got, out_dir, stem, extra)
-    shutil.rmtree(work, ignore_errors=True)
+        stem = (name or p.stem).replace("{quant}", p.quant)
+        if name:
+            p = dataclasses.replace(p, ref=dataclasses.replace(p.ref, name=stem))
+
+        def verified(got: Sequence[Path]) -> dict[str, object]:
+            say("verifying with llama-server")
+            check = convert.verify(got[0], got[1] if p.mmproj_file else None, embedding=p.kind == "embedding")
+            return {"planned_for": planned_for(memory, memory_source, n_ctx, p.needed), "verified": check}
+
+        manifest_path = pull.download(p, out_dir, token, say, False, stem, verified)
     final = out_dir / f"{stem}.gguf"
     final_mm = out_dir / f"{stem}.mmproj.gguf" if p.mmproj_file else None
     say(f"ready: {final} ({final.stat().st_size / 1e9:.2f} GB, {p.quant}); serve it with LLMPI_MODEL={final}")
     return Result(final, final_mm, manifest_path)
-
-
-def prebuilt_only(name: str) -> str:
-    """What to do with a catalog entry that has ready GGUF files and no transformers repo to convert."""
-    return (
-        f"{name} has only ready GGUF files: pull it with `docker compose exec llmpi llmpi models pull {name}` "
-        f"(or LLMPI_MODEL={name})"
-    )

@@ -120,9 +120,12 @@ def inspect(repo: str, revision: str | None, token: str | None) -> Remote:
     return Remote(repo, info.sha or revision or "main", files, bool(getattr(info, "gated", False)))
 
 
-def transfer(repo: str, get: Callable[[], T], say: Callable[[str], object]) -> T:
+def transfer(
+    repo: str, get: Callable[[], T], say: Callable[[str], object], sleep: Callable[[float], object] = time.sleep
+) -> T:
     """`get()`, a download by huggingface_hub (which continues a partial file it finds on disk), tried again when it
-    is cut off or the hub cannot be reached, TRANSFER_TRIES times in all; the last failure is a HubError."""
+    is cut off or the hub cannot be reached, TRANSFER_TRIES times in all; after try n it `sleep`s 2n seconds. The
+    last failure is a HubError."""
     attempt = 1
     while True:
         try:
@@ -132,7 +135,7 @@ def transfer(repo: str, get: Callable[[], T], say: Callable[[str], object]) -> T
             if attempt == TRANSFER_TRIES:
                 raise HubError(f"{e}; the part downloaded is kept: the next try continues from it") from None
             say(f"{e}; continuing where it stopped (try {attempt + 1} of {TRANSFER_TRIES})")
-            time.sleep(2 * attempt)
+            sleep(2 * attempt)
             attempt += 1
 
 

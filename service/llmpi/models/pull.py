@@ -48,14 +48,23 @@ def require_disk(where: Path, need: int, what: str, have_in: Path | None = None)
 
 
 def download(
-    p: PullPlan, models_dir: Path, token: str | None, say: Callable[[str], object], write_progress: bool = True
+    p: PullPlan,
+    models_dir: Path,
+    token: str | None,
+    say: Callable[[str], object],
+    write_progress: bool = True,
+    stem: str = "",
+    check: Callable[[Sequence[Path]], Mapping[str, object]] | None = None,
 ) -> Path:
     """Download the plan's files (`fetch`), move them into `models_dir` and write the manifest last (`install`).
-    Returns the manifest's path."""
+    `check`, when given, is called with the fetched files before they are moved (an exception from it leaves them in
+    the work directory); what it returns is added to the manifest. Returns the manifest's path."""
     models_dir.mkdir(parents=True, exist_ok=True)
     work = work_dir(models_dir, p.remote)
     require_disk(models_dir, p.total_bytes, p.model_file, have_in=work)
-    manifest_path = install(p, fetch(p, work, token, say, write_progress), models_dir)
+    got = fetch(p, work, token, say, write_progress)
+    extra = check(got) if check is not None else None
+    manifest_path = install(p, got, models_dir, stem, extra)
     shutil.rmtree(work, ignore_errors=True)
     return manifest_path
 
