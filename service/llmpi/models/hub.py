@@ -3,7 +3,8 @@
 `inspect` reads a repo's files with their sizes and sha256 from the hub's own metadata; `remote_header` reads a GGUF
 file's header by HTTP range requests; `transfer` runs a download by huggingface_hub again from where it stopped when
 it is cut off; `sha256_matches` checks a downloaded file against the hub's sha256. `hub_errors` turns the hub's
-exceptions into HubError, with what to do.
+exceptions into HubError, with what to do. huggingface_hub and requests are imported in the functions that use
+them, so a start that serves a model file never loads them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-TRANSFER_TRIES = 4  # a download cut off mid-file is continued (HTTP range) this many times before giving up
+# a download cut off mid-file (or the hub out of reach) is tried this many times in all, each try continuing (HTTP
+# range) from the part on disk
+TRANSFER_TRIES = 4
 HEADER_FIRST_READ = 4 * fit.MiB
 HEADER_MAX_READ = 256 * fit.MiB
 MANUAL_COPY = (
