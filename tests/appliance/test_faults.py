@@ -72,8 +72,9 @@ def test_loading_is_503_then_200_and_stop_is_clean(extra_project: Project) -> No
 
     No fact outside llama-server can hold its load open, so the load is made long instead: a quarter of a CPU
     (compose.slow.yaml) stretches loading and warming up the embedded model to seconds, against one look at /health
-    every 50 ms or so (the port is read once, not by `docker compose port` at each look). What is asserted does not
-    depend on the timing: every answer is a 503 that says "Loading model" or the final 200 "ok", in that order."""
+    every 50 ms or so (the port is read once, not by `docker compose port` at each look): measured on 2 cores, 105
+    answers of 503 in 9.4 s (40 in 2.2 s at full speed). What is asserted does not depend on the timing: every
+    answer is a 503 that says "Loading model" or the final 200 "ok", in that order."""
     extra_project.files.append(HERE / "compose.slow.yaml")
     extra_project.up()
     url = f"{extra_project.url}/health"
