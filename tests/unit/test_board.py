@@ -1,5 +1,5 @@
-"""llmpi.board against fixture sysfs trees (tests/board/trees.py): what is read, what is accumulated since start, what
-is rendered, and what is absent where a file is."""
+"""llmpi.host.board against fixture sysfs trees (tests/board/trees.py): what is read, what is accumulated since start,
+what is rendered, and what is absent where a file is."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llmpi import board, launcher
-from llmpi.settings import Settings
+from llmpi.core.env import sysfs_path
+from llmpi.core.settings import Settings
+from llmpi.host import board
+from llmpi.plan import options
 from tests.board import trees
 
 pytestmark = pytest.mark.unit
@@ -219,7 +221,7 @@ def test_the_listener_polls_the_board_between_events(
     import threading
     import time
 
-    from llmpi import fatal_listener
+    from llmpi.process import fatal_listener
 
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setattr(board, "POLL_SECONDS", 0.05)
@@ -227,29 +229,45 @@ def test_the_listener_polls_the_board_between_events(
     watch = board.start_watch({"LLMPI_SYSFS_PATH": str(sysfs)}, io.StringIO())
     assert watch is not None
     polls: list[float] = []
+    polled = threading.Condition()
     real_poll = watch.poll
 
     def counted_poll() -> board.Reading:
-        polls.append(time.monotonic())
+        with polled:
+            polls.append(time.monotonic())
+            polled.notify_all()
         return real_poll()
 
     monkeypatch.setattr(watch, "poll", counted_poll)
     r, w = os.pipe()
     payload = "processname:llama-server groupname:llama-server from_state:STARTING\n"
     event = f"ver:3.0 eventname:PROCESS_STATE_STARTING len:{len(payload)}\n{payload}"
+    out = io.StringIO()
+    seen: dict[str, int] = {}
 
     def supervisord() -> None:
-        time.sleep(0.5)
-        os.write(w, event.encode())
-        time.sleep(0.3)
-        os.close(w)
+        """One event once the listener has polled 3 times; the end of the events (EOF) once it answered the event
+        and polled 3 times more. Each wait is re-checked at every poll, and bounded."""
+        try:
+            with polled:
+                if polled.wait_for(lambda: len(polls) >= 3, timeout=10):
+                    seen["before the event"] = len(polls)
+            os.write(w, event.encode())
+            with polled:
+                if polled.wait_for(lambda: "RESULT 2\nOK" in out.getvalue(), timeout=10):
+                    seen["answered"] = answered = len(polls)
+                    polled.wait_for(lambda: len(polls) >= answered + 3, timeout=10)
+        finally:
+            os.close(w)
 
-    threading.Thread(target=supervisord).start()
-    out = io.StringIO()
+    sender = threading.Thread(target=supervisord)
+    sender.start()
     with os.fdopen(r) as stdin:
         assert fatal_listener.main(stdin, out, io.StringIO(), watch) == 0
+    sender.join(10)
     assert out.getvalue() == "READY\nRESULT 2\nOKREADY\n"  # the event was answered
-    assert len(polls) >= 5  # about 16 in 0.8 s at 0.05 s a poll
+    assert seen.get("before the event", 0) >= 3, (seen, len(polls))  # it polled while no event came
+    assert "answered" in seen and len(polls) >= seen["answered"] + 3, (seen, len(polls))  # and after one
     assert "llmpi_board_info" in board.prom_path().read_text()
 
 
@@ -266,16 +284,16 @@ def test_describe_under_voltage_now(tmp_path: Path, proc: Path) -> None:
 
 def test_launcher_points_metrics_textfile_at_the_watch_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path))
-    opts = launcher.server_options(Settings.read({}), router=False)
+    opts = options.server_options(Settings.read({}), router=False)
     assert ("LLAMA_ARG_METRICS_TEXTFILE", "--metrics-textfile", str(board.prom_path())) in opts
-    off = launcher.server_options(Settings.read({"LLMPI_METRICS": "off"}), router=False)
+    off = options.server_options(Settings.read({"LLMPI_METRICS": "off"}), router=False)
     assert not [o for o in off if o[0] == "LLAMA_ARG_METRICS_TEXTFILE"]
 
 
 def test_status_reads_the_watch_file_else_the_board(
     tmp_path: Path, proc: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmpi import cli
+    from llmpi.cli import main as cli
 
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
     sysfs = trees.pi5(tmp_path / "sys")
@@ -290,7 +308,7 @@ def test_status_reads_the_watch_file_else_the_board(
 
 
 def test_the_sysfs_setting_is_one_reading() -> None:
-    assert board.sysfs_setting({}) == Path("/sys") == Settings.read({}).sysfs
+    assert sysfs_path({}) == Path("/sys") == Settings.read({}).sysfs
     assert (
-        board.sysfs_setting({"LLMPI_SYSFS_PATH": "/host/sys"}) == Settings.read({"LLMPI_SYSFS_PATH": "/host/sys"}).sysfs
+        sysfs_path({"LLMPI_SYSFS_PATH": "/host/sys"}) == Settings.read({"LLMPI_SYSFS_PATH": "/host/sys"}).sysfs
     )

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from llmpi import healthcheck, markers
-from llmpi.config import config_error_marker, runtime_dir
+from llmpi.core import paths
+from llmpi.process import healthcheck
 
 pytestmark = pytest.mark.unit
 
@@ -37,6 +36,31 @@ class Server:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
+class Clock:
+    """The health check's `time`: a monotonic clock that only sleep() moves, without waiting; `on_sleep` runs after
+    each sleep with the number of sleeps so far (what the server answers next can change there)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.on_sleep: Callable[[int], None] = lambda n: None
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        self.on_sleep(len(self.sleeps))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(healthcheck, "time", fake)
+    return fake
+
+
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
@@ -47,32 +71,42 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     s.httpd.shutdown()
 
 
-def test_waits_while_loading_then_healthy(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
-    runtime_dir()
-    Path(markers.start_attempts_path()).write_text("2")
-    threading.Timer(1.5, lambda: setattr(server, "answer", (200, b'{"status":"ok"}'))).start()
-    t = time.monotonic()
+def test_waits_while_loading_then_healthy(server: Server, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    Path(paths.make_runtime_dir())
+    Path(paths.runtime_file(paths.START_ATTEMPTS)).write_text("2")
+
+    def loaded_after_two_looks(sleeps: int) -> None:
+        if sleeps == 2:
+            server.answer = (200, b'{"status":"ok"}')
+
+    clock.on_sleep = loaded_after_two_looks
     assert healthcheck.main(wait=30) == 0
-    assert time.monotonic() - t >= 1.4
-    assert not Path(markers.start_attempts_path()).exists()  # it served: attempts start again from zero
+    assert clock.sleeps == [1, 1]  # two looks at "loading", a second apart, then the 200
+    assert capsys.readouterr().out == f"http://127.0.0.1:{server.port}/health: 200\n"
+    assert not Path(paths.runtime_file(paths.START_ATTEMPTS)).exists()  # it served: attempts start again from zero
 
 
-def test_loading_too_long_fails_with_what_it_saw(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
-    assert healthcheck.main(wait=1) == 1
-    assert "still starting after 1 s" in capsys.readouterr().out
+def test_loading_too_long_fails_with_what_it_saw(
+    server: Server, clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert healthcheck.main(wait=3) == 1
+    assert clock.sleeps == [1, 1, 1]  # a look a second until the 3 s are over, then one last look
+    out = capsys.readouterr().out
+    assert out == f"still starting after 3 s: http://127.0.0.1:{server.port}/health: 503 (loading the model)\n"
 
 
-def test_a_refusal_fails_at_once(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
-    config_error_marker().write_text("LLMPI_PARALLEL='many' is not a whole number\n")
-    t = time.monotonic()
+def test_a_refusal_fails_at_once(server: Server, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    paths.make_runtime_dir()
+    Path(paths.runtime_file(paths.CONFIG_ERROR)).write_text("LLMPI_PARALLEL='many' is not a whole number\n")
     assert healthcheck.main(wait=30) == 1
-    assert time.monotonic() - t < 2
+    assert clock.sleeps == []  # no second look
     assert "llmpi refused to start: LLMPI_PARALLEL='many'" in capsys.readouterr().out
 
 
-def test_a_draining_server_fails_at_once(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_draining_server_fails_at_once(server: Server, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
     server.answer = (503, b'{"error":{"code":503,"message":"the server is shutting down"}}')
     assert healthcheck.main(wait=30) == 1
+    assert clock.sleeps == []
     assert "shutting down" in capsys.readouterr().out
 
 
