@@ -7,65 +7,33 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import docker
 import openai
 import pytest
 import requests
 
-from tests.appliance.cluster_helpers import AMX, WORKER_MEMORY, service_log
+from tests.appliance.cluster_helpers import (
+    ENV,
+    HEAD_MEMORY,
+    OVERRIDE,
+    PROFILES,
+    PROMPTS,
+    SECRET,
+    WORKER_MEMORY,
+    completions,
+    container,
+    in_head,
+    one_board,
+    service_logs,
+)
 from tests.appliance.replies import assert_says_something
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, wait_for
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, Project, wait_for
 
 pytestmark = pytest.mark.cluster
-
-OVERRIDE = ROOT / "tests" / "appliance" / "compose.cluster.yaml"
-SECRET = secrets.token_urlsafe(32)
-# the embedded Gemma 3 270M (253 MB: 158 MB of token embeddings, which stay on the head, and 18 layers of about
-# 5 MB) with one slot of 2048 tokens: the head alone needs about 300 MB; with these limits it holds about a third
-# of the layers, each worker about as many (AMX, WORKER_MEMORY: tests/appliance/cluster_helpers.py).
-HEAD_MEMORY = f"{240 + (256 if AMX else 0)}M"
-PROMPTS = [
-    "The capital of France is",
-    "Here is a list of three fruits:",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village by the sea,",
-]
-TOKENS = 48
-ENV = {
-    "TEST_CLUSTER_SECRET": SECRET,
-    "TEST_WRONG_SECRET": secrets.token_urlsafe(32),
-    "TEST_HEAD_MEMORY": HEAD_MEMORY,
-    "TEST_WORKER_MEMORY": WORKER_MEMORY,
-}
-PROFILES = ("--profile", "wrong", "--profile", "old")
-
-
-def container(project: Project, service: str) -> Any:
-    found = docker.from_env().containers.list(
-        all=True,
-        filters={"label": [f"com.docker.compose.project={project.name}", f"com.docker.compose.service={service}"]},
-    )
-    assert found, f"no {service} container in {project.name}"
-    return found[0]
-
-
-def service_logs(project: Project, service: str) -> str:
-    """A service's log as text, the services of the test's profiles too."""
-    return service_log(project, service, *PROFILES)
-
-
-def in_head(project: Project, code: str, timeout: float = 120) -> str:
-    """Run Python inside the head's container (on the boards' network) and return what it printed."""
-    out = project.compose(
-        "exec", "-T", "llmpi", "timeout", str(int(timeout)), "python3", "-c", code, timeout=timeout + 30
-    )
-    return out.stdout
 
 
 @pytest.fixture(scope="module")
@@ -137,60 +105,6 @@ def rpc_server_rss_mib(project: Project, service: str) -> float:
     out = project.compose("exec", "-T", service, "python3", "-c", RSS).stdout.split()
     assert out, f"no ggml-rpc-server in {service}"
     return int(out[0]) / 1024
-
-
-def completions(project: Project, port: int, key: str | None, prompts: list[str] = PROMPTS) -> list[str]:
-    """Greedy continuations of PROMPTS from a server inside the head's container, without the prompt cache."""
-    code = f"""
-import json, urllib.request
-out = []
-for prompt in {prompts!r}:
-    body = json.dumps({{"prompt": prompt, "n_predict": {TOKENS}, "temperature": 0, "top_k": 1, "seed": 1,
-                        "cache_prompt": False}}).encode()
-    req = urllib.request.Request("http://127.0.0.1:{port}/completion", body, {{"Content-Type": "application/json"}})
-    if {key!r}:
-        req.add_header("Authorization", "Bearer " + {key!r})
-    out.append(json.load(urllib.request.urlopen(req, timeout=120))["content"])
-print(json.dumps(out))
-"""
-    return list(json.loads(in_head(project, code, timeout=600).strip().splitlines()[-1]))
-
-
-def first_token_logprobs(project: Project, port: int, key: str | None, prompts: list[str] = PROMPTS) -> list[Any]:
-    """For each prompt, the 5 likeliest first tokens with their log-probabilities: [[id, logprob], ...]."""
-    code = f"""
-import json, urllib.request
-out = []
-for prompt in {prompts!r}:
-    body = json.dumps({{"prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0, "cache_prompt": False}})
-    url = "http://127.0.0.1:{port}/completion"
-    req = urllib.request.Request(url, body.encode(), {{"Content-Type": "application/json"}})
-    if {key!r}:
-        req.add_header("Authorization", "Bearer " + {key!r})
-    first = json.load(urllib.request.urlopen(req, timeout=300))["completion_probabilities"][0]
-    out.append([[t["id"], t["logprob"]] for t in first["top_logprobs"]])
-print(json.dumps(out))
-"""
-    return list(json.loads(in_head(project, code, timeout=900).strip().splitlines()[-1]))
-
-
-def one_board(project: Project, port: int, repack: bool, prompts: list[str] = PROMPTS, probe: Any = None) -> list[Any]:
-    """The same model on one board: a plain llama-server in the head's container, same slot and context."""
-    argv = ["llama-server", "-m", "/opt/llmpi/models/default.gguf", "--host", "127.0.0.1", "--port", str(port),
-            "-c", "2048", "-np", "1", "--no-kv-unified", "-t", "2"] + ([] if repack else ["--no-repack"])  # fmt: skip
-    container(project, "llmpi").exec_run(argv, detach=True, user="llmpi")
-    wait = (
-        "import time, urllib.request\n"
-        "for _ in range(240):\n"
-        "    try:\n"
-        f"        urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=2); break\n"
-        "    except Exception: time.sleep(0.5)\n"
-    )
-    in_head(project, wait)
-    try:
-        return list((probe or completions)(project, port, None, prompts))
-    finally:
-        container(project, "llmpi").exec_run(["pkill", "-f", f"--port {port}"], user="llmpi")
 
 
 def test_greedy_output_is_the_same_as_on_one_board(cluster: Project, key: str) -> None:

@@ -14,6 +14,7 @@ import docker
 import openai
 import pytest
 
+from tests.appliance import cluster_helpers
 from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, build_logged, compose_env
 
 pytestmark = pytest.mark.arm64
@@ -101,22 +102,20 @@ def test_an_arm64_worker_serves_an_amd64_head(arm64_image: str, appliance_image:
     board's (NEON and AVX kernels sum in other orders; docs/cluster.md), so greedy texts can part after a few
     tokens. What holds: the same likeliest first token for every prompt, and the top-5 log-probabilities within 0.3
     of one amd64 board's (measured: at most 0.19 apart; repacking alone moves them up to 0.24 on one amd64 board)."""
-    from tests.appliance import test_cluster as tc
-
     project = Project(
         f"llmpi-arm64-cluster-{os.getpid()}",
-        env={**tc.ENV, "LLMPI_ARM64_IMAGE": arm64_image},
+        env={**cluster_helpers.ENV, "LLMPI_ARM64_IMAGE": arm64_image},
         files=[COMPOSE_FILE, ROOT / "tests" / "appliance" / "compose.cluster.yaml", HERE / "compose.arm64-worker.yaml"],
     )
     try:
         project.up()
         project.wait_healthy(timeout=900)
-        assert "llmpi worker: aarch64" in tc.service_logs(project, "worker2")
-        assert "worker2:50052 (aarch64)" in tc.service_logs(project, "llmpi")
+        assert "llmpi worker: aarch64" in cluster_helpers.service_logs(project, "worker2")
+        assert "worker2:50052 (aarch64)" in cluster_helpers.service_logs(project, "llmpi")
         key = project.stored_key()
-        text = tc.completions(project, 8080, key, prompts=tc.PROMPTS[:1])
-        mixed = tc.first_token_logprobs(project, 8080, key)
-        reference = tc.one_board(project, 8099, repack=False, probe=tc.first_token_logprobs)
+        text = cluster_helpers.completions(project, 8080, key, prompts=cluster_helpers.PROMPTS[:1])
+        mixed = cluster_helpers.first_token_logprobs(project, 8080, key)
+        reference = cluster_helpers.one_board(project, 8099, repack=False, probe=cluster_helpers.first_token_logprobs)
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "cluster-arm64-worker.json").write_text(
             json.dumps({"text": text, "mixed": mixed, "one_board_no_repack": reference}, indent=1)
@@ -128,5 +127,5 @@ def test_an_arm64_worker_serves_an_amd64_head(arm64_image: str, appliance_image:
             assert all(abs(lp - common[t]) < 0.3 for t, lp in ours if t in common), (ours, theirs)
     finally:
         for service in ("llmpi", "worker1", "worker2"):
-            (ARTIFACTS / f"{project.name}-{service}.log").write_text(tc.service_logs(project, service))
+            (ARTIFACTS / f"{project.name}-{service}.log").write_text(cluster_helpers.service_logs(project, service))
         project.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)

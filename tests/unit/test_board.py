@@ -309,6 +309,4 @@ def test_status_reads_the_watch_file_else_the_board(
 
 def test_the_sysfs_setting_is_one_reading() -> None:
     assert sysfs_path({}) == Path("/sys") == Settings.read({}).sysfs
-    assert (
-        sysfs_path({"LLMPI_SYSFS_PATH": "/host/sys"}) == Settings.read({"LLMPI_SYSFS_PATH": "/host/sys"}).sysfs
-    )
+    assert sysfs_path({"LLMPI_SYSFS_PATH": "/host/sys"}) == Settings.read({"LLMPI_SYSFS_PATH": "/host/sys"}).sysfs
