@@ -37,7 +37,7 @@ class Server:
 
 
 class Clock:
-    """The health check's `time`: a monotonic clock that only sleep() moves, without waiting; `on_sleep` runs after
+    """The health check's time: a monotonic clock that only sleep() moves, without waiting; `on_sleep` runs after
     each sleep with the number of sleeps so far (what the server answers next can change there)."""
 
     def __init__(self) -> None:
@@ -55,10 +55,8 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(healthcheck, "time", fake)
-    return fake
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture
@@ -80,7 +78,7 @@ def test_waits_while_loading_then_healthy(server: Server, clock: Clock, capsys: 
             server.answer = (200, b'{"status":"ok"}')
 
     clock.on_sleep = loaded_after_two_looks
-    assert healthcheck.main(wait=30) == 0
+    assert healthcheck.main(wait=30, sleep=clock.sleep, clock=clock.monotonic) == 0
     assert clock.sleeps == [1, 1]  # two looks at "loading", a second apart, then the 200
     assert capsys.readouterr().out == f"http://127.0.0.1:{server.port}/health: 200\n"
     assert not Path(paths.runtime_file(paths.START_ATTEMPTS)).exists()  # it served: attempts start again from zero
@@ -89,7 +87,7 @@ def test_waits_while_loading_then_healthy(server: Server, clock: Clock, capsys: 
 def test_loading_too_long_fails_with_what_it_saw(
     server: Server, clock: Clock, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert healthcheck.main(wait=3) == 1
+    assert healthcheck.main(wait=3, sleep=clock.sleep, clock=clock.monotonic) == 1
     assert clock.sleeps == [1, 1, 1]  # a look a second until the 3 s are over, then one last look
     out = capsys.readouterr().out
     assert out == f"still starting after 3 s: http://127.0.0.1:{server.port}/health: 503 (loading the model)\n"
@@ -98,14 +96,14 @@ def test_loading_too_long_fails_with_what_it_saw(
 def test_a_refusal_fails_at_once(server: Server, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
     paths.make_runtime_dir()
     Path(paths.runtime_file(paths.CONFIG_ERROR)).write_text("LLMPI_PARALLEL='many' is not a whole number\n")
-    assert healthcheck.main(wait=30) == 1
+    assert healthcheck.main(wait=30, sleep=clock.sleep, clock=clock.monotonic) == 1
     assert clock.sleeps == []  # no second look
     assert "llmpi refused to start: LLMPI_PARALLEL='many'" in capsys.readouterr().out
 
 
 def test_a_draining_server_fails_at_once(server: Server, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
     server.answer = (503, b'{"error":{"code":503,"message":"the server is shutting down"}}')
-    assert healthcheck.main(wait=30) == 1
+    assert healthcheck.main(wait=30, sleep=clock.sleep, clock=clock.monotonic) == 1
     assert clock.sleeps == []
     assert "shutting down" in capsys.readouterr().out
 

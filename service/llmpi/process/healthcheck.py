@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..cluster import wire
@@ -134,24 +134,28 @@ def probe(base: str, workers: Sequence[Worker] = ()) -> tuple[str, str]:
         return "failed", f"{url}: {e}"
 
 
-def main(wait: float = LOAD_WAIT) -> int:
+def main(
+    wait: float = LOAD_WAIT, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic
+) -> int:
+    """Docker's check: 0 when healthy, 1 otherwise, with what was seen on stdout. `sleep` and `clock`: the time it
+    waits by."""
     try:
         s = Settings.read(os.environ)
     except ConfigError as e:  # the launcher refuses with the same reason
         print(f"llmpi refused to start: {e}")
         return 1
     base = f"http://127.0.0.1:{s.server_port}"
-    deadline = time.monotonic() + wait
+    deadline = clock() + wait
     while True:
         state, seen = probe(base, s.workers)
         if state == "ok":
             failure.clear_start_attempts()  # it served: a later crash gets its own attempts
             print(seen)
             return 0
-        if state == "failed" or time.monotonic() >= deadline:
+        if state == "failed" or clock() >= deadline:
             print(seen if state == "failed" else f"still starting after {wait:.0f} s: {seen}")
             return 1
-        time.sleep(1)
+        sleep(1)
 
 
 if __name__ == "__main__":
