@@ -3,6 +3,7 @@ scripts use too), plus the docker SDK to look inside and the logs kept in artifa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -113,6 +114,10 @@ def build_profile_service(config: pytest.Config, service: str, profile: str, why
 
 
 def say(config: pytest.Config, text: str) -> None:
+    """A line on pytest's terminal now, from inside a fixture or test (whose output pytest otherwise captures)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
         reporter.write_line(text)
