@@ -3,16 +3,12 @@ image is built, at the lowest CPU priority, so that it takes the cores only whil
 (containers starting and stopping, health checks, waits on facts) and the arm64 tests find it (nearly) ready.
 
 The build runs inside Docker's BuildKit, not as a child of this process, so `nice` on the client would not reach
-it; and each build step runs in a cgroup of its own (…/buildkit/<id>), beside the test containers' cgroups, which
-share the CPU by their cgroups' weights whatever their processes' niceness (measured: a niced compiler took a whole
-core from a loaded llama-server in a container). So while the build runs, a thread gives each step's cgroup that
-runs a compiler (or the build's QEMU-run steps) the lowest CPU weight (cgroup v1 cpu.shares 2, v2 cpu.weight 1;
-the step's cgroup goes away with the step) and its processes niceness 19. That needs root, as in CI; without it
-the build simply competes for the cores, which costs time, not correctness."""
+it: while it runs, a thread gives each compiler process (and the build's QEMU-run steps) niceness 19, a change a
+process's children inherit. That needs the right to renice them (root, as in CI); without it the build simply
+competes for the cores, which costs time, not correctness."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import threading
@@ -29,8 +25,7 @@ from tests.compose_helpers import ARTIFACTS, ROOT, compose_env, say
 BUILD_PROGRAMS = {"ninja", "cmake", "ccache", "cc1", "cc1plus", "as", "ld", "collect2", "lto1", "aarch64-linux-g"}
 # a step of the arm64 build run under QEMU (its runtime stage's apt-get): only the build runs arm64 code meanwhile
 QEMU_PREFIXES = (b"/usr/libexec/qemu-binfmt/", b"/usr/bin/qemu-aarch64")
-LOWEST = 19  # niceness
-LOWEST_SHARES, LOWEST_WEIGHT = "2", "1"  # cgroup v1 cpu.shares, v2 cpu.weight (the defaults: 1024, 100)
+LOWEST = 19
 ARM64_IMAGE = os.environ.get("LLMPI_ARM64_IMAGE", "llmpi:arm64")
 ARM64_LOG = "build-arm64.log"
 ARM64_WHAT = "the arm64 image (cross-built, about 25 minutes the first time on 2 cores)"
@@ -43,8 +38,7 @@ class BackgroundBuild:
     log_name: str
     started: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
-    reniced: set[int] = field(default_factory=set)  # processes seen
-    lowered: set[Path] = field(default_factory=set)  # the cgroups' weight files written
+    reniced: set[int] = field(default_factory=set)
 
 
 def is_build_process(pid: int, proc: Path = Path("/proc")) -> bool:
@@ -57,42 +51,16 @@ def is_build_process(pid: int, proc: Path = Path("/proc")) -> bool:
     return comm in BUILD_PROGRAMS or argv0.startswith(QEMU_PREFIXES)
 
 
-def cpu_weight_file(pid: int, proc: Path = Path("/proc"), root: Path = Path("/sys/fs/cgroup")) -> Path | None:
-    """The file that sets the CPU weight of a build step's cgroup (v1 cpu.shares or v2 cpu.weight), for a process
-    in a BuildKit step's cgroup only; None for any other process."""
-    try:
-        lines = (proc / str(pid) / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    v2 = None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "/buildkit/" not in path + "/":
-            continue
-        if "cpu" in controllers.split(","):
-            mount = root / "cpu" if (root / "cpu").is_dir() else root / "cpu,cpuacct"
-            return mount / path.lstrip("/") / "cpu.shares"
-        if controllers == "":
-            v2 = root / path.lstrip("/") / "cpu.weight"
-    return v2
-
-
-def lower_build_processes(
-    build: BackgroundBuild, proc: Path = Path("/proc"), root: Path = Path("/sys/fs/cgroup")
-) -> None:
-    """Give every build process not yet seen the lowest CPU weight for its step's cgroup and niceness 19
-    (processes that are gone, or not ours to change, are skipped and not tried again)."""
+def renice_build_processes(build: BackgroundBuild, proc: Path = Path("/proc")) -> None:
+    """Give every build process not yet lowered niceness 19 (processes that are gone or not ours are skipped)."""
     for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) in build.reniced or not is_build_process(int(entry.name), proc):
             continue
-        build.reniced.add(int(entry.name))
-        weight = cpu_weight_file(int(entry.name), proc, root)
-        if weight is not None and weight not in build.lowered:
-            build.lowered.add(weight)
-            with contextlib.suppress(OSError):
-                weight.write_text(LOWEST_SHARES if weight.name == "cpu.shares" else LOWEST_WEIGHT)
-        with contextlib.suppress(OSError):
+        try:
             os.setpriority(os.PRIO_PROCESS, int(entry.name), LOWEST)
+            build.reniced.add(int(entry.name))
+        except OSError:
+            build.reniced.add(int(entry.name))  # not ours to lower: do not try again
 
 
 def start(config: pytest.Config, what: str, cmd: list[str], log_name: str, env: Mapping[str, str]) -> BackgroundBuild:
@@ -105,7 +73,7 @@ def start(config: pytest.Config, what: str, cmd: list[str], log_name: str, env: 
 
     def lower_while_running() -> None:
         while process.poll() is None and not build.done.wait(1.0):  # a look a second at what the build started
-            lower_build_processes(build)
+            renice_build_processes(build)
 
     threading.Thread(target=lower_while_running, daemon=True).start()
     return build

@@ -30,23 +30,6 @@ def test_a_build_process_is_a_compiler_s_or_arm64_code_under_qemu(tmp_path: Path
     assert [pid for pid in (10, 11, 12, 13, 14) if background.is_build_process(pid, tmp_path)] == [10, 11]
 
 
-def fake_cgroup(proc: Path, pid: int, text: str) -> None:
-    (proc / str(pid)).mkdir(parents=True, exist_ok=True)
-    (proc / str(pid) / "cgroup").write_text(text)
-
-
-def test_a_build_step_s_cgroup_gets_the_lowest_weight_in_v1_and_v2(tmp_path: Path) -> None:
-    proc, v1, v2 = tmp_path / "proc", tmp_path / "v1", tmp_path / "v2"
-    fake_cgroup(proc, 20, "1:cpu:/docker/buildkit/k2e\n0::/docker/buildkit/k2e\n")  # v1, as on this machine
-    fake_cgroup(proc, 21, "0::/system.slice/docker.service/buildkit/x7q\n")  # v2 only
-    fake_cgroup(proc, 22, "1:cpu:/docker/90f782cd\n")  # a test's container: never touched
-    (v1 / "cpu" / "docker" / "buildkit" / "k2e").mkdir(parents=True)
-    assert background.cpu_weight_file(20, proc, v1) == v1 / "cpu" / "docker" / "buildkit" / "k2e" / "cpu.shares"
-    assert background.cpu_weight_file(21, proc, v2) == v2 / "system.slice/docker.service/buildkit/x7q/cpu.weight"
-    assert background.cpu_weight_file(22, proc, v1) is None
-    assert background.cpu_weight_file(23, proc, v1) is None  # gone
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_the_build_s_processes_get_the_lowest_priority_and_others_keep_theirs(tmp_path: Path) -> None:
     sleep = shutil.which("sleep")
@@ -58,7 +41,7 @@ def test_the_build_s_processes_get_the_lowest_priority_and_others_keep_theirs(tm
     holder = subprocess.Popen(["sleep", "30"])  # what background.start would watch
     build = background.BackgroundBuild("test", holder, "unused.log")
     try:
-        background.lower_build_processes(build, root=tmp_path / "no-cgroups")
+        background.renice_build_processes(build)
         assert os.getpriority(os.PRIO_PROCESS, builder.pid) == background.LOWEST
         assert os.getpriority(os.PRIO_PROCESS, bystander.pid) == os.getpriority(os.PRIO_PROCESS, 0)
         assert builder.pid in build.reniced and bystander.pid not in build.reniced
