@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import background
 from tests.browser import browser  # noqa: F401  (a shared fixture)
 from tests.compose_helpers import (
     COMPOSE_FILE,
@@ -25,11 +24,6 @@ def appliance_image(pytestconfig: pytest.Config) -> str:
     cmd = ["docker", "compose", "-f", str(COMPOSE_FILE), "build", "llmpi"]
     why = "about 10 minutes the first time on 2 cores"
     build_logged(pytestconfig, f"the appliance image with docker compose ({why})", cmd, "build.log", compose_env())
-    if pytestconfig.stash.get(background.ARM64_WANTED, False) and not os.environ.get("LLMPI_TEST_SKIP_BUILD"):
-        # the arm64 tests come last: their image builds meanwhile, on the cores the x86 tests leave idle
-        arm64_cmd, env = background.arm64_command()
-        build = background.start(pytestconfig, background.ARM64_WHAT, arm64_cmd, background.ARM64_LOG, env)
-        pytestconfig.stash[background.ARM64_BUILD] = build
     return image
 
 
@@ -93,15 +87,8 @@ def extra_project(request: pytest.FixtureRequest, appliance_image: str) -> Itera
     project.down()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
         if (here / "appliance") in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.appliance)
-    config.stash[background.ARM64_WANTED] = any(item.get_closest_marker("arm64") for item in items)
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    build = session.config.stash.get(background.ARM64_BUILD, None)
-    if build is not None:
-        background.stop(build)

@@ -14,25 +14,20 @@ import docker
 import openai
 import pytest
 
-from tests import background
 from tests.appliance import cluster_helpers
-from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, build_logged
+from tests.compose_helpers import ARTIFACTS, COMPOSE_FILE, ROOT, Project, build_logged, compose_env
 
 pytestmark = pytest.mark.arm64
 HERE = Path(__file__).resolve().parent
-IMAGE = background.ARM64_IMAGE
+IMAGE = os.environ.get("LLMPI_ARM64_IMAGE", "llmpi:arm64")
 EM_AARCH64 = 183  # ELF e_machine of AArch64
 
 
 @pytest.fixture(scope="session")
 def arm64_image(pytestconfig: pytest.Config) -> str:
-    """The arm64 image: built in the background since the x86 image was (tests/background.py), else now."""
-    build = pytestconfig.stash.get(background.ARM64_BUILD, None)
-    if build is not None:
-        background.finish(pytestconfig, build)
-    else:
-        cmd, env = background.arm64_command()
-        build_logged(pytestconfig, background.ARM64_WHAT, cmd, background.ARM64_LOG, env)
+    why = "cross-built, about 10 minutes the first time on 2 cores"
+    env = compose_env({"LLMPI_ARM64_IMAGE": IMAGE})
+    build_logged(pytestconfig, f"the arm64 image ({why})", [str(ROOT / "scripts/build-arm64")], "build-arm64.log", env)
     return IMAGE
 
 
