@@ -25,7 +25,7 @@ EM_AARCH64 = 183  # ELF e_machine of AArch64
 
 @pytest.fixture(scope="session")
 def arm64_image(pytestconfig: pytest.Config) -> str:
-    why = "cross-built, about 10 minutes the first time on 2 cores"
+    why = "cross-built, 18 to 22 minutes the first time on 2 slow cores"
     env = compose_env({"LLMPI_ARM64_IMAGE": IMAGE})
     build_logged(pytestconfig, f"the arm64 image ({why})", [str(ROOT / "scripts/build-arm64")], "build-arm64.log", env)
     return IMAGE
