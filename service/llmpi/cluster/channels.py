@@ -128,9 +128,8 @@ def prepare_channels(configuration: str, env: dict[str, str]) -> str:
                 )
     else:
         return configuration
-    paths.make_runtime_dir()
     key = Path(paths.runtime_file(paths.CLUSTER_KEY))
-    write_key_file(key, secret)
+    write_key_file(key, secret)  # write_private makes the runtime directory (0700) when it is missing
     if worker:
         return configuration
     combined = Path(paths.runtime_file(paths.SUPERVISORD_CONF))

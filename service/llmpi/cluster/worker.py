@@ -28,7 +28,6 @@ INFO_LOCAL_PORT = 50153  # the worker's description on its loopback
 
 
 def key_file() -> Path:
-    paths.make_runtime_dir()
     return Path(paths.runtime_file(paths.CLUSTER_KEY))
 
 
@@ -60,7 +59,7 @@ def refuse(reason: str) -> int:
 def serve() -> int:
     try:
         refused = failure.refused_reason()
-        if refused:
+        if refused is not None:
             return refuse(refused)
         s = Settings.read(os.environ)
         if s.cluster_secret is None:
@@ -119,7 +118,7 @@ def listening_ports(proc: Path = Path("/proc/net")) -> set[int]:
 
 def health() -> int:
     refused = failure.refused_reason()
-    if refused:
+    if refused is not None:
         print(f"llmpi worker refused to start: {refused}")
         return 1
     wanted = {

@@ -30,10 +30,10 @@ def earlier_refusal() -> str | None:
     """Why this container must not start llama-server again: a refusal before in this container (final until the
     cause is fixed and the container recreated or restarted, which clears the runtime directory: never redo a
     download or a load in a loop), or too many starts that never served."""
-    try:
-        return Path(paths.runtime_file(paths.CONFIG_ERROR)).read_text().strip() or "refused before (no reason kept)"
-    except FileNotFoundError:
-        return failed_starts_refusal()
+    refused = refused_reason()
+    if refused is not None:
+        return refused or "refused before (no reason kept)"
+    return failed_starts_refusal()
 
 
 def refused_reason() -> str | None:

@@ -146,12 +146,10 @@ def check_name(name: str) -> None:
 
 
 def server_keys_file() -> Path:
-    paths.make_runtime_dir()
     return Path(paths.runtime_file(paths.SERVER_KEYS))
 
 
 def admin_keys_file() -> Path:
-    paths.make_runtime_dir()
     return Path(paths.runtime_file(paths.ADMIN_KEYS))
 
 

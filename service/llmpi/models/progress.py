@@ -17,7 +17,6 @@ from ..core.files import write_atomic
 
 def progress_path() -> Path:
     """The pull's progress, for the status page and `/health` while the launcher pulls (runtime directory)."""
-    paths.make_runtime_dir()
     return Path(paths.runtime_file(paths.PULL_PROGRESS))
 
 

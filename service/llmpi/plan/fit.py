@@ -53,8 +53,6 @@ class FitError(Exception):
     """The model cannot run in the memory available; the message names the numbers."""
 
 
-
-
 @dataclass(frozen=True)
 class ModelShape:
     """What memory use depends on, read from a GGUF (or, for the pipeline, from a Hugging Face config)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from ..cluster.waiting import wait_for_workers
-from ..core import failure, keys, paths
+from ..core import failure, keys
 from ..core.env import ConfigError
 from ..core.files import write_atomic
 from ..core.settings import Settings
@@ -80,8 +80,7 @@ def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.std
     settings = resolve.draft_on_board(settings, hw, out, page)  # LLMPI_DRAFT_MODEL by name: may download it too
     p = plan(settings, hw, boards)
     auth = keys.apply_keys(settings, out)  # may generate the key (on the data volume)
-    paths.make_runtime_dir()
-    write_files(p.files)  # the router's preset, health.json
+    write_files(p.files)  # the router's preset, health.json (write_atomic makes the runtime directory)
     tell_announcer(settings, p.announced, out)  # /announce/announce.json
     return Prepared(settings, p, auth)
 
