@@ -105,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_parser("list", help="name, kind, quant, size, loaded or not")
     pull = m.add_parser("pull", help="download a model: a catalog name or a hub repo (owner/name[:QUANT])")
     pull.add_argument("name")
+    pull.add_argument(
+        "--progress", action="store_true", help="write the pull's progress file (the Ollama door's /api/pull reads it)"
+    )
     rm = m.add_parser("rm", help="remove a pulled model")
     rm.add_argument("name")
     rm.add_argument("--force", action="store_true", help="even the model LLMPI_MODEL serves")
@@ -184,7 +187,7 @@ def models_main(args: argparse.Namespace, s: Settings) -> None:
         print(models_cli.models_list(s))
         print(models_cli.disk_line(s))
     elif args.action == "pull":
-        print(models_cli.models_pull(s, args.name, sys.stdout))
+        print(models_cli.models_pull(s, args.name, sys.stdout, args.progress))
     elif args.action == "rm":
         print(models_cli.models_rm(s, args.name, args.force, sys.stdout))
     else:

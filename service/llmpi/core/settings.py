@@ -43,6 +43,7 @@ DEFAULT_SPECULATION = "off"
 ANNOUNCE_MODES = ("auto", "avahi", "zeroconf", "off")
 WORKER_PORT = 50052  # LLMPI_WORKERS' default port, published on a worker; PORT + 1 is its description
 MIN_SECRET = 32  # characters in a cluster secret; the generated one has 256 bits (43 characters)
+DEFAULT_OLLAMA_PORT = 11434  # Ollama's own port, the one every Ollama app fills in (llmpi.ollama)
 LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "trace": 4, "debug": 5}
 
 # name -> the default as the README table shows it. Settings that only compose reads (ports, image names) are in
@@ -88,6 +89,8 @@ SETTINGS: dict[str, str] = {
     "LLMPI_HOST": "0.0.0.0",
     "LLMPI_PORT": "8080",
     "LLMPI_HOST_PORT": "8080",
+    "LLMPI_OLLAMA_PORT": str(DEFAULT_OLLAMA_PORT),
+    "LLMPI_OLLAMA_HOST_PORT": str(DEFAULT_OLLAMA_PORT),
 }
 COMPOSE_SETTINGS = ("LLMPI_BIND_ADDRESS", "LLMPI_IMAGE", "LLMPI_BUILD_CA_BUNDLE", "LLMPI_DEBIAN_IMAGE")
 INTERNAL_SETTINGS = ("LLMPI_DATA_DIR", "LLMPI_ANNOUNCE_DIR")  # set by the image or its tests, not by users
@@ -152,6 +155,8 @@ class Settings:
     host: str
     port: int
     host_port: str
+    ollama_port: int | None  # LLMPI_OLLAMA_PORT: the Ollama door's port in the container; None = off
+    ollama_host_port: str  # LLMPI_OLLAMA_HOST_PORT: the port compose publishes it on (announced on the network)
     data_dir: Path
     announce_dir: Path  # shared with the announce service (llmpi.lan.announce): announce.json, workers.json
     llama_args: Mapping[str, str]  # LLAMA_ARG_* variables the user set: each wins over the launcher's choice
@@ -231,6 +236,8 @@ class Settings:
             host=get(env, "LLMPI_HOST", "0.0.0.0"),
             port=_ranged(env, "LLMPI_PORT", 8080, maximum=65535),
             host_port=get(env, "LLMPI_HOST_PORT") or get(env, "LLMPI_PORT", "8080"),
+            ollama_port=ollama_port(env),
+            ollama_host_port=get(env, "LLMPI_OLLAMA_HOST_PORT", str(DEFAULT_OLLAMA_PORT)),
             data_dir=Path(get(env, "LLMPI_DATA_DIR", "/data")),
             announce_dir=Path(get(env, "LLMPI_ANNOUNCE_DIR", "/announce")),
             llama_args=llama_args,
@@ -283,6 +290,16 @@ def mode_setting(env: Mapping[str, str], name: str, modes: tuple[str, ...], defa
         return on if get_bool(env, name, True) else "off"
     except ConfigError:
         raise ConfigError(f"{name}={mode!r}: use one of {', '.join(modes)}") from None
+
+
+def ollama_port(env: Mapping[str, str]) -> int | None:
+    """LLMPI_OLLAMA_PORT: the Ollama door's port (11434), or None for off; never the OpenAI door's own port."""
+    if get(env, "LLMPI_OLLAMA_PORT").lower() in OFF_WORDS:
+        return None
+    port = _ranged(env, "LLMPI_OLLAMA_PORT", DEFAULT_OLLAMA_PORT, maximum=65535)
+    if port == _ranged(env, "LLMPI_PORT", 8080, maximum=65535):
+        raise ConfigError(f"LLMPI_OLLAMA_PORT={port} is LLMPI_PORT's port too: give the Ollama door another one")
+    return port
 
 
 def cluster_secret(env: Mapping[str, str]) -> str | None:

@@ -53,6 +53,7 @@ class Progress:
     every: float = 10.0
     state: str = "checking"
     file: str = ""
+    sha256: str = ""  # the file's, as the hub lists it
     done_before: int = 0  # bytes of the files already finished
     _stop: threading.Event = field(default_factory=threading.Event)
     _samples: list[tuple[float, int]] = field(default_factory=list)
@@ -73,6 +74,7 @@ class Progress:
         return {
             "model": self.model,
             "file": self.file,
+            "sha256": self.sha256,
             "state": self.state,
             "done_bytes": done,
             "total_bytes": self.total,

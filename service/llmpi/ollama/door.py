@@ -1,0 +1,631 @@
+"""The Ollama door: Ollama's API on its own port (11434), translated onto llama-server's endpoints over loopback.
+
+Run by supervisord as `python3 -m llmpi.ollama.door`, beside llama-server. llama-server stays the only engine and the
+OpenAI door (8080) has nothing in front of it; this process takes Ollama's requests, checks the key, sends each to
+llama-server as its OpenAI request (the client's key with it, so llama-server's own checks, caps and queue apply),
+and maps the answer back, a stream chunk by chunk. The endpoint table is in docs/ollama.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core import keys
+from ..core.env import ConfigError
+from ..core.settings import DRAIN_SECONDS, Settings
+from . import listing, manage, translate
+from .http import HTTPError, NDJSONStream, Request, Upstream, call, read_request, send, send_json
+from .keepalive import KeepAlive, seconds
+from .listing import Served
+from .translate import BadRequest
+
+# the Ollama API version this door follows (api/types.go, docs/api.md at this release); apps read it to know which
+# fields they may send
+VERSION = "0.13.0"
+MAX_CONNECTIONS = 64  # open connections at once; one more is answered 503 and closed
+KEEPALIVE_TICK = 5.0  # seconds between two looks at the keep_alive deadlines
+NOT_HERE = {
+    "/api/create": "llmpi makes models with llmpi-prepare (docker compose run --rm prepare run ...) or pulls them "
+    "with /api/pull or `llmpi models pull`",
+    "/api/copy": "llmpi serves each model under its file's name; copy a GGUF into /data/models under another name",
+    "/api/push": "llmpi does not publish models; its models come from the Hugging Face hub",
+    "/api/blobs": "llmpi takes no uploaded blobs; copy a GGUF in with `docker compose cp`",
+}
+
+
+class Refused(Exception):
+    """An answer in Ollama's error shape: {"error": message} with this status."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})
+
+
+@dataclass
+class KeyFile:
+    """A key file llmpi writes (one key a line), read again when it changes."""
+
+    path: Path
+    stamp: tuple[int, int] = (-1, -1)
+    keys: tuple[str, ...] = ()
+
+    def current(self) -> tuple[str, ...]:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return ()
+        if (st.st_mtime_ns, st.st_size) != self.stamp:
+            try:
+                text = self.path.read_text()
+            except OSError:
+                return self.keys  # unreadable for a moment: the last good keys, as llama-server does
+            self.keys = tuple(k.strip() for k in text.splitlines() if k.strip())
+            self.stamp = (st.st_mtime_ns, st.st_size)
+        return self.keys
+
+
+def matches(key: str, allowed: tuple[str, ...]) -> bool:
+    """Constant time for each key compared (no early exit on the first that matches)."""
+    found = False
+    for k in allowed:
+        found |= hmac.compare_digest(key.encode(), k.encode())
+    return found
+
+
+def client_key(req: Request) -> str:
+    auth = req.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return req.headers.get("x-api-key", "").strip()
+
+
+def ollama_error(status: int, body: Any) -> Refused:
+    """llama-server's error answer ({"error": {"message": ...}}) as Ollama's, with the same status."""
+    err = body.get("error") if isinstance(body, dict) else None
+    message = err.get("message") if isinstance(err, dict) else err
+    return Refused(status, str(message or f"llama-server answered {status}"))
+
+
+@dataclass
+class Door:
+    settings: Settings
+    upstream: tuple[str, int]
+    server_keys: KeyFile = field(default_factory=lambda: KeyFile(keys.server_keys_file()))
+    admin_keys: KeyFile = field(default_factory=lambda: KeyFile(keys.admin_keys_file()))
+    keep: KeepAlive = field(default_factory=KeepAlive)
+    pulling: asyncio.Lock = field(default_factory=asyncio.Lock)
+    connections: int = 0
+    in_flight: int = 0
+    draining: bool = False
+    router: bool = False
+
+    # --- keys ---------------------------------------------------------------------------------------------------
+
+    def upstream_key(self, req: Request) -> str | None:
+        """The key this request goes to llama-server with: its own when llama-server knows it; for an admin key
+        (which llama-server takes only for model management), the first ordinary key. Refused without a known
+        key. None when keys are off (LLMPI_AUTH=off)."""
+        if not self.settings.auth:
+            return None
+        key = client_key(req)
+        if not key:
+            raise Refused(401, "an API key is needed: send it as Authorization: Bearer <key>")
+        served = self.server_keys.current()
+        if matches(key, served):
+            return key
+        if matches(key, self.admin_keys.current()[1:]) and served:  # [0] is the container's internal key
+            return served[0]
+        raise Refused(401, "this API key is not valid (llmpi keys list shows the keys this board takes)")
+
+    def check_admin(self, req: Request) -> None:
+        """Model management: only a key of LLMPI_ADMIN_KEY (never the container's own internal key)."""
+        key = client_key(req)
+        if self.settings.auth and not key:
+            raise Refused(401, "an API key is needed: send it as Authorization: Bearer <key>")
+        if not matches(key, self.admin_keys.current()[1:]):
+            self.upstream_key(req)  # a wrong key is a 401, a good ordinary one a 403
+            raise Refused(
+                403,
+                "pulling and deleting models needs the admin key (LLMPI_ADMIN_KEY); this key may use the models "
+                "but not manage them",
+            )
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        out = {"Content-Type": "application/json"}
+        if key:
+            out["Authorization"] = f"Bearer {key}"
+        return out
+
+    # --- llama-server -------------------------------------------------------------------------------------------
+
+    async def call(self, method: str, path: str, key: str | None, body: Any = None) -> Upstream:
+        data = json.dumps(body).encode() if body is not None else b""
+        try:
+            return await call(*self.upstream, method, path, self.headers(key), data)
+        except OSError as e:
+            raise Refused(503, f"the model server is not answering yet ({e.strerror or e}); try again shortly",
+                          {"Retry-After": "2"}) from None  # fmt: skip
+
+    async def get_json(self, path: str, key: str | None) -> Any:
+        up = await self.call("GET", path, key)
+        try:
+            body = await up.json()
+        finally:
+            up.close()
+        if up.status != 200:
+            raise ollama_error(up.status, body)
+        return body
+
+    async def models(self, key: str | None) -> list[Served]:
+        """What llama-server serves now: the router's list, or the one model and its /props."""
+        data = (await self.get_json("/v1/models", key)).get("data") or []
+        self.router = any("status" in m for m in data)
+        if self.router:
+            return [listing.from_router(m) for m in data]
+        props = await self.get_json("/props", key) if data else {}
+        return [listing.from_single(m, props) for m in data]
+
+    async def model(self, body: Any, key: str | None) -> Served:
+        """The served model a request names ("model", or the older "name"): Ollama's 404 when it is not on the board
+        (never another model in its place)."""
+        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise Refused(400, "model is required")
+        served = await self.models(key)
+        found = listing.served_name(name, [m.name for m in served])
+        if found is None:
+            raise Refused(404, f"model '{name}' not found")
+        return next(m for m in served if m.name == found)
+
+    # --- the routes ---------------------------------------------------------------------------------------------
+
+    async def route(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        path, method = req.path.rstrip("/") or "/", req.method
+        if path.startswith("/api/blobs"):
+            path = "/api/blobs"
+        if path in NOT_HERE:
+            self.upstream_key(req)
+            raise Refused(501, f"{path} is not part of llmpi: {NOT_HERE[path]}")
+        handler = self.routes().get((method if method != "HEAD" else "GET", path))
+        if handler is None:
+            if path.startswith("/v1/"):
+                await self.pass_through(req, writer)
+                return
+            known = {p for _, p in self.routes()}
+            raise Refused(405 if path in known else 404, f"{method} {req.path} is not an endpoint of this API")
+        await handler(req, writer)
+
+    def routes(self) -> dict[tuple[str, str], Callable[[Request, asyncio.StreamWriter], Awaitable[None]]]:
+        return {
+            ("GET", "/"): self.root,
+            ("GET", "/api/version"): self.version,
+            ("GET", "/api/tags"): self.tags,
+            ("POST", "/api/show"): self.show,
+            ("GET", "/api/ps"): self.ps,
+            ("POST", "/api/chat"): self.chat,
+            ("POST", "/api/generate"): self.generate,
+            ("POST", "/api/embed"): self.embed,
+            ("POST", "/api/embeddings"): self.embeddings,
+            ("POST", "/api/pull"): self.pull,
+            ("DELETE", "/api/delete"): self.delete,
+        }
+
+    async def root(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        self.upstream_key(req)
+        body = b"" if req.method == "HEAD" else b"Ollama is running"
+        await send(writer, 200, body, "text/plain; charset=utf-8")
+
+    async def version(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        self.upstream_key(req)
+        await send_json(writer, 200, {"version": VERSION})
+
+    async def tags(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        served = await self.models(self.upstream_key(req))
+        await send_json(writer, 200, {"models": [listing.tag_entry(m) for m in served]})
+
+    async def show(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        m = await self.model(req.json(), self.upstream_key(req))
+        await send_json(writer, 200, listing.show(m))
+
+    async def ps(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        served = await self.models(self.upstream_key(req))
+        loaded = [listing.ps_entry(m, self.keep.expires_at(m.name)) for m in served if m.loaded]
+        await send_json(writer, 200, {"models": loaded})
+
+    async def chat(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        await self.answer(req, writer, generate=False)
+
+    async def generate(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        await self.answer(req, writer, generate=True)
+
+    async def answer(self, req: Request, writer: asyncio.StreamWriter, generate: bool) -> None:
+        """/api/chat and /api/generate: one answer from the named model, streamed as NDJSON unless stream: false."""
+        key = self.upstream_key(req)
+        body = req.json()
+        if not isinstance(body, dict):
+            raise Refused(400, "the request body must be a JSON object")
+        m = await self.model(body, key)
+        if m.kind == "embedding":
+            raise Refused(400, f'"{m.name}" is an embedding model: it does not generate (use /api/embed)')
+        keep = seconds(body.get("keep_alive"))
+        stream = body.get("stream", True) is not False
+        empty = not (body.get("prompt") or body.get("images")) if generate else not body.get("messages")
+        if empty:  # Ollama's way to load (or, with keep_alive 0, unload) a model: no prompt
+            await self.load_or_unload(m, keep, key)
+            reason = "unload" if keep == 0 else "load"
+            out = translate.final_chunk(listing.ollama_name(m.name), generate, reason, translate.Timing())
+            await send_json(writer, 200, {k: v for k, v in out.items() if "duration" not in k and "count" not in k})
+            return
+        notes = self.context_note(body, m)
+        if generate and body.get("raw"):
+            path, upstream_body = "/completion", translate.raw_request(body, stream)
+        elif generate:
+            path, upstream_body = "/v1/chat/completions", translate.generate_request(body, m.name, stream)
+        else:
+            path, upstream_body = "/v1/chat/completions", translate.chat_request(body, m.name, stream)
+        if path == "/completion" and self.router:
+            upstream_body["model"] = m.name
+        self.keep.begin(m.name)
+        try:
+            await self.relay(writer, path, upstream_body, key, m, generate, stream, notes)
+        finally:
+            self.keep.end(m.name, keep)
+            if keep == 0:
+                await self.unload_due()
+
+    def context_note(self, body: Mapping[str, Any], m: Served) -> dict[str, str]:
+        """options.num_ctx above a slot's context: the slot's context is what the request gets (a header says so,
+        and the log); the fit decided it for the board's memory."""
+        opts = body.get("options") if isinstance(body.get("options"), dict) else {}
+        wanted = opts.get("num_ctx") if opts else None
+        if isinstance(wanted, int) and m.slot_ctx and wanted > m.slot_ctx:
+            print(f"llmpi-ollama: num_ctx {wanted} asked for {m.name}: its requests have {m.slot_ctx}", flush=True)
+            return {"X-Llmpi-Num-Ctx": f"{m.slot_ctx} (asked {wanted}; the fit gives each request {m.slot_ctx})"}
+        return {}
+
+    async def relay(
+        self,
+        writer: asyncio.StreamWriter,
+        path: str,
+        body: dict[str, Any],
+        key: str | None,
+        m: Served,
+        generate: bool,
+        stream: bool,
+        notes: dict[str, str],
+    ) -> None:
+        timing = translate.Timing()
+        name = listing.ollama_name(m.name)
+        up = await self.call("POST", path, key, body)
+        try:
+            if up.status != 200:
+                raise ollama_error(up.status, await up.json())
+            if not stream:
+                reply = await up.json()
+                if path == "/completion":
+                    out = self.completion_reply(name, reply, timing)
+                else:
+                    out = translate.chat_reply(name, reply, generate, timing)
+                await send_json(writer, 200, out, notes)
+                return
+            await self.relay_stream(writer, up, name, generate, path == "/completion", timing, notes)
+        finally:
+            up.close()
+
+    def completion_reply(self, name: str, reply: Mapping[str, Any], timing: translate.Timing) -> dict[str, Any]:
+        timing.take(reply.get("timings"), None)
+        reason = "length" if reply.get("stop_type") == "limit" else "stop"
+        out = translate.final_chunk(name, True, reason, timing)
+        out["response"] = reply.get("content") or ""
+        return out
+
+    async def relay_stream(
+        self,
+        writer: asyncio.StreamWriter,
+        up: Upstream,
+        name: str,
+        generate: bool,
+        raw: bool,
+        timing: translate.Timing,
+        notes: dict[str, str],
+    ) -> None:
+        """llama-server's server-sent events as Ollama's NDJSON lines, each as it comes; the tool calls whole, when
+        the model has finished them; then the final line with the counts and durations."""
+        out = NDJSONStream(writer, notes)
+        calls = translate.CallCollector()
+        reason = "stop"
+        async for line in up.lines():
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                break
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                continue
+            if timing.first_byte is None:
+                timing.first_byte = time.monotonic()
+            if "error" in event:
+                await out.line({"error": (event["error"] or {}).get("message", str(event["error"]))})
+                await out.end()
+                return
+            timing.take(event.get("timings"), event.get("usage"))
+            if raw:
+                text = event.get("content") or ""
+                if text:
+                    await out.line(translate.generate_chunk(name, text))
+                if event.get("stop"):
+                    reason = "length" if event.get("stop_type") == "limit" else "stop"
+                continue
+            for choice in event.get("choices") or []:
+                delta = choice.get("delta") or {}
+                calls.add(delta.get("tool_calls"))
+                text, thought = delta.get("content") or "", delta.get("reasoning_content") or ""
+                if text or thought:
+                    chunk = (
+                        translate.generate_chunk(name, text, thought)
+                        if generate
+                        else translate.chat_chunk(name, text, thought)
+                    )
+                    await out.line(chunk)
+                if choice.get("finish_reason"):
+                    reason = translate.done_reason(choice["finish_reason"], bool(calls.calls))
+                    done = calls.take()
+                    if done and not generate:
+                        await out.line(translate.chat_chunk(name, "", "", done))
+        await out.line(translate.final_chunk(name, generate, reason, timing))
+        await out.end()
+
+    async def load_or_unload(self, m: Served, keep: float | None, key: str | None) -> None:
+        """A request with no prompt: load the model (router mode), or unload it with keep_alive 0."""
+        if not self.router:
+            return  # one model: always loaded
+        admin = self.admin_keys.current()[:1]
+        if keep == 0:
+            if m.loaded:
+                await self.manage_call("/models/unload", m.name, admin[0] if admin else None)
+            return
+        if not m.loaded:
+            await self.manage_call("/models/load", m.name, admin[0] if admin else None)
+        self.keep.set(m.name, keep)
+
+    async def manage_call(self, path: str, model: str, admin: str | None) -> None:
+        up = await self.call("POST", path, admin, {"model": model})
+        try:
+            body = await up.json()
+        finally:
+            up.close()
+        if up.status != 200 and not (path.endswith("unload") and up.status == 400):
+            raise ollama_error(up.status, body)
+
+    async def unload_due(self) -> None:
+        if not self.router:
+            return
+        admin = self.admin_keys.current()[:1]
+        for model in self.keep.due():
+            try:
+                await self.manage_call("/models/unload", model, admin[0] if admin else None)
+                print(f"llmpi-ollama: unloaded {model} (its keep_alive ran out)", flush=True)
+            except Refused as e:
+                print(f"llmpi-ollama: could not unload {model}: {e}", flush=True)
+
+    async def embed(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        await self.embed_any(req, writer, old=False)
+
+    async def embeddings(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        await self.embed_any(req, writer, old=True)
+
+    async def embed_any(self, req: Request, writer: asyncio.StreamWriter, old: bool) -> None:
+        """/api/embed (and the older /api/embeddings): the vectors from the named model when it embeds, else from
+        the board's embedding model."""
+        key = self.upstream_key(req)
+        body = req.json()
+        m = await self.model(body, key)
+        inputs = translate.embed_inputs(body, old)
+        target = m
+        if m.kind != "embedding":
+            others = [e for e in await self.models(key) if e.kind == "embedding"]
+            if not others:
+                raise Refused(400, f'"{m.name}" does not embed and no embedding model is on this board '
+                                   "(llmpi models pull all-minilm-l6-v2)")  # fmt: skip
+            target = others[0]
+        timing = translate.Timing()
+        up = await self.call("POST", "/v1/embeddings", key, {"model": target.name, "input": inputs})
+        try:
+            reply = await up.json()
+        finally:
+            up.close()
+        if up.status != 200:
+            raise ollama_error(up.status, reply)
+        vectors = [d.get("embedding") for d in sorted(reply.get("data") or [], key=lambda d: d.get("index", 0))]
+        if old:
+            await send_json(writer, 200, {"embedding": vectors[0] if vectors else []})
+            return
+        usage = reply.get("usage") or {}
+        fields = timing.fields()
+        await send_json(
+            writer,
+            200,
+            {
+                "model": listing.ollama_name(target.name),
+                "embeddings": vectors,
+                "total_duration": fields["total_duration"],
+                "load_duration": 0,
+                "prompt_eval_count": int(usage.get("prompt_tokens") or 0),
+            },
+        )
+
+    async def pull(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        """/api/pull through `llmpi models pull` (admin key only); one pull at a time, the next one waits."""
+        self.check_admin(req)
+        body = req.json()
+        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise Refused(400, "model is required")
+        stream = body.get("stream", True) is not False
+        async with self.pulling:
+            if not stream:
+                last: dict[str, Any] = {}
+                async for line in manage.pull(name):
+                    last = line
+                if "error" in last:
+                    raise Refused(500, str(last["error"]))
+                await send_json(writer, 200, {"status": "success"})
+                return
+            out = NDJSONStream(writer)
+            async for line in manage.pull(name):
+                await out.line(line)
+            await out.end()
+
+    async def delete(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        self.check_admin(req)
+        body = req.json()
+        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise Refused(400, "model is required")
+        code, why = await manage.delete(name)
+        if code != 0:
+            raise Refused(404 if "no pulled model named" in why else 400, why)
+        await send(writer, 200, b"")
+
+    async def pass_through(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        """/v1/... on this port (apps that take Ollama's address and speak OpenAI to it): llama-server's own answer,
+        byte for byte."""
+        headers = {k.title(): v for k, v in req.headers.items() if k in ("authorization", "x-api-key", "content-type")}
+        try:
+            up = await call(*self.upstream, req.method, req.path, headers, req.body)
+        except OSError as e:
+            raise Refused(503, f"the model server is not answering yet ({e}); try again shortly") from None
+        try:
+            keep = {k: v for k, v in up.headers.items() if k in ("content-type", "retry-after")}
+            if "chunked" not in up.headers.get("transfer-encoding", "") and "content-length" in up.headers:
+                await send(writer, up.status, await up.body(), keep.get("content-type", "application/json"),
+                           {k.title(): v for k, v in keep.items() if k != "content-type"})  # fmt: skip
+                return
+            head = {"Content-Type": keep.get("content-type", "application/json"), "Transfer-Encoding": "chunked"}
+            writer.write(
+                f"HTTP/1.1 {up.status} OK\r\n".encode()
+                + "".join(f"{k}: {v}\r\n" for k, v in head.items()).encode()
+                + b"\r\n"
+            )
+            async for chunk in up.chunks():
+                writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        finally:
+            up.close()
+
+    # --- connections --------------------------------------------------------------------------------------------
+
+    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client connection: its requests one after another (keep-alive), until it closes or errs."""
+        self.connections += 1
+        try:
+            if self.connections > MAX_CONNECTIONS:
+                await send_json(writer, 503, {"error": "too many connections; try again shortly"},
+                                {"Retry-After": "2"}, keep_alive=False)  # fmt: skip
+                return
+            while not self.draining:
+                try:
+                    req = await read_request(reader, self.max_body)
+                except HTTPError as e:
+                    await send_json(writer, e.status, {"error": str(e)}, keep_alive=False)
+                    return
+                except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                if req is None:
+                    return
+                if not await self.one(req, writer) or not req.keep_alive:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away; llama-server's connection closed with it (it stops generating)
+        finally:
+            self.connections -= 1
+            writer.close()
+
+    async def one(self, req: Request, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False when the connection cannot go on (an answer was cut short)."""
+        self.in_flight += 1
+        try:
+            await self.route(req, writer)
+            return True
+        except Refused as e:
+            await send_json(writer, e.status, {"error": str(e)}, e.headers)
+            return True
+        except (BadRequest, HTTPError) as e:
+            await send_json(writer, getattr(e, "status", 400), {"error": str(e)})
+            return True
+        except (ConnectionError, asyncio.IncompleteReadError):
+            raise
+        except Exception as e:  # a bug here must not take the door down for everyone
+            print(f"llmpi-ollama: {req.method} {req.path} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            await send_json(writer, 500, {"error": f"internal error: {type(e).__name__}"}, keep_alive=False)
+            return False
+        finally:
+            self.in_flight -= 1
+
+    @property
+    def max_body(self) -> int:
+        """A request's body: the media limit for a few images in base64, and room for the rest."""
+        return self.settings.media_max_bytes * 2 + 8 * 1024 * 1024
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_TICK)
+            await self.unload_due()
+
+
+def loopback(s: Settings) -> str:
+    """Where llama-server is reached from here: its own address, or loopback when it listens on every one."""
+    return "127.0.0.1" if s.host in ("0.0.0.0", "", "::") else s.host
+
+
+async def serve(s: Settings, port: int) -> None:
+    door = Door(s, (loopback(s), s.server_port))
+    server = await asyncio.start_server(door.connection, s.host, port, limit=1 << 16, reuse_address=True)
+    print(f"llmpi-ollama: the Ollama API on port {port} (llama-server at {door.upstream[0]}:{door.upstream[1]})",
+          flush=True)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ticker = asyncio.ensure_future(door.tick())
+    await stop.wait()
+    # a stop is a drain, as llama-server's: no new connection, the answers in flight finish (DRAIN_SECONDS at most)
+    door.draining = True
+    server.close()
+    deadline = loop.time() + DRAIN_SECONDS
+    while door.in_flight and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    ticker.cancel()
+
+
+def main() -> int:
+    try:
+        s = Settings.read(os.environ)
+    except ConfigError as e:
+        print(f"llmpi-ollama: {e}", file=sys.stderr, flush=True)
+        return 0  # the launcher names the same error as the container's failure; nothing to serve here
+    if s.ollama_port is None:
+        print("llmpi-ollama: LLMPI_OLLAMA_PORT=off: no Ollama API", flush=True)
+        return 0
+    asyncio.run(serve(s, s.ollama_port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
