@@ -14,8 +14,9 @@ from benchlib import ROOT
 from benchlib.wait import http_status, wait_for
 
 COMPOSE_FILE = ROOT / "compose.yaml"
-# published on this machine's loopback only, on a random free port (`Project.port` tells which)
-LOOPBACK = {"LLMPI_BIND_ADDRESS": "127.0.0.1", "LLMPI_HOST_PORT": ""}
+# published on this machine's loopback only, on random free ports (`Project.port` and `Project.ollama_url` tell which)
+LOOPBACK = {"LLMPI_BIND_ADDRESS": "127.0.0.1", "LLMPI_HOST_PORT": "", "LLMPI_OLLAMA_HOST_PORT": ""}
+OLLAMA_PORT = 11434  # the Ollama door's port in the container
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -83,6 +84,11 @@ class Project:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ollama_url(self) -> str:
+        """The Ollama door's address (no /api: the ollama client's `host`)."""
+        return f"http://127.0.0.1:{self.published(port=OLLAMA_PORT)}"
 
     def health(self) -> int:
         """The status of GET /health: 200 once the model is loaded, 503 while it loads (the port is looked up each
