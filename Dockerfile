@@ -151,7 +151,7 @@ RUN --mount=type=secret,id=cacert \
        /models/licenses/gemma-3-270m/; \
     rm -rf /tmp/gemma
 # a chat template next to a model, with the model's name and .jinja, is used for it unless one is configured
-COPY build/templates/gemma3.jinja /models/gemma-3-270m-q4_k_m.jinja
+COPY service/templates/gemma3.jinja /models/gemma-3-270m-q4_k_m.jinja
 # the launcher serves models/default.gguf when LLMPI_MODEL is not set
 RUN ln -s gemma-3-270m-q4_k_m.gguf /models/default.gguf
 

@@ -3,12 +3,16 @@ agree with it; llmpi-prepare's view of it."""
 
 from __future__ import annotations
 
+import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from llmpi.models import catalog, choose, hub
+from llmpi.cli import models as cli_models
+from llmpi.models import catalog, choose, hub, pull
+from llmpi.plan.model_files import sibling_template
 from llmpi_prepare import cli
 from tests.ggufmaker import llama_like
 from tests.hubstub import Hub, Repo
@@ -123,3 +127,120 @@ def test_prepare_lists_the_catalog(capsys: pytest.CaptureFixture[str], monkeypat
         row = rf"^{re.escape(e.name)} +{e.kind} +{re.escape(e.gguf_repo)} +{re.escape(e.boards)}$"
         assert re.search(row, out, re.MULTILINE), e.name
         assert e.why in out
+
+
+# --- tool calls (docs/tools.md) ---------------------------------------------------------------------------------
+
+RAW = tomllib.loads((ROOT / "service" / "catalog.toml").read_text())["models"]
+TEMPLATES = ROOT / "service" / "templates"
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_every_chat_model_says_whether_it_calls_tools(name: str) -> None:
+    """Said, not defaulted: a chat or vision entry states `tools`; a template the catalog ships is there and gives
+    the model tool calls; an embedding model has neither."""
+    e = ENTRIES[name]
+    if e.kind == "embedding":
+        assert "tools" not in RAW[name] and not e.template
+        return
+    assert isinstance(RAW[name].get("tools"), bool), f"{name}: say tools = true or false"
+    if e.template:
+        assert e.tools, f"{name}: a shipped template is there to give it tool calls"
+        path = e.template_path()
+        assert path is not None and path.parent == catalog.TEMPLATES_DIR and (TEMPLATES / e.template).is_file()
+        assert "<tool_call>" in path.read_text() or "[TOOL_CALLS]" in path.read_text()
+
+
+def test_gemma_3_and_mistral_get_the_templates_their_gguf_files_lack() -> None:
+    """Gemma 3's own template has no tools (ggml-org's GGUF files carry it), nor have Mistral 7B v0.3's ready GGUF
+    files (made before its template learnt tools); SmolVLM2, Qwen2.5-VL and LLaVA 1.6 call none."""
+    for name in ("gemma-3-1b-it", "gemma-3-4b-it", "gemma-3-12b-it"):
+        assert (ENTRIES[name].tools, ENTRIES[name].template) == (True, "gemma3.jinja")
+    assert ENTRIES["mistral-7b-instruct-v0.3"].template == "mistral-v3.jinja"
+    for name in ("smolvlm2-2.2b-instruct", "qwen2.5-vl-3b-instruct", "llava-1.6-mistral-7b"):
+        assert not ENTRIES[name].tools and not ENTRIES[name].template
+    tool_callers = {n for n, e in ENTRIES.items() if e.tools}
+    assert {"qwen2.5-1.5b-instruct", "qwen3-4b-instruct", "llama-3.2-3b-instruct"} <= tool_callers
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ('kind = "embedding"\ntools = true', "calls no tools"),
+        ('kind = "chat"\ntools = true\ntemplate = "../x.jinja"', "a .jinja file name"),
+        ('kind = "chat"\ntools = "yes"', None),  # a dataclass takes it; the catalog test above refuses it
+    ],
+)
+def test_the_catalog_refuses_tools_where_they_cannot_be(fields: str, error: str | None, tmp_path: Path) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(f'[models."m"]\n{fields}\ngguf_repo = "o/r"\ndescription = "d"\nwhy = "w"\nboards = "any"\n')
+    if error is None:
+        catalog.load(path)
+        return
+    with pytest.raises(catalog.CatalogError, match=error):
+        catalog.load(path)
+
+
+def test_a_pull_puts_the_catalog_template_next_to_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pull writes `<stem>.jinja` (the sibling rule then serves the model with it) for the entry's own repo only,
+    and `llmpi models show` says the model calls tools."""
+    gguf = llama_like(tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "catalog.toml").write_text(
+        '[models."tiny"]\nkind = "chat"\ntools = true\ntemplate = "gemma3.jinja"\ngguf_repo = "test/Tiny-GGUF"\n'
+        'description = "d"\nwhy = "w"\nboards = "any"\n'
+    )
+    monkeypatch.setenv("LLMPI_CATALOG", str(tmp_path / "catalog.toml"))
+    out = tmp_path / "out"
+    with Hub() as h:
+        h.repos["test/Tiny-GGUF"] = Repo({"tiny-Q4_K_M.gguf": gguf})
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        assert cli.main(["download", "tiny", "--ram", "8G", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.Q4_K_M.gguf", "tiny.Q4_K_M.jinja", "tiny.Q4_K_M.json"]
+    assert (out / "tiny.Q4_K_M.jinja").read_text() == (TEMPLATES / "gemma3.jinja").read_text()
+    assert sibling_template(out / "tiny.Q4_K_M.gguf") == out / "tiny.Q4_K_M.jinja"
+    assert cli_models.tools_line("tiny", "chat", out / "tiny.Q4_K_M.gguf").startswith("tools: yes")
+    other = choose.Ref("tiny", "someone/Else-GGUF", "auto", "tiny")
+    assert pull.template(other) is None and pull.template(choose.Ref("t", "test/tiny-gguf", "auto", "tiny"))
+    (out / "tiny.Q4_K_M.jinja").unlink()
+    assert "GGUF's own chat template" in cli_models.tools_line("tiny", "chat", out / "tiny.Q4_K_M.gguf")
+    assert cli_models.tools_line("x", "embedding", out / "tiny.Q4_K_M.gguf") == "tools: no (an embedding model)"
+
+
+GEMMA_NO_TOOLS = [
+    (
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " hi "}],
+        "<bos><start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n<start_of_turn>model\n",
+    ),
+    (
+        [
+            {"role": "user", "content": [{"type": "image_url"}, {"type": "text", "text": "what"}]},
+            {"role": "assistant", "content": "a cat"},
+            {"role": "user", "content": "and"},
+            {"role": "user", "content": "then"},
+        ],
+        "<bos><start_of_turn>user\n<start_of_image>what<end_of_turn>\n<start_of_turn>model\na cat<end_of_turn>\n"
+        "<start_of_turn>user\nand<end_of_turn>\n<start_of_turn>user\nthen<end_of_turn>\n<start_of_turn>model\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(("messages", "prompt"), GEMMA_NO_TOOLS)
+def test_the_gemma_template_without_tools_renders_what_it_did_before_tools(
+    messages: list[dict[str, object]], prompt: str
+) -> None:
+    """The prompts the tool-less Gemma 3 template rendered, byte for byte (tests/ollama/test_tool_calls.py checks
+    the same through the running llama-server's /apply-template)."""
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment()
+    env.filters["tojson"] = json.dumps
+    template = env.from_string((TEMPLATES / "gemma3.jinja").read_text())
+    assert template.render(bos_token="<bos>", messages=messages, add_generation_prompt=True) == prompt
+    with_tools = template.render(
+        bos_token="<bos>",
+        messages=messages,
+        add_generation_prompt=True,
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+    )
+    assert '"name": "get_weather"' in with_tools and with_tools.endswith("<start_of_turn>model\n")

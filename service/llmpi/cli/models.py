@@ -3,7 +3,7 @@
     llmpi models [list]          name, kind, quant, size, and whether it is loaded
     llmpi models pull NAME       a catalog name or a hub repo of GGUF files (owner/name[:QUANT]), the quant that fits
     llmpi models rm NAME [--force]   remove a pulled model (--force: even the one LLMPI_MODEL serves)
-    llmpi models show NAME       the model's manifest (where it came from, sha256, size)
+    llmpi models show NAME       the model's manifest (where it came from, sha256, size) and whether it calls tools
 
 Works while the server runs. With several models, llama-server's router serves them; after a pull or a removal it
 re-reads its list (models in use keep answering). With one model there is no router yet: after the first pull,
@@ -26,7 +26,7 @@ from ..host import hardware
 from ..lan.announce import tell_announcer
 from ..models import catalog, choose, hub, pull, resolve
 from ..plan import fit
-from ..plan.model_files import DEFAULT_MODEL, local_models, manifest_kind, model_alias, read_manifest
+from ..plan.model_files import DEFAULT_MODEL, local_models, manifest_kind, model_alias, read_manifest, sibling_template
 from ..plan.serving import plan
 from ..process.launcher import write_files
 from ..process.server import restart_server, router_running, serves
@@ -117,14 +117,33 @@ def models_list(s: Settings) -> str:
     return "\n".join(lines)
 
 
+def tools_line(name: str, kind: str, path: Path) -> str:
+    """Whether a model calls tools (docs/tools.md): the catalog's word for a catalog model, and the chat template it
+    is served with."""
+    if kind == "embedding":
+        return "tools: no (an embedding model)"
+    entry = catalog.load().get(name)
+    template = sibling_template(path)
+    where = f"chat template {template.name}" if template else "the GGUF's own chat template"
+    shipped = {t.read_text(): t.name for t in catalog.TEMPLATES_DIR.glob("*.jinja")}
+    if template is not None and template.read_text() in shipped:  # llmpi's templates all call tools
+        return f"tools: yes ({where}, llmpi's {shipped[template.read_text()]})"
+    if entry is None:
+        return f'tools: if {where} has a tool-call format (tool_choice "required" is a 400 when it has none)'
+    if entry.tools:
+        return f"tools: yes ({where})"
+    return f'tools: no (the catalog\'s {name} has no tool-call format; tool_choice "required" is refused with a 400)'
+
+
 def models_show(s: Settings, name: str) -> str:
     for m in local_models(s.models_dir):
         if m.name == name:
-            return json.dumps(m.manifest, indent=2)
+            return json.dumps(m.manifest, indent=2) + "\n" + tools_line(m.name, m.kind, m.path)
     for row in rows(s):
         if row.name == name:
             manifest = read_manifest(row.path)
-            return json.dumps(manifest or {"file": str(row.path), "size": row.size, "manifest": None}, indent=2)
+            shown = json.dumps(manifest or {"file": str(row.path), "size": row.size, "manifest": None}, indent=2)
+            return shown + "\n" + tools_line(row.name, row.kind, row.path)
     raise ConfigError(f"no model named {name!r} on this board (llmpi models list)")
 
 
@@ -194,6 +213,9 @@ def models_rm(s: Settings, name: str, force: bool, out: TextIO) -> str:
     files = [local.manifest_path, local.path]  # the manifest first: without it the model is not listed
     mm = local.manifest.get("mmproj")
     if isinstance(mm, dict) and mm.get("file"):
+    template = sibling_template(local.path)
+    if template is not None:  # the chat template the pull put beside it
+        files.append(template)
         files.append(s.models_dir / str(mm["file"]))
     freed = sum(f.stat().st_size for f in files if f.is_file())
     for f in files:

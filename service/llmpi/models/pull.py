@@ -20,7 +20,7 @@ from pathlib import Path
 from ..core.files import write_atomic
 from ..plan import gguf
 from ..plan.model_files import LocalModel
-from . import hub
+from . import catalog, hub
 from .choose import PullError, PullPlan, Ref
 from .progress import Progress
 
@@ -106,14 +106,17 @@ def install(
     extra: Mapping[str, object] | None = None,
 ) -> Path:
     """Move the fetched files (`fetch`) into `models_dir` as `<stem>.gguf` and `<stem>.mmproj.gguf` (stem: the
-    plan's `<name>.<QUANT>` unless given), then write the manifest `<stem>.json`, with `extra` fields. Returns the
-    manifest's path."""
+    plan's `<name>.<QUANT>` unless given), with the catalog's chat template for it as `<stem>.jinja` (`template`),
+    then write the manifest `<stem>.json`, with `extra` fields. Returns the manifest's path."""
     stem = stem or p.stem
     final = models_dir / f"{stem}.gguf"
     final_mm = models_dir / f"{stem}.mmproj.gguf" if p.mmproj_file else None
     os.replace(got[0], final)
     if final_mm is not None:
         os.replace(got[1], final_mm)
+    chat_template = template(p.ref)
+    if chat_template is not None:
+        write_atomic(models_dir / f"{stem}.jinja", chat_template.read_text())
     model = p.remote.files[p.model_file]
     mm = p.remote.files[p.mmproj_file] if p.mmproj_file else None
     data = manifest(
@@ -133,6 +136,16 @@ def install(
     path = models_dir / f"{stem}.json"
     write_manifest(path, data)
     return path
+
+
+def template(ref: Ref) -> Path | None:
+    """The chat template the catalog gives a model (its entry's `template`: tool calls for a model whose GGUF
+    template has none; docs/tools.md), or None. Only for the entry's own repo: a hub repo pulled under a name that
+    happens to be a catalog name keeps its GGUF's template."""
+    entry = catalog.load().get(ref.name)
+    if entry is None or entry.gguf_repo.lower() != ref.repo.lower():
+        return None
+    return entry.template_path()
 
 
 def manifest(
