@@ -51,12 +51,13 @@ def test_scripts_find_prints_the_export_line(lan: Project) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "export OPENAI_BASE_URL=http://testpi.local:8080/v1" in done.stdout.splitlines(), done.stdout
     assert "1. llmpi on testpi  http://testpi.local:8080/v1" in done.stdout, done.stdout
+    assert "# Ollama apps (Home Assistant, Open WebUI): http://testpi.local:11434 with the same key" in done.stdout
     address = pihost_address(lan)
     done = client(lan, "/opt/find/find", "--address", "testpi")
     assert f"export OPENAI_BASE_URL=http://{address}:8080/v1" in done.stdout.splitlines(), done.stdout
     listed = json.loads(client(lan, "/opt/find/find", "--json").stdout)
-    assert [(f["host"], f["port"], f["base_url"]) for f in listed] == [
-        ("testpi.local", 8080, "http://testpi.local:8080/v1")
+    assert [(f["host"], f["port"], f["base_url"], f["ollama_url"]) for f in listed] == [
+        ("testpi.local", 8080, "http://testpi.local:8080/v1", "http://testpi.local:11434")
     ], listed
     done = client(lan, "/opt/find/find", "kitchen")
     assert done.returncode == 1 and "no appliance found matches 'kitchen'" in done.stderr, done.stderr

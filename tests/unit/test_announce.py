@@ -147,7 +147,13 @@ def test_the_announcer_is_told_the_models_and_a_failure_to_tell_it_does_not_stop
     out = io.StringIO()
     announce.tell_announcer(s, plan.announced, out)
     state = announce.read_state(tmp_path)
-    assert state == {"models": ["qwen3-4b", "minilm"], "auth": True, "webui": False} and out.getvalue() == ""
+    assert state == {"models": ["qwen3-4b", "minilm"], "auth": True, "webui": False, "ollama": "11434"}
+    assert out.getvalue() == ""
+    services = announce.appliance_services("pi", 8080, state)
+    assert services[0].txt["ollama"] == "11434"  # the Ollama API's port: scripts/find prints its URL
+    off = Settings.read({"LLMPI_ANNOUNCE_DIR": str(tmp_path), "LLMPI_OLLAMA_PORT": "off"})
+    announce.tell_announcer(off, plan.announced, out)
+    assert "ollama" not in announce.appliance_services("pi", 8080, announce.read_state(tmp_path))[0].txt
     blocked = Settings.read({"LLMPI_ANNOUNCE_DIR": str(tmp_path / "file" / "dir")})
     (tmp_path / "file").write_text("not a directory")
     announce.tell_announcer(blocked, plan.announced, out)

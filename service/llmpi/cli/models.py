@@ -211,11 +211,11 @@ def models_rm(s: Settings, name: str, force: bool, out: TextIO) -> str:
             "(then the next start pulls it again, or refuses)"
         )
     files = [local.manifest_path, local.path]  # the manifest first: without it the model is not listed
-    mm = local.manifest.get("mmproj")
-    if isinstance(mm, dict) and mm.get("file"):
     template = sibling_template(local.path)
     if template is not None:  # the chat template the pull put beside it
         files.append(template)
+    mm = local.manifest.get("mmproj")
+    if isinstance(mm, dict) and mm.get("file"):
         files.append(s.models_dir / str(mm["file"]))
     freed = sum(f.stat().st_size for f in files if f.is_file())
     for f in files:

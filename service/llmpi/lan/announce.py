@@ -3,7 +3,8 @@
 llama-server stays on its Docker bridge; multicast from a bridge does not reach the LAN, so this small process runs
 in the host's network namespace and announces the port compose publishes:
 
-  * `_llmpi._tcp` (the API; TXT: version, api=/v1, models, auth=key|none; never a key) and `_http._tcp` (the page);
+  * `_llmpi._tcp` (the API; TXT: version, api=/v1, models, auth=key|none, ollama=<port> when the Ollama API is on;
+    never a key) and `_http._tcp` (the page);
   * through the host's avahi-daemon when its D-Bus socket is mounted (Raspberry Pi OS runs avahi; two mDNS
     responders answering for one host name conflict), with `avahi-publish`, one process per service; else with
     python-zeroconf, answering for `<hostname>.local` on the LAN addresses only (never loopback, link-local or a
@@ -137,6 +138,8 @@ def appliance_services(hostname: str, port: int, state: Mapping[str, object]) ->
         "models": short_list(models),
         "auth": "key" if state.get("auth", True) else "none",
     }
+    if str(state.get("ollama") or "").isdigit():  # the Ollama API's port on this host (llmpi.ollama)
+        txt["ollama"] = str(state["ollama"])
     services = [Service(discovery.SERVICE_TYPE, f"llmpi on {hostname}", port, txt)]
     if state.get("webui", True):
         services.append(Service(discovery.HTTP_TYPE, f"llmpi chat on {hostname}", port, {"path": "/"}))
@@ -341,7 +344,8 @@ def tell_announcer(s: Settings, models: list[str], out: TextIO) -> None:
     """What the announce service (this module) tells the network, in the directory they share: the model ids,
     whether a key is needed, whether the page is on; never a key. Serving does not depend on it: where the directory
     cannot be written (a `docker run` without it on a read-only root), the log says so and the server starts."""
-    state = {"models": models, "auth": s.auth, "webui": s.webui}
+    ollama = s.ollama_host_port if s.ollama_port is not None and s.ollama_host_port.isdigit() else None
+    state = {"models": models, "auth": s.auth, "webui": s.webui, "ollama": ollama}
     try:
         write_atomic(s.announce_dir / paths.ANNOUNCE_FILE, json.dumps(state))
     except OSError as e:

@@ -39,6 +39,12 @@ class Found:
         """Its IPv4 addresses (the others are IPv6, possibly with a %scope)."""
         return [a for a in self.addresses if ipaddress.ip_address(a.split("%")[0]).version == 4]
 
+    @property
+    def ollama_url(self) -> str | None:
+        """The Ollama API's address (Home Assistant, Open WebUI), when the appliance serves it."""
+        port = self.txt.get("ollama", "")
+        return f"http://{self.host}:{port}" if port.isdigit() else None
+
     def address_url(self) -> str:
         """The base_url with the first IPv4 address instead of the name (for clients that cannot resolve .local)."""
         address = self.ipv4s[0] if self.ipv4s else f"[{self.addresses[0]}]"
@@ -126,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llmpi-find: cannot listen for mDNS on this machine: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([asdict(f) | {"base_url": f.base_url} for f in found], indent=2))
+        print(json.dumps([asdict(f) | {"base_url": f.base_url, "ollama_url": f.ollama_url} for f in found], indent=2))
         return 0 if found else 1
     if not found:
         print(
@@ -147,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"export OPENAI_BASE_URL={chosen.address_url() if args.address else chosen.base_url}")
     if chosen.txt.get("auth") == "key":
         print("# and the key: export OPENAI_API_KEY=...   (on the Pi: docker compose exec llmpi llmpi keys show)")
+    if chosen.ollama_url:
+        print(f"# Ollama apps (Home Assistant, Open WebUI): {chosen.ollama_url} with the same key")
     return 0
 
 
