@@ -1,9 +1,9 @@
 """The Ollama door: Ollama's API on its own port (11434), translated onto llama-server's endpoints over loopback.
 
-Run by supervisord as `python3 -m llmpi.ollama.door`, beside llama-server. llama-server stays the only engine and the
-OpenAI door (8080) has nothing in front of it; this process takes Ollama's requests, checks the key, sends each to
-llama-server as its OpenAI request (the client's key with it, so llama-server's own checks, caps and queue apply),
-and maps the answer back, a stream chunk by chunk. The endpoint table is in docs/ollama.md.
+Run by supervisord as `python3 -m llmpi.ollama` (its `__main__`), beside llama-server. llama-server stays the only
+engine and the OpenAI door (8080) has nothing in front of it; this process takes Ollama's requests, checks the key,
+sends each to llama-server as its OpenAI request (with a key llama-server takes, so its own checks, caps and queue
+apply), and maps the answer back, a stream chunk by chunk. The endpoint table is in docs/ollama.md.
 """
 
 from __future__ import annotations
