@@ -200,12 +200,18 @@ def test_a_pull_puts_the_catalog_template_next_to_the_model(
     assert sorted(p.name for p in out.iterdir()) == ["tiny.Q4_K_M.gguf", "tiny.Q4_K_M.jinja", "tiny.Q4_K_M.json"]
     assert (out / "tiny.Q4_K_M.jinja").read_text() == (TEMPLATES / "gemma3.jinja").read_text()
     assert sibling_template(out / "tiny.Q4_K_M.gguf") == out / "tiny.Q4_K_M.jinja"
-    assert cli_models.tools_line("tiny", "chat", out / "tiny.Q4_K_M.gguf").startswith("tools: yes")
+    model = out / "tiny.Q4_K_M.gguf"
+    assert cli_models.tools_info("tiny", "chat", model) == {
+        "tools": True,
+        "tools_why": "chat template tiny.Q4_K_M.jinja (llmpi's gemma3.jinja)",
+    }
+    assert cli_models.tools_info("not-in-the-catalog", "chat", model)["tools"] is True  # llmpi's template
     other = choose.Ref("tiny", "someone/Else-GGUF", "auto", "tiny")
     assert pull.template(other) is None and pull.template(choose.Ref("t", "test/tiny-gguf", "auto", "tiny"))
     (out / "tiny.Q4_K_M.jinja").unlink()
-    assert "GGUF's own chat template" in cli_models.tools_line("tiny", "chat", out / "tiny.Q4_K_M.gguf")
-    assert cli_models.tools_line("x", "embedding", out / "tiny.Q4_K_M.gguf") == "tools: no (an embedding model)"
+    assert cli_models.tools_info("tiny", "chat", model) == {"tools": True, "tools_why": "the GGUF's own chat template"}
+    assert cli_models.tools_info("other", "chat", model)["tools"] is None
+    assert cli_models.tools_info("x", "embedding", model)["tools"] is False
 
 
 GEMMA_NO_TOOLS = [

@@ -3,7 +3,7 @@
     llmpi models [list]          name, kind, quant, size, and whether it is loaded
     llmpi models pull NAME       a catalog name or a hub repo of GGUF files (owner/name[:QUANT]), the quant that fits
     llmpi models rm NAME [--force]   remove a pulled model (--force: even the one LLMPI_MODEL serves)
-    llmpi models show NAME       the model's manifest (where it came from, sha256, size) and whether it calls tools
+    llmpi models show NAME       the model's manifest (where it came from, sha256, size), and whether it calls tools
 
 Works while the server runs. With several models, llama-server's router serves them; after a pull or a removal it
 re-reads its list (models in use keep answering). With one model there is no router yet: after the first pull,
@@ -117,33 +117,34 @@ def models_list(s: Settings) -> str:
     return "\n".join(lines)
 
 
-def tools_line(name: str, kind: str, path: Path) -> str:
-    """Whether a model calls tools (docs/tools.md): the catalog's word for a catalog model, and the chat template it
-    is served with."""
+def tools_info(name: str, kind: str, path: Path) -> dict[str, object]:
+    """Whether a model calls tools (docs/tools.md), as `llmpi models show` adds it to the manifest: `tools` true,
+    false or null (not a catalog model: its chat template decides), and `tools_why`."""
     if kind == "embedding":
-        return "tools: no (an embedding model)"
+        return {"tools": False, "tools_why": "an embedding model"}
     entry = catalog.load().get(name)
     template = sibling_template(path)
     where = f"chat template {template.name}" if template else "the GGUF's own chat template"
     shipped = {t.read_text(): t.name for t in catalog.TEMPLATES_DIR.glob("*.jinja")}
     if template is not None and template.read_text() in shipped:  # llmpi's templates all call tools
-        return f"tools: yes ({where}, llmpi's {shipped[template.read_text()]})"
+        return {"tools": True, "tools_why": f"{where} (llmpi's {shipped[template.read_text()]})"}
     if entry is None:
-        return f'tools: if {where} has a tool-call format (tool_choice "required" is a 400 when it has none)'
+        why = f'{where} decides: tool_choice "required" is a 400 when it has no tool-call format'
+        return {"tools": None, "tools_why": why}
     if entry.tools:
-        return f"tools: yes ({where})"
-    return f'tools: no (the catalog\'s {name} has no tool-call format; tool_choice "required" is refused with a 400)'
+        return {"tools": True, "tools_why": where}
+    why = f'the catalog\'s {name} has no tool-call format: tool_choice "required" is a 400'
+    return {"tools": False, "tools_why": why}
 
 
 def models_show(s: Settings, name: str) -> str:
     for m in local_models(s.models_dir):
         if m.name == name:
-            return json.dumps(m.manifest, indent=2) + "\n" + tools_line(m.name, m.kind, m.path)
+            return json.dumps({**m.manifest, **tools_info(m.name, m.kind, m.path)}, indent=2)
     for row in rows(s):
         if row.name == name:
-            manifest = read_manifest(row.path)
-            shown = json.dumps(manifest or {"file": str(row.path), "size": row.size, "manifest": None}, indent=2)
-            return shown + "\n" + tools_line(row.name, row.kind, row.path)
+            manifest = read_manifest(row.path) or {"file": str(row.path), "size": row.size, "manifest": None}
+            return json.dumps({**manifest, **tools_info(row.name, row.kind, row.path)}, indent=2)
     raise ConfigError(f"no model named {name!r} on this board (llmpi models list)")
 
 
