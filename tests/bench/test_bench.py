@@ -69,7 +69,16 @@ def test_bench_smoke(appliance_image: str, tmp_path: Path) -> None:
     assert {"pp32_tps", "tg16_tps"} == set(rec["llama_bench"])
     assert rec["commit"] and rec["machine"]["cpus"] and rec["date"]
     assert set(rec["image_mib"]) == {"runtime (no model)", "appliance"}
-    assert not _positive_numbers({k: v for k, v in rec.items() if k not in ("ratios", "speed")}), _positive_numbers(rec)
+    assert not _positive_numbers({k: v for k, v in rec.items() if k not in ("ratios", "speed", "ollama")}), (
+        _positive_numbers(rec)
+    )
+    # the Ollama door against the OpenAI door: both measured, one stream and four, and the ratios out
+    ollama = rec["ollama"]
+    for door in ("openai", "ollama"):
+        assert set(ollama[door]) == {"1", "4"}, ollama
+        assert all(r["aggregate_tps"] > 0 and r["ttft_ms"] > 0 for r in ollama[door].values()), ollama
+    assert rec["ratios"]["ollama_x4_aggregate_tps_ratio"] > 0 and "ollama_x1_ttft_diff_ms" in rec["ratios"]
+    assert any("ollama" in name for name in rec["servers"]["appliance"]["processes"])  # the door's memory
     # issue 15's scenarios, at their smallest: both servers ran them, the ratios came out, the chart was drawn
     speed = rec["speed"]
     assert set(speed["multi_turn"]) == {"appliance", "llama-server by hand", "no reuse"}, speed
