@@ -4,11 +4,15 @@ admin key, pulling from the hub stand-in through /api/pull."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import ollama
 import pytest
@@ -173,6 +177,71 @@ def test_wrong_inputs_are_ollamas_errors(door: ollama.Client, model: str, applia
                "stream": False}  # fmt: skip
     r = requests.post(f"{appliance.ollama_url}/api/chat", json=too_big, headers=headers, timeout=60)
     assert r.status_code == 200 and "asked 1048576" in r.headers["X-Llmpi-Num-Ctx"]
+
+
+# --- the calls of Open WebUI and Home Assistant, in their order, with their fields -----------------------------
+
+
+def test_open_webui_sequence(main_project: Project, api_key: str) -> None:
+    """Open WebUI's Ollama router (backend/open_webui/routers/ollama.py): the connection check (/api/version), the
+    model list (/api/tags, then /api/ps, whose expires_at it parses with datetime.fromisoformat), /api/show, then a
+    streamed chat with its options, with the user headers it forwards."""
+    base = main_project.ollama_url
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}",
+               "X-OpenWebUI-User-Name": "Ada", "X-OpenWebUI-User-Role": "user"}  # fmt: skip
+    assert requests.get(f"{base}/api/version", headers=headers, timeout=10).json()["version"]
+    tags = requests.get(f"{base}/api/tags", headers=headers, timeout=10).json()["models"]
+    loaded = requests.get(f"{base}/api/ps", headers=headers, timeout=10).json()["models"]
+    expires = {m["name"]: datetime.fromisoformat(m["expires_at"]).timestamp() for m in loaded}
+    assert set(expires) == {m["name"] for m in tags} and all(t > time.time() for t in expires.values())
+    name = tags[0]["model"]
+    shown = requests.post(f"{base}/api/show", json={"model": name}, headers=headers, timeout=10).json()
+    assert shown["details"]["format"] == "gguf" and shown["model_info"]
+    body = {"model": name, "stream": True, "messages": [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Name a colour."}], "options": {"temperature": 0.8, "num_predict": 16},
+            "keep_alive": "5m"}  # fmt: skip
+    with requests.post(f"{base}/api/chat", data=json.dumps(body), headers=headers, stream=True, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["Content-Type"] == "application/x-ndjson"
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert lines[-1]["done"] and all(not line["done"] for line in lines[:-1])
+    assert all(line["model"] == name and line["message"]["role"] == "assistant" for line in lines)
+
+
+async def home_assistant_turn(c: ollama.AsyncClient, model: str) -> list[str]:
+    """Home Assistant's conversation agent (homeassistant/components/ollama/entity.py): the tools of Assist, a
+    streamed chat with keep_alive "-1s" and num_ctx 8192, and while the model calls tools, their results (role
+    tool, JSON content, no tool name) sent back, at most 10 rounds. The rounds' texts."""
+    tools = [LIGHT_TOOL, {"type": "function", "function": {"name": "HassTurnOff", "description": "Turns off a device",
+             "parameters": {"type": "object", "properties": {"name": {"type": "string"}}}}}]  # fmt: skip
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are a voice assistant for Home Assistant. Answer briefly."},
+        {"role": "user", "content": "Turn on the kitchen light."},
+    ]
+    texts = []
+    for _ in range(10):
+        stream = await c.chat(model=model, messages=list(messages), tools=tools, stream=True, keep_alive="-1s",
+                              options={"num_ctx": 8192, "num_predict": 48}, think=None, format=None)  # fmt: skip
+        text, calls = "", list[ollama.Message.ToolCall]()
+        async for part in stream:
+            text += part.message.content or ""
+            calls += part.message.tool_calls or []
+        texts.append(text)
+        messages.append({"role": "assistant", "content": text,
+                         "tool_calls": [{"function": {"name": x.function.name, "arguments": x.function.arguments}}
+                                        for x in calls] or None})  # fmt: skip
+        if not calls:
+            break
+        for x in calls:
+            assert isinstance(x.function.arguments, dict)
+            messages.append({"role": "tool", "content": json.dumps({"success": True, "name": x.function.name})})
+    return texts
+
+
+def test_home_assistant_sequence(main_project: Project, api_key: str, model: str) -> None:
+    c = ollama.AsyncClient(host=main_project.ollama_url, headers={"Authorization": f"Bearer {api_key}"})
+    assert asyncio.run(c.list()).models  # the integration's set-up check
+    texts = asyncio.run(home_assistant_turn(c, model))
+    assert 1 <= len(texts) <= 10 and texts[-1].strip()
 
 
 # --- a board in router mode, with an admin key ------------------------------------------------------------------
