@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,6 +65,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     monkeypatch.setenv("LLMPI_RUNTIME_DIR", str(tmp_path / "run"))
     s = Server()
     monkeypatch.setenv("LLMPI_PORT", str(s.port))
+    monkeypatch.setenv("LLMPI_OLLAMA_PORT", "off")
     monkeypatch.delenv("LLAMA_ARG_PORT", raising=False)
     yield s
     s.httpd.shutdown()
@@ -99,6 +101,18 @@ def test_a_refusal_fails_at_once(server: Server, clock: Clock, capsys: pytest.Ca
     assert healthcheck.main(wait=30, sleep=clock.sleep, clock=clock.monotonic) == 1
     assert clock.sleeps == []  # no second look
     assert "llmpi refused to start: LLMPI_PARALLEL='many'" in capsys.readouterr().out
+
+
+def test_the_ollama_door_must_answer_when_it_is_on(
+    server: Server, clock: Clock, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.answer = (200, b'{"status":"ok"}')
+    monkeypatch.setenv("LLMPI_OLLAMA_PORT", "9")  # the discard port: nothing listens there
+    assert healthcheck.main(wait=30, sleep=clock.sleep, clock=clock.monotonic) == 1
+    assert "the Ollama API (port 9) does not answer" in capsys.readouterr().out
+    with socket.create_server(("127.0.0.1", 0)) as door:  # something that takes connections
+        monkeypatch.setenv("LLMPI_OLLAMA_PORT", str(door.getsockname()[1]))
+        assert healthcheck.main(wait=30, sleep=clock.sleep, clock=clock.monotonic) == 0
 
 
 def test_a_draining_server_fails_at_once(server: Server, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,6 @@
 """Docker HEALTHCHECK: healthy only when llama-server answers /health with 200 (model loaded, serving) and, in router
-mode, when /models says that each model loaded at start (health.json) is loaded.
+mode, when /models says that each model loaded at start (health.json) is loaded, and, when the Ollama API is on, when
+its port takes connections.
 
 While the server is still starting, the check waits, up to LOAD_WAIT seconds, instead of failing: the launcher
 running or the model loading (connection refused, or /health 503 "Loading model"), or the launcher pulling
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -95,8 +97,18 @@ def reconnect_lost_workers(workers: Sequence[Worker]) -> list[str]:
     return lost
 
 
-def probe(base: str, workers: Sequence[Worker] = ()) -> tuple[str, str]:
-    """One look: ("ok" | "starting" | "failed", what was seen). `workers`: a cluster head's."""
+def door_answers(port: int) -> bool:
+    """Whether the Ollama door (llmpi.ollama) takes connections on its port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def probe(base: str, workers: Sequence[Worker] = (), ollama_port: int | None = None) -> tuple[str, str]:
+    """One look: ("ok" | "starting" | "failed", what was seen). `workers`: a cluster head's; `ollama_port`: the
+    Ollama door's, when it is on (it starts in a fraction of a second, long before the model is loaded)."""
     refused = failure.refused_reason()
     if refused is not None:
         return "failed", f"llmpi refused to start: {refused}"
@@ -116,6 +128,8 @@ def probe(base: str, workers: Sequence[Worker] = ()) -> tuple[str, str]:
         missing = workers_missing(workers)
         if missing:
             return "failed", "a worker does not answer: " + ", ".join(missing)
+        if ollama_port is not None and not door_answers(ollama_port):
+            return "failed", f"the Ollama API (port {ollama_port}) does not answer (docker compose logs llmpi)"
         return "ok", f"{url}: 200"
     except urllib.error.HTTPError as e:
         body = e.read(4000).decode(errors="replace")
@@ -147,7 +161,7 @@ def main(
     base = f"http://127.0.0.1:{s.server_port}"
     deadline = clock() + wait
     while True:
-        state, seen = probe(base, s.workers)
+        state, seen = probe(base, s.workers, s.ollama_port)
         if state == "ok":
             failure.clear_start_attempts()  # it served: a later crash gets its own attempts
             print(seen)
