@@ -24,7 +24,18 @@ from ..core import keys
 from ..core.env import ConfigError
 from ..core.settings import DRAIN_SECONDS, Settings
 from . import listing, manage, translate
-from .http import HTTPError, NDJSONStream, Request, Upstream, call, read_request, send, send_json
+from .http import (
+    HTTPError,
+    NDJSONStream,
+    Request,
+    Upstream,
+    call,
+    head_bytes,
+    read_request,
+    send,
+    send_json,
+    status_line,
+)
 from .keepalive import KeepAlive, seconds
 from .listing import Served
 from .translate import BadRequest
@@ -516,11 +527,7 @@ class Door:
                            {k.title(): v for k, v in keep.items() if k != "content-type"})  # fmt: skip
                 return
             head = {"Content-Type": keep.get("content-type", "application/json"), "Transfer-Encoding": "chunked"}
-            writer.write(
-                f"HTTP/1.1 {up.status} OK\r\n".encode()
-                + "".join(f"{k}: {v}\r\n" for k, v in head.items()).encode()
-                + b"\r\n"
-            )
+            writer.write(head_bytes(status_line(up.status), head))
             async for chunk in up.chunks():
                 writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 await writer.drain()
