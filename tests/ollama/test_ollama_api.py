@@ -173,7 +173,7 @@ def test_wrong_inputs_are_ollamas_errors(door: ollama.Client, model: str, applia
     ):  # fmt: skip
         r = requests.post(f"{appliance.ollama_url}/api/chat", data=body, headers=headers, timeout=30)
         assert r.status_code == status and r.json()["error"], (body, r.text)
-    too_big = {"model": model, "messages": [{"role": "user", "content": "hi"}], "options": {"num_ctx": 1 << 20},
+    too_big = {"model": model, "messages": [{"role": "user", "content": "hi"}], "options": {"num_ctx": 1 << 20, "num_predict": 4},
                "stream": False}  # fmt: skip
     r = requests.post(f"{appliance.ollama_url}/api/chat", json=too_big, headers=headers, timeout=60)
     assert r.status_code == 200 and "asked 1048576" in r.headers["X-Llmpi-Num-Ctx"]
@@ -238,9 +238,12 @@ async def home_assistant_turn(c: ollama.AsyncClient, model: str) -> list[str]:
 
 
 def test_home_assistant_sequence(main_project: Project, api_key: str, model: str) -> None:
-    c = ollama.AsyncClient(host=main_project.ollama_url, headers={"Authorization": f"Bearer {api_key}"})
-    assert asyncio.run(c.list()).models  # the integration's set-up check
-    texts = asyncio.run(home_assistant_turn(c, model))
+    async def setup_then_a_turn() -> list[str]:
+        c = ollama.AsyncClient(host=main_project.ollama_url, headers={"Authorization": f"Bearer {api_key}"})
+        assert (await c.list()).models  # the integration's set-up check
+        return await home_assistant_turn(c, model)
+
+    texts = asyncio.run(setup_then_a_turn())
     assert 1 <= len(texts) <= 10 and texts[-1].strip()
 
 
@@ -282,7 +285,11 @@ def test_pull_with_the_admin_key_then_keep_alive_and_delete(board: Project, tmp_
     assert any(p.total and p.completed is not None and (p.digest or "").startswith("sha256:") for p in lines), lines
 
     def names() -> set[str | None]:
-        return {m.model for m in user.list().models}
+        try:
+            return {m.model for m in user.list().models}
+        except ollama.ResponseError as e:  # 503 while llama-server restarts into router mode
+            assert e.status_code == 503, e
+            return set()
 
     wait_for(lambda: names() == {"gemma:latest", "second:latest"}, 180, pause=1, what="second in /api/tags")
     assert admin.list().models  # the admin key reads too

@@ -45,6 +45,7 @@ from .translate import BadRequest
 VERSION = "0.13.0"
 MAX_CONNECTIONS = 64  # open connections at once; one more is answered 503 and closed
 KEEPALIVE_TICK = 5.0  # seconds between two looks at the keep_alive deadlines
+LOAD_WAIT = 600.0  # seconds a load request waits for the router to load the model (a large model from an SD card)
 NOT_HERE = {
     "/api/create": "llmpi makes models with llmpi-prepare (docker compose run --rm prepare run ...) or pulls them "
     "with /api/pull or `llmpi models pull`",
@@ -411,7 +412,22 @@ class Door:
             return
         if not m.loaded:
             await self.manage_call("/models/load", m.name, admin[0] if admin else None)
+            await self.wait_loaded(m.name, key)
         self.keep.set(m.name, keep)
+
+    async def wait_loaded(self, name: str, key: str | None) -> None:
+        """The router loads a model in the background: the answer waits until it serves (as Ollama's load does),
+        LOAD_WAIT seconds at most, or says why it did not."""
+        deadline = time.monotonic() + LOAD_WAIT
+        while time.monotonic() < deadline:
+            data = (await self.get_json("/v1/models", key)).get("data") or []
+            status = next(((m.get("status") or {}) for m in data if m.get("id") == name), {})
+            if status.get("value") == "loaded":
+                return
+            if status.get("failed") or not status:
+                raise Refused(500, f"{name} could not be loaded (docker compose logs llmpi says why)")
+            await asyncio.sleep(0.25)
+        raise Refused(503, f"{name} is still loading; try again shortly", {"Retry-After": "2"})
 
     async def manage_call(self, path: str, model: str, admin: str | None) -> None:
         up = await self.call("POST", path, admin, {"model": model})
