@@ -173,8 +173,8 @@ def test_wrong_inputs_are_ollamas_errors(door: ollama.Client, model: str, applia
     ):  # fmt: skip
         r = requests.post(f"{appliance.ollama_url}/api/chat", data=body, headers=headers, timeout=30)
         assert r.status_code == status and r.json()["error"], (body, r.text)
-    too_big = {"model": model, "messages": [{"role": "user", "content": "hi"}], "options": {"num_ctx": 1 << 20, "num_predict": 4},
-               "stream": False}  # fmt: skip
+    too_big = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False,
+               "options": {"num_ctx": 1 << 20, "num_predict": 4}}  # fmt: skip
     r = requests.post(f"{appliance.ollama_url}/api/chat", json=too_big, headers=headers, timeout=60)
     assert r.status_code == 200 and "asked 1048576" in r.headers["X-Llmpi-Num-Ctx"]
 

@@ -80,12 +80,15 @@ def test_a_whole_reply_has_ollamas_fields_in_nanoseconds() -> None:
         "choices": [{"message": {"content": "Hello", "reasoning_content": "hmm"}, "finish_reason": "length"}],
         "timings": {"prompt_n": 12, "prompt_ms": 30.5, "predicted_n": 4, "predicted_ms": 80.0},
     }
-    out = translate.chat_reply("m:latest", reply, generate=False, timing=translate.Timing())
+    timing = translate.Timing()
+    timing.started -= 0.115  # the request came 115 ms ago: 110.5 of them llama-server's
+    out = translate.chat_reply("m:latest", reply, generate=False, timing=timing)
     assert out["done"] is True and out["done_reason"] == "length"
     assert out["message"] == {"role": "assistant", "content": "Hello", "thinking": "hmm"}
     assert (out["prompt_eval_count"], out["prompt_eval_duration"]) == (12, 30_500_000)
     assert (out["eval_count"], out["eval_duration"]) == (4, 80_000_000)
     assert out["total_duration"] >= out["load_duration"] >= 0
+    assert out["load_duration"] < 10_000_000  # a whole answer: the time that was neither prompt nor generation
     gen = translate.chat_reply("m:latest", reply, generate=True, timing=translate.Timing())
     assert gen["response"] == "Hello" and gen["thinking"] == "hmm" and "message" not in gen
 

@@ -181,7 +181,9 @@ def apply_change(s: Settings, out: TextIO) -> None:
         print("llmpi: the server is not running; the change applies when it starts", file=out)
 
 
-def models_pull(s: Settings, text: str, out: TextIO) -> str:
+def models_pull(s: Settings, text: str, out: TextIO, progress: bool = False) -> str:
+    """Pull a model by name onto the board, then let the server see it. `progress`: write the pull's progress file
+    in the runtime directory, as the launcher's pull does (read by the Ollama door's /api/pull)."""
     try:
         ref = choose.parse_ref(text, catalog.load())
         local = pull.find_local(ref, local_models(s.models_dir))
@@ -192,7 +194,7 @@ def models_pull(s: Settings, text: str, out: TextIO) -> str:
         remote = hub.inspect(ref.repo, ref.revision, token)
         p = choose.plan_pull(ref, remote, budget, source, token)
         print(p.table, file=out, flush=True)
-        pull.download(p, s.models_dir, token, lambda m: print(f"llmpi: {m}", file=out, flush=True), False)
+        pull.download(p, s.models_dir, token, lambda m: print(f"llmpi: {m}", file=out, flush=True), progress)
     except hub.HubError as e:
         raise ConfigError(str(e)) from None
     apply_change(s, out)

@@ -78,7 +78,7 @@ def fetch(
     got: list[Path] = []
     with Progress(p.ref.name, work, p.total_bytes, say, write_progress) as progress:
         for f in p.files:
-            progress.file, progress.state = f.name, "downloading"
+            progress.file, progress.sha256, progress.state = f.name, f.sha256 or "", "downloading"
             path = hub.fetch_file(p.remote, f.name, token, work, say)
             progress.state = "verifying"
             progress.done_before += f.size

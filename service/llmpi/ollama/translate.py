@@ -250,9 +250,11 @@ class Timing:
 
     def fields(self) -> dict[str, int]:
         total = time.monotonic() - self.started
-        first = (self.first_byte or time.monotonic()) - self.started
-        per_token = self.predicted_ms / self.predicted_n if self.predicted_n else 0.0
-        load = max(0.0, first * 1000 - self.prompt_ms - per_token)
+        if self.first_byte is None:  # a whole answer: what is not llama-server's prompt or generation
+            load = max(0.0, total * 1000 - self.prompt_ms - self.predicted_ms)
+        else:  # a stream: the first token came after the wait, the prompt and one token's generation
+            per_token = self.predicted_ms / self.predicted_n if self.predicted_n else 0.0
+            load = max(0.0, (self.first_byte - self.started) * 1000 - self.prompt_ms - per_token)
         return {
             "total_duration": int(total * 1e9),
             "load_duration": int(load * NS),
