@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ollama
 import openai
 import pytest
 import requests
@@ -170,6 +171,42 @@ def test_required_and_named_calls_parse_and_their_results_go_back(client: openai
     for call in finished:
         assert call.function.name in ("HassTurnOn", "HassClimateSetTemperature")
         assert isinstance(json.loads(call.function.arguments), dict)
+
+
+@pytest.mark.parametrize("model", CALLERS)
+def test_the_same_exchange_through_the_ollama_door(tool_board: Project, model: str) -> None:
+    """/api/chat with the same tools: each NDJSON line is the official client's ChatResponse; the call comes whole,
+    its arguments an object; its result goes back as Ollama's tool message. Ollama's API has no tool_choice: the door
+    takes OpenAI's as it is (forced here, so that every family must call), and the ollama client's own request (the
+    model free to choose) comes back as a call or as text, never broken."""
+    key = tool_board.stored_key()
+    body: dict[str, Any] = {"model": model, "messages": ASK, "tools": [LIGHT, THERMOSTAT], "tool_choice": "required",
+                            "parallel_tool_calls": False, "think": False,
+                            "options": {"temperature": 0, "num_predict": MAX_TOKENS}}  # fmt: skip
+    r = requests.post(f"{tool_board.ollama_url}/api/chat", json=body, timeout=180,
+                      headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    lines = [ollama.ChatResponse.model_validate_json(line) for line in r.text.splitlines() if line.strip()]
+    calls = [c for line in lines for c in line.message.tool_calls or []]
+    assert len(calls) == 1 and lines[-1].done, lines
+    assert calls[0].function.name in ("HassTurnOn", "HassClimateSetTemperature")
+    assert isinstance(calls[0].function.arguments, dict) and calls[0].function.arguments
+    c = ollama.Client(host=tool_board.ollama_url, headers={"Authorization": f"Bearer {key}"}, timeout=180)
+    follow = c.chat(
+        model,
+        [
+            *ASK,
+            {"role": "assistant", "content": "", "tool_calls": [calls[0].model_dump()]},
+            {"role": "tool", "content": '{"success": true}', "tool_name": calls[0].function.name},
+        ],
+        tools=[LIGHT, THERMOSTAT],
+        think=False,
+        options={"temperature": 0, "num_predict": 8},
+    )
+    assert follow.done
+    free = c.chat(model, ASK, tools=[LIGHT, THERMOSTAT], think=False, options={"temperature": 0, "num_predict": 64})
+    for call in free.message.tool_calls or []:
+        assert isinstance(call.function.arguments, dict)
 
 
 def test_a_named_function_that_is_not_in_tools_is_a_400(client: openai.OpenAI) -> None:

@@ -30,6 +30,8 @@ def test_chat_request_maps_options_format_and_think() -> None:
     assert "num_gpu" not in req  # the board's to decide
     assert req["response_format"]["json_schema"]["schema"] == body["format"]
     assert req["chat_template_kwargs"] == {"enable_thinking": True} and req["reasoning_format"] == "deepseek"
+    forced = translate.chat_request({"messages": [], "tools": [{}], "tool_choice": "required"}, "m", stream=False)
+    assert forced["tool_choice"] == "required"  # OpenAI's, taken as it is (Ollama has none)
     plain = translate.chat_request({"messages": [], "format": "json"}, "m", stream=False)
     assert plain["chat_template_kwargs"] == {"enable_thinking": False}  # off unless asked
     assert plain["response_format"] == {"type": "json_object"} and "stream_options" not in plain

@@ -181,6 +181,10 @@ def chat_request(body: Mapping[str, Any], model: str, stream: bool) -> dict[str,
         if not isinstance(tools, list):
             raise BadRequest("tools must be a list")
         req["tools"] = tools
+        # not Ollama's: OpenAI's tool_choice and parallel_tool_calls, taken as they are (Ollama ignores them)
+        for extra in ("tool_choice", "parallel_tool_calls"):
+            if extra in body:
+                req[extra] = body[extra]
     req.update(sampling(body.get("options"), body))
     req.update(thinking(body))
     if stream:
