@@ -112,8 +112,8 @@ def kind_of(path: Path | None, tags: list[str], mmproj: bool) -> str:
     return "vision" if mmproj and kind == "chat" else kind
 
 
-def from_router(entry: dict[str, Any]) -> Served:
-    """One entry of the router's /v1/models."""
+def from_router(entry: dict[str, Any], full: bool = True) -> Served:
+    """One entry of the router's /v1/models; `full`: with its chat template (read from its files)."""
     status = entry.get("status") or {}
     options = preset_options(str(status.get("preset") or ""))
     path = Path(options["model"]) if options.get("model") else None
@@ -125,13 +125,14 @@ def from_router(entry: dict[str, Any]) -> Served:
         kind=kind_of(path, list(entry.get("tags") or []), bool(options.get("mmproj"))),
         path=path,
         slot_ctx=slot,
-        template=template_of(path, options),
+        template=template_of(path, options) if full else "",
         options=options,
     )
 
 
 def from_single(entry: dict[str, Any], props: dict[str, Any]) -> Served:
-    """The one model of a server without a router: /v1/models' entry and /props."""
+    """The one model of a server without a router: /v1/models' entry and /props (empty: its name, slot context and,
+    without its file, kind chat)."""
     path = Path(str(props["model_path"])) if props.get("model_path") else None
     meta = entry.get("meta") or {}
     vision = bool((props.get("modalities") or {}).get("vision"))

@@ -42,10 +42,15 @@ class BadRequest(ValueError):
     """A request llmpi cannot take as it is: Ollama's 400 with this sentence."""
 
 
+_second: list[Any] = [-1, ""]  # the last second formatted (a stream's chunks come many a second)
+
+
 def now_iso() -> str:
     """Ollama's created_at: RFC 3339 in UTC with nanoseconds."""
     t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+    if int(t) != _second[0]:
+        _second[:] = [int(t), time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))]
+    return f"{_second[1]}.{int(t % 1 * 1e9):09d}Z"
 
 
 def image_url(b64: Any) -> str:
