@@ -265,7 +265,7 @@ def hub(appliance_image: str) -> Iterator[Hub]:
 def board(appliance_image: str, hub: Hub) -> Iterator[Project]:
     p = Project(f"llmpi-ollama-{os.getpid()}")
     p.env.update(LLMPI_MODEL="test/Gemma-GGUF", LLMPI_MEMORY_LIMIT="2G", HF_ENDPOINT=hub.url, LLMPI_ADMIN_KEY=ADMIN,
-                 LLMPI_CTX_SIZE="2048", LLMPI_PARALLEL="2")  # fmt: skip
+                 LLMPI_CTX_SIZE="2048", LLMPI_PARALLEL="2", LLMPI_MAX_TOKENS="8")  # fmt: skip
     p.up()
     try:
         p.wait_healthy(300)
@@ -299,6 +299,9 @@ def test_pull_with_the_admin_key_then_keep_alive_and_delete(board: Project, tmp_
     wait_for(lambda: "second:latest" not in {m.model for m in user.ps().models}, 60, pause=0.5, what="unloaded")
     loaded = user.generate("second", keep_alive="10m")  # no prompt: load it, Ollama's way
     assert loaded.done_reason == "load" and "second:latest" in {m.model for m in user.ps().models}
+    # num_predict obeys LLMPI_MAX_TOKENS (8 on this board), as max_tokens does on 8080
+    capped = user.chat("gemma", [{"role": "user", "content": "Count to fifty."}], options={"num_predict": 500})
+    assert capped.eval_count == 8 and capped.done_reason == "length", capped
     # a name that is not on the board is Ollama's 404, even though the router would answer it with its default
     with pytest.raises(ollama.ResponseError) as e:
         user.chat("llama3.2", [{"role": "user", "content": "hi"}])
