@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from llmpi.ollama import http, keepalive, listing, manage, translate
+from llmpi.core.settings import Settings
+from llmpi.ollama import door, http, keepalive, listing, manage, translate
 from llmpi.ollama.translate import BadRequest
 
 pytestmark = pytest.mark.unit
@@ -180,3 +181,62 @@ def test_requests_are_read_with_their_limits() -> None:
     assert e.value.status == 413
     with pytest.raises(http.HTTPError):
         asyncio.run(read(b"garbage\r\n\r\n"))
+
+
+class Sink:
+    """The client's end of the door's stream: what was written."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, b: bytes) -> None:
+        self.data += b
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def lines(self) -> list[dict[str, Any]]:
+        body, out = self.data.split(b"\r\n\r\n", 1)[1], []
+        while body:
+            size, _, rest = body.partition(b"\r\n")
+            n = int(size, 16)
+            if n:
+                out.append(json.loads(rest[:n]))
+            body = rest[n + 2 :]
+        return out
+
+
+def relayed(sse: bytes, cut: bool = False) -> list[dict[str, Any]]:
+    """llama-server's SSE events (chunked, one event a chunk, as it sends them) through the door's stream."""
+    events = [e + b"\n\n" for e in sse.split(b"\n\n") if e]
+    body = b"".join(f"{len(e):x}\r\n".encode() + e + b"\r\n" for e in events) + (b"" if cut else b"0\r\n\r\n")
+    sink = Sink()
+
+    async def relay() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(body[:-7] if cut else body)
+        reader.feed_eof()
+        up = http.Upstream(200, {"transfer-encoding": "chunked"}, reader, Sink())  # type: ignore[arg-type]
+        d = door.Door(Settings.read({}), ("127.0.0.1", 9))
+        await d.relay_stream(sink, up, "m:latest", False, False, translate.Timing(), {})  # type: ignore[arg-type]
+
+    asyncio.run(relay())
+    return sink.lines()
+
+
+def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return b"data: " + json.dumps({"choices": [{"delta": delta, "finish_reason": finish}]}).encode() + b"\n\n"
+
+
+def test_a_stream_is_relayed_line_by_line_and_a_cut_one_ends_with_an_error() -> None:
+    call = {"index": 0, "id": "c1", "function": {"name": "HassTurnOn", "arguments": '{"name": "lamp"}'}}
+    sse = event({"content": "Hel"}) + event({"content": "lo"}) + event({"tool_calls": [call]}, "tool_calls")
+    lines = relayed(sse + b"data: [DONE]\n\n")
+    assert [line["message"]["content"] for line in lines[:2]] == ["Hel", "lo"]
+    assert lines[2]["message"]["tool_calls"][0]["function"]["arguments"] == {"name": "lamp"}
+    assert lines[-1]["done"] is True and lines[-1]["done_reason"] == "stop" and len(lines) == 4
+    cut = relayed(event({"content": "Hel"}) + event({"content": "lo"}), cut=True)
+    assert cut[-1]["error"].startswith("the model server stopped answering") and not cut[-1].get("done")

@@ -360,7 +360,18 @@ class Door:
         out = NDJSONStream(writer, notes)
         calls = translate.CallCollector()
         reason = "stop"
-        async for line in up.lines():
+        events = up.lines()
+        while True:
+            try:
+                line = await anext(events)
+            except StopAsyncIteration:
+                break
+            except (ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
+                # llama-server's side ended mid-answer (a crash, a stop past the drain): said in the stream, as
+                # Ollama says its errors there, instead of a stream cut without a word
+                await out.line({"error": f"the model server stopped answering: {type(e).__name__}"})
+                await out.end()
+                return
             if not line.startswith(b"data:"):
                 continue
             payload = line[5:].strip()
@@ -377,31 +388,45 @@ class Door:
                 await out.end()
                 return
             timing.take(event.get("timings"), event.get("usage"))
-            if raw:
-                text = event.get("content") or ""
-                if text:
-                    await out.line(translate.generate_chunk(name, text))
-                if event.get("stop"):
-                    reason = "length" if event.get("stop_type") == "limit" else "stop"
-                continue
-            for choice in event.get("choices") or []:
-                delta = choice.get("delta") or {}
-                calls.add(delta.get("tool_calls"))
-                text, thought = delta.get("content") or "", delta.get("reasoning_content") or ""
-                if text or thought:
-                    chunk = (
-                        translate.generate_chunk(name, text, thought)
-                        if generate
-                        else translate.chat_chunk(name, text, thought)
-                    )
-                    await out.line(chunk)
-                if choice.get("finish_reason"):
-                    reason = translate.done_reason(choice["finish_reason"], bool(calls.calls))
-                    done = calls.take()
-                    if done and not generate:
-                        await out.line(translate.chat_chunk(name, "", "", done))
+            reason = await self.relay_event(out, event, calls, name, generate, raw) or reason
         await out.line(translate.final_chunk(name, generate, reason, timing))
         await out.end()
+
+    async def relay_event(
+        self,
+        out: NDJSONStream,
+        event: dict[str, Any],
+        calls: translate.CallCollector,
+        name: str,
+        generate: bool,
+        raw: bool,
+    ) -> str | None:
+        """One event of llama-server's stream as Ollama's lines; the done_reason when the event ends the answer."""
+        if raw:
+            text = event.get("content") or ""
+            if text:
+                await out.line(translate.generate_chunk(name, text))
+            if event.get("stop"):
+                return "length" if event.get("stop_type") == "limit" else "stop"
+            return None
+        reason = None
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta") or {}
+            calls.add(delta.get("tool_calls"))
+            text, thought = delta.get("content") or "", delta.get("reasoning_content") or ""
+            if text or thought:
+                chunk = (
+                    translate.generate_chunk(name, text, thought)
+                    if generate
+                    else translate.chat_chunk(name, text, thought)
+                )
+                await out.line(chunk)
+            if choice.get("finish_reason"):
+                reason = translate.done_reason(choice["finish_reason"], bool(calls.calls))
+                done = calls.take()
+                if done and not generate:
+                    await out.line(translate.chat_chunk(name, "", "", done))
+        return reason
 
     async def load_or_unload(self, m: Served, keep: float | None, key: str | None) -> None:
         """A request with no prompt: load the model (router mode), or unload it with keep_alive 0."""
