@@ -297,8 +297,9 @@ def test_pull_with_the_admin_key_then_keep_alive_and_delete(board: Project, tmp_
     reply = user.chat("second", [{"role": "user", "content": "Hi"}], options={"num_predict": 4}, keep_alive=0)
     assert reply.done and reply.model == "second:latest"
     wait_for(lambda: "second:latest" not in {m.model for m in user.ps().models}, 60, pause=0.5, what="unloaded")
-    loaded = user.generate("second", keep_alive="10m")  # no prompt: load it, Ollama's way
+    loaded = user.generate("second", keep_alive="3s")  # no prompt: load it, Ollama's way, for 3 s of idleness
     assert loaded.done_reason == "load" and "second:latest" in {m.model for m in user.ps().models}
+    wait_for(lambda: "second:latest" not in {m.model for m in user.ps().models}, 60, pause=0.5, what="3 s idle")
     # num_predict obeys LLMPI_MAX_TOKENS (8 on this board), as max_tokens does on 8080
     capped = user.chat("gemma", [{"role": "user", "content": "Count to fifty."}], options={"num_predict": 500})
     assert capped.eval_count == 8 and capped.done_reason == "length", capped
