@@ -1,7 +1,7 @@
 """Where every process of the container finds the others' files: the one owner of the runtime directory and of
 every file name in it. Standard library `os` only, and every path a `str`: the FATAL listener and the board watch
 live for the container's whole life, and pathlib with its imports would cost them 1.7 MiB of RSS
-(docs/benchmarks.md: all processes beside llama-server within 40 MB)."""
+(docs/benchmarks.md: all processes beside llama-server within 64 MiB)."""
 
 from __future__ import annotations
 

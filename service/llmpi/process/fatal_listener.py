@@ -16,7 +16,8 @@ Logging goes to stderr; stdout belongs to the protocol.
 
 This process also hosts the board watch (llmpi.host.board): while it waits for supervisord's next event it polls the
 board once a second. A process of its own for the watch cost 12.6 MiB for the container's whole life; here it adds
-about 2.4 MiB (docs/board.md), which keeps every process beside llama-server within 40 MB (docs/benchmarks.md).
+about 2.4 MiB (docs/board.md), which keeps every process beside llama-server, the Ollama door included, within
+64 MiB (docs/benchmarks.md).
 Nothing else is imported: the process is resident for the container's whole life.
 """
 
