@@ -45,6 +45,7 @@ from .translate import BadRequest
 VERSION = "0.13.0"
 MAX_CONNECTIONS = 64  # open connections at once; one more is answered 503 and closed
 KEEPALIVE_TICK = 5.0  # seconds between two looks at the keep_alive deadlines
+LIST_FRESH = 1.0  # seconds an answer may use the last look at llama-server's model list
 LOAD_WAIT = 600.0  # seconds a load request waits for the router to load the model (a large model from an SD card)
 NOT_HERE = {
     "/api/create": "llmpi makes models with llmpi-prepare (docker compose run --rm prepare run ...) or pulls them "
@@ -122,6 +123,7 @@ class Door:
     in_flight: int = 0
     draining: bool = False
     router: bool = False
+    listed: dict[str, tuple[float, list[Any]]] = field(default_factory=dict)  # the last /v1/models, by key
 
     # --- keys ---------------------------------------------------------------------------------------------------
 
@@ -184,12 +186,23 @@ class Door:
         """What llama-server serves now: the router's list, or the one model (with its /props). `full`: with each
         model's file and chat template (for /api/tags, show, ps); an answer needs only the names, kinds and
         contexts, one request to llama-server (a few ms less before the first token)."""
-        data = (await self.get_json("/v1/models", key)).get("data") or []
+        data = await self.model_list(key, fresh=full)
         self.router = any("status" in m for m in data)
         if self.router:
             return [listing.from_router(m, full) for m in data]
         props = await self.get_json("/props", key) if data and full else {}
         return [listing.from_single(m, props) for m in data]
+
+    async def model_list(self, key: str | None, fresh: bool) -> list[Any]:
+        """llama-server's /v1/models. An answer takes it from the last second's look when there is one (with the
+        same key): the round trip to llama-server is most of the door's time before a first token."""
+        now = time.monotonic()
+        seen = self.listed.get(key or "")
+        if not fresh and seen is not None and now - seen[0] < LIST_FRESH:
+            return seen[1]
+        data: list[Any] = (await self.get_json("/v1/models", key)).get("data") or []
+        self.listed = {key or "": (now, data)}
+        return data
 
     async def model(self, body: Any, key: str | None, full: bool = True) -> Served:
         """The served model a request names ("model", or the older "name"): Ollama's 404 when it is not on the board
