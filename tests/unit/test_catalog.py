@@ -8,6 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from llmpi.cli import models as cli_models
@@ -238,7 +239,6 @@ def test_the_gemma_template_without_tools_renders_what_it_did_before_tools(
 ) -> None:
     """The prompts the tool-less Gemma 3 template rendered, byte for byte (tests/ollama/test_tool_calls.py checks
     the same through the running llama-server's /apply-template)."""
-    jinja2 = pytest.importorskip("jinja2")
     env = jinja2.Environment()
     env.filters["tojson"] = json.dumps
     template = env.from_string((TEMPLATES / "gemma3.jinja").read_text())
