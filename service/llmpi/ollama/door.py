@@ -96,6 +96,14 @@ def matches(key: str, allowed: tuple[str, ...]) -> bool:
     return found
 
 
+def requested_name(body: Any) -> str:
+    """The model a request names: "model", or the older "name"; Ollama's 400 without one."""
+    name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name:
+        raise Refused(400, "model is required")
+    return name
+
+
 def client_key(req: Request) -> str:
     auth = req.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
@@ -207,9 +215,7 @@ class Door:
     async def model(self, body: Any, key: str | None, full: bool = True) -> Served:
         """The served model a request names ("model", or the older "name"): Ollama's 404 when it is not on the board
         (never another model in its place)."""
-        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str) or not name:
-            raise Refused(400, "model is required")
+        name = requested_name(body)
         served = await self.models(key, full)
         found = listing.served_name(name, [m.name for m in served])
         if found is None:
@@ -445,13 +451,12 @@ class Door:
         """A request with no prompt: load the model (router mode), or unload it with keep_alive 0."""
         if not self.router:
             return  # one model: always loaded
-        admin = self.admin_keys.current()[:1]
         if keep == 0:
             if m.loaded:
-                await self.manage_call("/models/unload", m.name, admin[0] if admin else None)
+                await self.manage_call("/models/unload", m.name)
             return
         if not m.loaded:
-            await self.manage_call("/models/load", m.name, admin[0] if admin else None)
+            await self.manage_call("/models/load", m.name)
             await self.wait_loaded(m.name, key)
         self.keep.set(m.name, keep)
 
@@ -469,8 +474,10 @@ class Door:
             await asyncio.sleep(0.25)
         raise Refused(503, f"{name} is still loading; try again shortly", {"Retry-After": "2"})
 
-    async def manage_call(self, path: str, model: str, admin: str | None) -> None:
-        up = await self.call("POST", path, admin, {"model": model})
+    async def manage_call(self, path: str, model: str) -> None:
+        """Router model management with the container's internal admin key (the admin file's first key)."""
+        internal = self.admin_keys.current()[:1]
+        up = await self.call("POST", path, internal[0] if internal else None, {"model": model})
         try:
             body = await up.json()
         finally:
@@ -481,10 +488,9 @@ class Door:
     async def unload_due(self) -> None:
         if not self.router:
             return
-        admin = self.admin_keys.current()[:1]
         for model in self.keep.due():
             try:
-                await self.manage_call("/models/unload", model, admin[0] if admin else None)
+                await self.manage_call("/models/unload", model)
                 print(f"llmpi-ollama: unloaded {model} (its keep_alive ran out)", flush=True)
             except Refused as e:
                 print(f"llmpi-ollama: could not unload {model}: {e}", flush=True)
@@ -539,9 +545,7 @@ class Door:
         """/api/pull through `llmpi models pull` (admin key only); one pull at a time, the next one waits."""
         self.check_admin(req)
         body = req.json()
-        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str) or not name:
-            raise Refused(400, "model is required")
+        name = requested_name(body)
         stream = body.get("stream", True) is not False
         async with self.pulling:
             if not stream:
@@ -560,9 +564,7 @@ class Door:
     async def delete(self, req: Request, writer: asyncio.StreamWriter) -> None:
         self.check_admin(req)
         body = req.json()
-        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str) or not name:
-            raise Refused(400, "model is required")
+        name = requested_name(body)
         code, why = await manage.delete(name)
         if code != 0:
             raise Refused(404 if "no pulled model named" in why else 400, why)
