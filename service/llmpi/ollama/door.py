@@ -104,6 +104,15 @@ def requested_name(body: Any) -> str:
     return name
 
 
+def named_model(served: list[Served], name: str) -> Served:
+    """The served model an Ollama name means: Ollama's 404 when it is not on the board (never another model in its
+    place)."""
+    found = listing.served_name(name, [m.name for m in served])
+    if found is None:
+        raise Refused(404, f"model '{name}' not found")
+    return next(m for m in served if m.name == found)
+
+
 def client_key(req: Request) -> str:
     auth = req.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
@@ -215,12 +224,7 @@ class Door:
     async def model(self, body: Any, key: str | None, full: bool = True) -> Served:
         """The served model a request names ("model", or the older "name"): Ollama's 404 when it is not on the board
         (never another model in its place)."""
-        name = requested_name(body)
-        served = await self.models(key, full)
-        found = listing.served_name(name, [m.name for m in served])
-        if found is None:
-            raise Refused(404, f"model '{name}' not found")
-        return next(m for m in served if m.name == found)
+        return named_model(await self.models(key, full), requested_name(body))
 
     # --- the routes ---------------------------------------------------------------------------------------------
 
@@ -506,11 +510,12 @@ class Door:
         the board's embedding model."""
         key = self.upstream_key(req)
         body = req.json()
-        m = await self.model(body, key)
+        served = await self.models(key)  # one look: the named model and, when it does not embed, the one that does
+        m = named_model(served, requested_name(body))
         inputs = translate.embed_inputs(body, old)
         target = m
         if m.kind != "embedding":
-            others = [e for e in await self.models(key) if e.kind == "embedding"]
+            others = [e for e in served if e.kind == "embedding"]
             if not others:
                 raise Refused(400, f'"{m.name}" does not embed and no embedding model is on this board '
                                    "(llmpi models pull all-minilm-l6-v2)")  # fmt: skip
