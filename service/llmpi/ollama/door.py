@@ -189,15 +189,22 @@ class Door:
             raise Refused(503, f"the model server is not answering yet ({e.strerror or e}); try again shortly",
                           {"Retry-After": "2"}) from None  # fmt: skip
 
-    async def get_json(self, path: str, key: str | None) -> Any:
-        up = await self.call("GET", path, key)
+    async def call_json(
+        self, method: str, path: str, key: str | None, body: Any = None, accept: tuple[int, ...] = (200,)
+    ) -> Any:
+        """One request to llama-server and its JSON answer; an answer of another status than `accept` is
+        llama-server's error as Ollama's."""
+        up = await self.call(method, path, key, body)
         try:
-            body = await up.json()
+            reply = await up.json()
         finally:
             up.close()
-        if up.status != 200:
-            raise ollama_error(up.status, body)
-        return body
+        if up.status not in accept:
+            raise ollama_error(up.status, reply)
+        return reply
+
+    async def get_json(self, path: str, key: str | None) -> Any:
+        return await self.call_json("GET", path, key)
 
     async def models(self, key: str | None, full: bool = True) -> list[Served]:
         """What llama-server serves now: the router's list, or the one model (with its /props). `full`: with each
@@ -481,13 +488,8 @@ class Door:
     async def manage_call(self, path: str, model: str) -> None:
         """Router model management with the container's internal admin key (the admin file's first key)."""
         internal = self.admin_keys.current()[:1]
-        up = await self.call("POST", path, internal[0] if internal else None, {"model": model})
-        try:
-            body = await up.json()
-        finally:
-            up.close()
-        if up.status != 200 and not (path.endswith("unload") and up.status == 400):
-            raise ollama_error(up.status, body)
+        accept = (200, 400) if path.endswith("unload") else (200,)  # an unload's 400: it was not loaded (any more)
+        await self.call_json("POST", path, internal[0] if internal else None, {"model": model}, accept)
 
     async def unload_due(self) -> None:
         if not self.router:
@@ -521,13 +523,7 @@ class Door:
                                    "(llmpi models pull all-minilm-l6-v2)")  # fmt: skip
             target = others[0]
         timing = translate.Timing()
-        up = await self.call("POST", "/v1/embeddings", key, {"model": target.name, "input": inputs})
-        try:
-            reply = await up.json()
-        finally:
-            up.close()
-        if up.status != 200:
-            raise ollama_error(up.status, reply)
+        reply = await self.call_json("POST", "/v1/embeddings", key, {"model": target.name, "input": inputs})
         vectors = [d.get("embedding") for d in sorted(reply.get("data") or [], key=lambda d: d.get("index", 0))]
         if old:
             await send_json(writer, 200, {"embedding": vectors[0] if vectors else []})
