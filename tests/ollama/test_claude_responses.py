@@ -300,6 +300,15 @@ def test_router_named_key_then_revoked(router: Project, router_key: str) -> None
     assert code == 0, out
     named = out.strip()
     msg: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Hi"}]
+
+    def taken() -> bool:  # llama-server reads its key file again within a second of a change (patch 0010)
+        try:
+            claude(router.url, key=named).messages.count_tokens(model=SECOND, messages=msg)
+        except anthropic.AuthenticationError:
+            return False
+        return True
+
+    wait_for(taken, 10, what="the new key taken")
     for client in (claude(router.url, key=named), claude(router.url, bearer=named)):
         assert client.messages.create(model=SECOND, max_tokens=2, messages=msg).usage.output_tokens > 0
     responses = responses_client(router.url, named)
