@@ -52,6 +52,7 @@ def test_settings_reads_only_listed_variables() -> None:
 def test_defaults_read_from_an_empty_environment() -> None:
     s = Settings.read({})
     assert (s.max_tokens, s.queue_max, s.remote_media, s.auth, s.port) == (1024, None, False, True, 8080)
+    assert (s.max_body, s.max_connections, s.max_connections_per_client) == (32 * 1024 * 1024, 128, 16)
 
 
 @pytest.mark.parametrize(
@@ -63,6 +64,9 @@ def test_defaults_read_from_an_empty_environment() -> None:
         ("LLMPI_REMOTE_MEDIA", "sometimes", "use on or off"),
         ("LLMPI_PORT", "70000", "out of range"),
         ("LLMPI_CHAT_TEMPLATE", "chatml", "not both"),
+        ("LLMPI_MAX_BODY", "huge", "not a size"),
+        ("LLMPI_MAX_CONNECTIONS", "0", "too small"),
+        ("LLMPI_MAX_CONNECTIONS_PER_CLIENT", "many", "not a whole number"),
     ],
 )
 def test_bad_values_are_refused(name: str, value: str, message: str) -> None:

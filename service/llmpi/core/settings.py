@@ -32,6 +32,10 @@ DEFAULT_MAX_TOKENS = 1024
 DEFAULT_IMAGE_MAX_TOKENS = 256
 DEFAULT_IMAGE_MAX_PIXELS = 50_000_000  # an 8000 x 6000 phone photo; over that, refused from the header, never decoded
 DEFAULT_MEDIA_MAX_BYTES = "20M"  # OpenAI's own per-image limit
+# connection limits of port 8080, the Ollama door and the status page (docs/security.md)
+DEFAULT_MAX_BODY = "32M"  # one image at LLMPI_MEDIA_MAX_BYTES in base64 (26.7 MiB) and the conversation around it
+DEFAULT_MAX_CONNECTIONS = 128  # open connections at once, per port
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 16  # open connections at once from one IP address (loopback not counted)
 # below supervisord's stopwaitsecs (30 s), itself below compose's stop_grace_period (45 s)
 DRAIN_SECONDS = 25
 # LLMPI_SPECULATION: ngram = llama-server drafts from the conversation itself (llmpi.plan.speculation); off = never
@@ -77,6 +81,9 @@ SETTINGS: dict[str, str] = {
     "LLMPI_IMAGE_MIN_TOKENS": "model's",
     "LLMPI_IMAGE_MAX_PIXELS": str(DEFAULT_IMAGE_MAX_PIXELS),
     "LLMPI_MEDIA_MAX_BYTES": DEFAULT_MEDIA_MAX_BYTES,
+    "LLMPI_MAX_BODY": DEFAULT_MAX_BODY,
+    "LLMPI_MAX_CONNECTIONS": str(DEFAULT_MAX_CONNECTIONS),
+    "LLMPI_MAX_CONNECTIONS_PER_CLIENT": str(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
     "LLMPI_EMBEDDING_MODEL": "—",
     "LLMPI_EMBEDDING_ALIAS": "file name",
     "LLMPI_EMBEDDING_PARALLEL": str(DEFAULT_EMBEDDING_PARALLEL),
@@ -143,6 +150,9 @@ class Settings:
     image_min_tokens: int | None
     image_max_pixels: int
     media_max_bytes: int
+    max_body: int  # LLMPI_MAX_BODY: bytes; a larger request body is refused (413) before it is read
+    max_connections: int  # LLMPI_MAX_CONNECTIONS: open connections at once, per port
+    max_connections_per_client: int  # LLMPI_MAX_CONNECTIONS_PER_CLIENT: from one IP address; loopback not counted
     embedding_model: str
     embedding_alias: str
     embedding_parallel: int
@@ -224,6 +234,11 @@ class Settings:
             image_min_tokens=image_min_tokens,
             image_max_pixels=_ranged(env, "LLMPI_IMAGE_MAX_PIXELS", DEFAULT_IMAGE_MAX_PIXELS),
             media_max_bytes=_ranged_size(env, "LLMPI_MEDIA_MAX_BYTES", DEFAULT_MEDIA_MAX_BYTES),
+            max_body=_ranged_size(env, "LLMPI_MAX_BODY", DEFAULT_MAX_BODY),
+            max_connections=_ranged(env, "LLMPI_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_client=_ranged(
+                env, "LLMPI_MAX_CONNECTIONS_PER_CLIENT", DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+            ),
             embedding_model=get(env, "LLMPI_EMBEDDING_MODEL"),
             embedding_alias=get(env, "LLMPI_EMBEDDING_ALIAS"),
             embedding_parallel=get_int(env, "LLMPI_EMBEDDING_PARALLEL", DEFAULT_EMBEDDING_PARALLEL) or 1,
