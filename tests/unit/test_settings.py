@@ -67,6 +67,8 @@ def test_defaults_read_from_an_empty_environment() -> None:
         ("LLMPI_MAX_BODY", "huge", "not a size"),
         ("LLMPI_MAX_CONNECTIONS", "0", "too small"),
         ("LLMPI_MAX_CONNECTIONS_PER_CLIENT", "many", "not a whole number"),
+        ("LLMPI_CORS_ORIGINS", "http://ha.local:8123/path", "not an origin"),
+        ("LLMPI_CORS_ORIGINS", "ha.local", "not an origin"),
     ],
 )
 def test_bad_values_are_refused(name: str, value: str, message: str) -> None:
@@ -75,3 +77,19 @@ def test_bad_values_are_refused(name: str, value: str, message: str) -> None:
         env["LLMPI_CHAT_TEMPLATE_FILE"] = "/x.jinja"
     with pytest.raises(ConfigError, match=message):
         Settings.read(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "*"),  # keys: any origin, with a key, never credentials
+        ({"LLMPI_AUTH": "off"}, ""),  # no key: no other origin at all
+        (
+            {"LLMPI_AUTH": "off", "LLMPI_CORS_ORIGINS": "http://ha.local:8123/, https://[fd00::1]"},
+            "http://ha.local:8123,https://[fd00::1]",
+        ),
+        ({"LLMPI_CORS_ORIGINS": "*"}, "*"),
+    ],
+)
+def test_cors_origins(env: dict[str, str], expected: str) -> None:
+    assert Settings.read(env).cors_origins == expected

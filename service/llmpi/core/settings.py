@@ -14,6 +14,7 @@ table, this list, compose.yaml and .env.example in step.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ SETTINGS: dict[str, str] = {
     "LLMPI_METRICS": "on",
     "LLMPI_LOG_LEVEL": "info",
     "LLMPI_REMOTE_MEDIA": "off",
+    "LLMPI_CORS_ORIGINS": "auto",
     "LLMPI_IMAGE_MAX_TOKENS": str(DEFAULT_IMAGE_MAX_TOKENS),
     "LLMPI_IMAGE_MIN_TOKENS": "model's",
     "LLMPI_IMAGE_MAX_PIXELS": str(DEFAULT_IMAGE_MAX_PIXELS),
@@ -103,6 +105,29 @@ COMPOSE_SETTINGS = ("LLMPI_BIND_ADDRESS", "LLMPI_IMAGE", "LLMPI_BUILD_CA_BUNDLE"
 INTERNAL_SETTINGS = ("LLMPI_DATA_DIR", "LLMPI_ANNOUNCE_DIR")  # set by the image or its tests, not by users
 # huggingface_hub's own variables, passed on by compose for pulling models by name (README "Models by name")
 HUB_VARIABLES = ("HF_TOKEN", "HF_TOKEN_FILE", "HF_ENDPOINT")
+
+
+ORIGIN_RE = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")  # scheme://host[:port]
+
+
+def cors_origins(env: Mapping[str, str], auth: bool) -> str:
+    """LLMPI_CORS_ORIGINS: which other web origins' pages may call the API from a browser. `auto`: any origin with a
+    key (never with cookies or other credentials), none when LLMPI_AUTH=off (then only the chat page, which is the
+    server's own origin and needs no grant, so that a web page the household visits cannot drive an open server);
+    or a comma-separated list of origins such as `http://homeassistant.local:8123`."""
+    raw = get(env, "LLMPI_CORS_ORIGINS").strip()
+    if raw in ("", "auto"):
+        return "*" if auth else ""
+    if raw == "*":
+        return "*"
+    origins = [o.strip().rstrip("/") for o in raw.split(",") if o.strip()]
+    for origin in origins:
+        if not ORIGIN_RE.match(origin):
+            raise ConfigError(
+                f"LLMPI_CORS_ORIGINS: {origin!r} is not an origin: use scheme://host[:port] "
+                "(e.g. http://homeassistant.local:8123), comma-separated, or * or auto"
+            )
+    return ",".join(origins)
 
 
 @dataclass(frozen=True)
@@ -146,6 +171,7 @@ class Settings:
     metrics: bool
     log_level: str
     remote_media: bool
+    cors_origins: str  # LLMPI_CORS_ORIGINS resolved: "*", or a comma-separated list of origins ("" = none)
     image_max_tokens: int
     image_min_tokens: int | None
     image_max_pixels: int
@@ -230,6 +256,7 @@ class Settings:
             metrics=get_bool(env, "LLMPI_METRICS", True),
             log_level=level,
             remote_media=get_bool(env, "LLMPI_REMOTE_MEDIA", False),
+            cors_origins=cors_origins(env, auth),
             image_max_tokens=image_max_tokens,
             image_min_tokens=image_min_tokens,
             image_max_pixels=_ranged(env, "LLMPI_IMAGE_MAX_PIXELS", DEFAULT_IMAGE_MAX_PIXELS),

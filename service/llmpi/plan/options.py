@@ -15,6 +15,9 @@ from . import fit, speculation
 from .model_files import Model, sibling_template
 
 WEB_DIR = Path(paths.SERVICE_DIR) / "web"  # the chat page, served by llama-server at /
+# how long a client may take to send the next part of a request (llama-server's own default is an hour, which lets a
+# device that trickles requests hold connections open); answers are written under the write timeout, left as it is
+READ_TIMEOUT_SECONDS = 10
 SERVER = "llama-server"
 Option = tuple[str, str, str | None]  # (LLAMA_ARG_* variable, flag, value; None for a bare flag)
 
@@ -106,11 +109,26 @@ def server_options(s: Settings, router: bool) -> list[Option]:
         opts.append(("LLAMA_ARG_METRICS_TEXTFILE", "--metrics-textfile", paths.runtime_file(paths.BOARD_PROM)))
     if s.auth:
         opts.append(("LLAMA_ARG_API_KEY_FILE", "--api-key-file", str(server_keys_file())))
+    # the key generated for the container's own processes (`llmpi models`, the Ollama door) and LLMPI_ADMIN_KEY's: the
+    # router's model management, and in either mode /slots and the model's path on disk (patch 0020)
+    opts.append(("LLAMA_ARG_ADMIN_KEY_FILE", "--admin-key-file", str(admin_keys_file())))
     if router:
         opts.append(("LLAMA_ARG_DRAIN_TIMEOUT", "--drain-timeout", str(DRAIN_SECONDS)))
-        # model management: the key generated for `llmpi models` inside the container, and LLMPI_ADMIN_KEY's
-        opts.append(("LLAMA_ARG_ADMIN_KEY_FILE", "--admin-key-file", str(admin_keys_file())))
-    return opts
+    return opts + connection_options(s)
+
+
+def connection_options(s: Settings) -> list[Option]:
+    """What a device on the network may hold or send (patches 0021, 0022): connections in all and from one address
+    (loopback, the container's own processes, not counted), the read timeout, the largest body, and which other web
+    origins may call from a browser (never with credentials)."""
+    return [
+        ("LLAMA_ARG_TIMEOUT_READ", "--timeout-read", str(READ_TIMEOUT_SECONDS)),
+        ("LLAMA_ARG_MAX_BODY", "--max-body", str(s.max_body)),
+        ("LLAMA_ARG_CONN_MAX", "--conn-max", str(s.max_connections)),
+        ("LLAMA_ARG_CONN_MAX_PER_CLIENT", "--conn-max-per-client", str(s.max_connections_per_client)),
+        ("LLAMA_ARG_CORS_ORIGINS", "--cors-origins", s.cors_origins),
+        ("LLAMA_ARG_CORS_CREDENTIALS", "--no-cors-credentials", None),
+    ]
 
 
 def not_overridden(s: Settings, notes: list[str], opts: list[Option], where: str = "") -> list[Option]:
