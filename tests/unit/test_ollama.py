@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from llmpi.core import limits
 from llmpi.core.settings import Settings
 from llmpi.ollama import door, http, keepalive, listing, manage, translate
 from llmpi.ollama.translate import BadRequest
@@ -176,10 +177,10 @@ def test_requests_are_read_with_their_limits() -> None:
     chunked = asyncio.run(read(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"))
     assert chunked is not None and chunked.body == b"{}"
     assert asyncio.run(read(b"")) is None
-    with pytest.raises(http.HTTPError) as e:
+    with pytest.raises(limits.HTTPError) as e:
         asyncio.run(read(b"POST / HTTP/1.1\r\nContent-Length: 500\r\n\r\n"))
     assert e.value.status == 413
-    with pytest.raises(http.HTTPError):
+    with pytest.raises(limits.HTTPError):
         asyncio.run(read(b"garbage\r\n\r\n"))
 
 

@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core import keys
+from ..core import keys, limits
 from ..core.env import ConfigError
+from ..core.limits import HTTPError, Limits
 from ..core.settings import DRAIN_SECONDS, Settings
 from . import listing, manage, translate
 from .http import (
-    HTTPError,
     NDJSONStream,
     Request,
     Upstream,
@@ -43,7 +44,6 @@ from .translate import BadRequest
 # the Ollama API version this door follows (api/types.go, docs/api.md at this release); apps read it to know which
 # fields they may send
 VERSION = "0.13.0"
-MAX_CONNECTIONS = 64  # open connections at once; one more is answered 503 and closed
 KEEPALIVE_TICK = 5.0  # seconds between two looks at the keep_alive deadlines
 LIST_FRESH = 1.0  # seconds an answer may use the last look at llama-server's model list
 LOAD_WAIT = 600.0  # seconds a load request waits for the router to load the model (a large model from an SD card)
@@ -136,7 +136,6 @@ class Door:
     admin_keys: KeyFile = field(default_factory=lambda: KeyFile(keys.admin_keys_file()))
     keep: KeepAlive = field(default_factory=KeepAlive)
     pulling: asyncio.Lock = field(default_factory=asyncio.Lock)
-    connections: int = 0
     in_flight: int = 0
     draining: bool = False
     router: bool = False
@@ -598,21 +597,18 @@ class Door:
     # --- connections --------------------------------------------------------------------------------------------
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One client connection: its requests one after another (keep-alive), until it closes or errs."""
-        self.connections += 1
+        """One client connection, admitted under the caps (llmpi.core.limits.Gate refused it otherwise): its requests
+        one after another (keep-alive), until it closes, stays idle, or errs."""
+        fresh = True
         try:
-            if self.connections > MAX_CONNECTIONS:
-                await send_json(writer, 503, {"error": "too many connections; try again shortly"},
-                                {"Retry-After": "2"}, keep_alive=False)  # fmt: skip
-                return
             while not self.draining:
                 try:
-                    req = await read_request(reader, self.max_body)
-                except HTTPError as e:
-                    await send_json(writer, e.status, {"error": str(e)}, keep_alive=False)
+                    req = await read_request(reader, self.settings.max_body, fresh, self.known_key)
+                except (HTTPError, Refused) as e:  # the request was not read whole: answered, then closed
+                    await send_json(writer, e.status, {"error": str(e)}, getattr(e, "headers", None), keep_alive=False)
+                    await limits.linger_close(reader, writer)
                     return
-                except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                    return
+                fresh = False
                 if req is None:
                     return
                 if not await self.one(req, writer) or not req.keep_alive:
@@ -620,8 +616,13 @@ class Door:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away; llama-server's connection closed with it (it stops generating)
         finally:
-            self.connections -= 1
             writer.close()
+
+    def known_key(self, req: Request) -> None:
+        """Before a body is read: a 401 for a request without a key this board takes (ordinary or admin), so that a
+        device without a key never gets the door to hold a body for it."""
+        if not matches(client_key(req), self.admin_keys.current()[1:]):
+            self.upstream_key(req)
 
     async def one(self, req: Request, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection cannot go on (an answer was cut short)."""
@@ -644,15 +645,19 @@ class Door:
         finally:
             self.in_flight -= 1
 
-    @property
-    def max_body(self) -> int:
-        """A request's body: the media limit for a few images in base64, and room for the rest."""
-        return self.settings.media_max_bytes * 2 + 8 * 1024 * 1024
-
     async def tick(self) -> None:
         while True:
             await asyncio.sleep(KEEPALIVE_TICK)
             await self.unload_due()
+
+
+BUSY = {"error": "too many connections (LLMPI_MAX_CONNECTIONS, LLMPI_MAX_CONNECTIONS_PER_CLIENT); try again shortly"}
+
+
+async def start(door: Door, sock: socket.socket, caps: limits.Caps) -> asyncio.Server:
+    """The door's server on a bound socket: a connection over a cap gets a 503 in Ollama's error shape at once."""
+    busy = limits.json_reply(503, BUSY, limits.RETRY_AFTER)
+    return await limits.start_server(door.connection, sock, caps, busy)
 
 
 def loopback(s: Settings) -> str:
@@ -662,7 +667,7 @@ def loopback(s: Settings) -> str:
 
 async def serve(s: Settings, port: int) -> None:
     door = Door(s, (loopback(s), s.server_port))
-    server = await asyncio.start_server(door.connection, s.host, port, limit=1 << 16, reuse_address=True)
+    server = await start(door, limits.bind(s.host, port), limits.Caps(Limits.of(s)))
     print(f"llmpi-ollama: the Ollama API on port {port} (llama-server at {door.upstream[0]}:{door.upstream[1]})",
           flush=True)  # fmt: skip
     stop = asyncio.Event()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-MAX_HEADER = 64 * 1024  # a request's line and headers together
-HEADER_TIMEOUT = 30.0  # seconds for a request's headers to arrive (a client that trickles them is let go)
-BODY_TIMEOUT = 120.0  # seconds for a request's body (images on a slow Wi-Fi link)
+from ..core import limits
+from ..core.limits import HTTPError, parse_headers
+
 REASONS = {
     200: "OK",
     201: "Created",
@@ -33,14 +33,6 @@ REASONS = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
-
-
-class HTTPError(Exception):
-    """A request that cannot be read: answered with this status and sentence, then the connection is closed."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -61,52 +53,17 @@ class Request:
             raise HTTPError(400, "the request body is not valid JSON") from None
 
 
-async def read_head(reader: asyncio.StreamReader, limit: int = MAX_HEADER) -> list[str] | None:
-    """The request line and header lines; None when the client closed the connection between requests."""
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as e:
-        if not e.partial.strip():
-            return None
-        raise HTTPError(400, "the request ended inside its headers") from None
-    except asyncio.LimitOverrunError:
-        raise HTTPError(431, f"the request's headers are longer than {limit} bytes") from None
-    return raw.decode("latin-1").split("\r\n")[:-2]
-
-
-def parse_headers(lines: list[str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if not sep or not name.strip():
-            raise HTTPError(400, "a request header line has no name")
-        key = name.strip().lower()
-        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    return headers
-
-
-async def read_chunked(reader: asyncio.StreamReader, max_body: int) -> bytes:
-    body = bytearray()
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        try:
-            size = int(size_line.split(b";")[0].strip(), 16)
-        except ValueError:
-            raise HTTPError(400, "a bad chunk size in the request body") from None
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                pass
-            return bytes(body)
-        if len(body) + size > max_body:
-            raise HTTPError(413, f"the request body is larger than {max_body} bytes")
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
-
-
-async def read_request(reader: asyncio.StreamReader, max_body: int) -> Request | None:
-    """One request, its body whole; None at a clean end of the connection. Raises HTTPError for what cannot be
-    read (the caller answers and closes)."""
-    lines = await asyncio.wait_for(read_head(reader), HEADER_TIMEOUT)
+async def read_request(
+    reader: asyncio.StreamReader,
+    max_body: int,
+    fresh: bool = True,
+    check: Callable[[Request], None] | None = None,
+) -> Request | None:
+    """One request, its body whole, within the limits of llmpi.core.limits; None at a clean end of the connection
+    (or one left idle). `fresh`: the connection's first request. `check` looks at the request before its body is
+    read, and may refuse it by raising (the door's key check: a client without a key never gets a body buffered).
+    Raises HTTPError for what cannot be read (the caller answers and closes)."""
+    lines = await limits.read_head(reader, fresh)
     if lines is None:
         return None
     parts = lines[0].split(" ")
@@ -114,26 +71,15 @@ async def read_request(reader: asyncio.StreamReader, max_body: int) -> Request |
         raise HTTPError(400, "not an HTTP/1.x request line")
     method, target, version = parts
     headers = parse_headers(lines[1:])
-    try:
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            body = await asyncio.wait_for(read_chunked(reader, max_body), BODY_TIMEOUT)
-        else:
-            length = int(headers.get("content-length") or 0)
-            if length < 0:
-                raise HTTPError(400, "a negative Content-Length")
-            if length > max_body:
-                raise HTTPError(413, f"the request body is larger than {max_body} bytes")
-            body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT) if length else b""
-    except ValueError:
-        raise HTTPError(400, "a bad Content-Length") from None
-    except asyncio.IncompleteReadError:
-        raise HTTPError(400, "the request body ended early") from None
-    except TimeoutError:
-        raise HTTPError(408, "the request body did not arrive in time") from None
+    length = limits.declared_length(headers, max_body)  # 413 before a byte of the body is read
     url = urlsplit(target)
     connection = headers.get("connection", "").lower()
     keep = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-    return Request(method.upper(), url.path or "/", parse_qs(url.query), headers, body, keep)
+    req = Request(method.upper(), url.path or "/", parse_qs(url.query), headers, b"", keep)
+    if check is not None and length != 0:
+        check(req)
+    req.body = await limits.read_body(reader, length, max_body)
+    return req
 
 
 def head_bytes(first_line: str, headers: Mapping[str, str]) -> bytes:
@@ -270,13 +216,11 @@ async def call(
         head["Content-Length"] = str(len(body))
     writer.write(head_bytes(f"{method} {path} HTTP/1.1", head) + body)
     await writer.drain()
-    try:
-        lines = await read_head(reader, 1 << 20)
-    except HTTPError:
+    try:  # no timeout: llama-server sends a whole answer's head when the answer is done (minutes on a Pi)
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         writer.close()
-        raise ConnectionError("llama-server's reply ended inside its headers") from None
-    if not lines:
-        writer.close()
-        raise ConnectionError("llama-server closed the connection without a reply")
+        raise ConnectionError("llama-server closed the connection without a whole reply head") from None
+    lines = raw.decode("latin-1").split("\r\n")[:-2]
     status = int(lines[0].split(" ")[1])
     return Upstream(status, parse_headers(lines[1:]), reader, writer)

@@ -29,6 +29,7 @@ from ..cluster.waiting import wait_for_workers
 from ..core import failure, keys
 from ..core.env import ConfigError
 from ..core.files import write_atomic
+from ..core.limits import Limits
 from ..core.settings import Settings
 from ..host import hardware
 from ..lan.announce import tell_announcer
@@ -52,7 +53,7 @@ class Prepared(NamedTuple):
 
 def status_page(s: Settings) -> resolve.StatusPage:
     """The page that answers on the server's port while a model downloads, showing the pull's progress."""
-    return lambda progress: StatusPage(s.host, s.port, WEB_DIR / "index.html", progress)
+    return lambda progress: StatusPage(s.host, s.port, WEB_DIR / "index.html", progress, Limits.of(s))
 
 
 def write_files(files: Mapping[Path, str]) -> None:
