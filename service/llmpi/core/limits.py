@@ -3,7 +3,8 @@ nginx's terms: `client_header_timeout`, `client_body_timeout`, `keepalive_timeou
 total, `client_max_body_size`.
 
 A connection over a cap is refused where asyncio accepts it (`Gate.connection_made`): a canned 503 is written and the
-socket closed, before a task, a stream or a thread exists for it. A request's line and headers must arrive whole
+socket closed; the handler never runs for it (no task, no stream writer, no thread; only the protocol object and its
+empty stream reader exist). A request's line and headers must arrive whole
 within HEADER_TIMEOUT (a client that trickles them a byte at a time is cut off), a body without a pause of
 BODY_IDLE_TIMEOUT and whole within BODY_TIMEOUT, and a body over the limit is refused (413) from its Content-Length
 before it is read, or as soon as a chunked body's chunks add up past it.
