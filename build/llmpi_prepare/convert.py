@@ -15,8 +15,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
+from . import sealed
 from .hub import PrepareError
 
 DEFAULT_LLAMA_CPP = Path("/opt/llama.cpp")  # the pinned source tree in the `prepare` image
@@ -60,11 +62,23 @@ def check_supported(architecture: str, llama_cpp: Path) -> bool:
     return architecture in mmproj
 
 
-def _run(cmd: list[str], what: str, log: Path) -> None:
+def convert_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The converter's environment: this one with the hub libraries offline (the download is done; the converter
+    reads only the local directory) and llmpi_prepare importable (llmpi_prepare.sealed starts it)."""
+    here = str(Path(__file__).resolve().parent.parent)
+    path = env.get("PYTHONPATH", "")
+    return {**env, **sealed.OFFLINE, "PYTHONPATH": f"{here}{os.pathsep}{path}" if path else here}
+
+
+def _run(cmd: list[str], what: str, log: Path, env: dict[str, str] | None = None) -> None:
     with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False, env=env)
     if proc.returncode != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+        lines = log.read_text(errors="replace").strip().splitlines()
+        refused = next((line for line in reversed(lines) if line.startswith(sealed.REFUSED)), "")
+        if refused:
+            raise PrepareError(f"{what} refused: {refused[len(sealed.REFUSED) :].strip()}")
+        tail = lines[-15:]
         # ENOSPC shows as "No space left on device", or as numpy's short write ("N requested and M written")
         full = ("No space left", "Errno 28", "requested and")
         reason = next((line for line in reversed(tail) if any(mark in line for mark in full)), "")
@@ -78,11 +92,14 @@ def _atomic_output(path: Path) -> Path:
 
 
 def convert(hf_dir: Path, out: Path, llama_cpp: Path, mmproj: bool = False, outtype: str = "f16") -> Path:
-    """convert_hf_to_gguf.py, into `out` only when it succeeded."""
+    """convert_hf_to_gguf.py, into `out` only when it succeeded; through llmpi_prepare.sealed (never a repo's own
+    code), offline (convert_env)."""
     tmp = _atomic_output(out)
     tmp.unlink(missing_ok=True)
     cmd = [
         sys.executable,
+        "-m",
+        "llmpi_prepare.sealed",  # transformers unable to run the repo's own code
         str(llama_cpp / "convert_hf_to_gguf.py"),
         str(hf_dir),
         "--outtype",
@@ -93,7 +110,8 @@ def convert(hf_dir: Path, out: Path, llama_cpp: Path, mmproj: bool = False, outt
     if mmproj:
         cmd.append("--mmproj")
     try:
-        _run(cmd, "conversion" + (" of the vision projector" if mmproj else ""), out.with_suffix(".convert.log"))
+        what = "conversion" + (" of the vision projector" if mmproj else "")
+        _run(cmd, what, out.with_suffix(".convert.log"), convert_env(os.environ))
         if mmproj and not tmp.exists():  # the converter prefixes the projector's file name
             prefixed = tmp.with_name("mmproj-" + tmp.name)
             if prefixed.exists():

@@ -116,7 +116,7 @@ def models_in_volume(project: Project) -> list[str]:
             "--entrypoint",
             "sh",
             "-v",
-            f"{project.name}_llmpi-data:/data",
+            f"{project.name}_llmpi-models:/data/models",
             PREPARE_IMAGE,
             "-c",
             "ls -A /data/models",
@@ -125,12 +125,12 @@ def models_in_volume(project: Project) -> list[str]:
         text=True,
         check=True,
     ).stdout
-    return sorted(out.split())
+    return sorted(set(out.split()) - {".cache"})  # huggingface_hub's cache (compose's HF_HOME for `prepare`)
 
 
 def copy_out(project: Project, path: str) -> bytes:
     client = docker.from_env()
-    c = client.containers.create(PREPARE_IMAGE, volumes={f"{project.name}_llmpi-data": {"bind": "/data"}})
+    c = client.containers.create(PREPARE_IMAGE, volumes={f"{project.name}_llmpi-models": {"bind": "/data/models"}})
     try:
         stream, _ = c.get_archive(path)
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
