@@ -217,9 +217,12 @@ def models_rm(s: Settings, name: str, force: bool, out: TextIO) -> str:
     template = sibling_template(local.path)
     if template is not None:  # the chat template the pull put beside it
         files.append(template)
-    mm = local.manifest.get("mmproj")
-    if isinstance(mm, dict) and mm.get("file"):
-        files.append(s.models_dir / str(mm["file"]))
+    if local.mmproj is not None:
+        files.append(local.mmproj)
+    home = s.models_dir.resolve()
+    outside = [f for f in files if f.parent.resolve() != home]
+    if outside:  # local_models confines a manifest's files to the models directory; this never deletes elsewhere
+        raise ConfigError(f"{name}: {', '.join(map(str, outside))} is not in {s.models_dir}; nothing was removed")
     freed = sum(f.stat().st_size for f in files if f.is_file())
     for f in files:
         f.unlink(missing_ok=True)

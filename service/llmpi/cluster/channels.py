@@ -16,9 +16,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..core import paths
+from ..core import hosts, paths
 from ..core.env import ConfigError
-from ..core.files import write_atomic, write_private
+from ..core.files import read_no_follow, write_atomic, write_private
 from ..core.settings import Settings, Worker, check_secret
 from ..plan.split import info_tunnel, rpc_tunnel
 
@@ -50,9 +50,15 @@ def write_key_file(path: Path, secret: str) -> None:
 
 def head_programs(workers: Sequence[Worker], key_file: Path) -> str:
     """supervisord programs for the head: an encrypting spiped end per worker port. `-D` waits for the name to
-    resolve instead of exiting; spiped resolves it again every 60 s (a board that changed its address)."""
+    resolve instead of exiting; spiped resolves it again every 60 s (a board that changed its address). Each
+    worker's host must be an IP address or a host name, its port leave room for the info port, and the key file's
+    path have no blank, % or control character (ConfigError otherwise): no newline or `%` reaches the configuration."""
+    if not str(key_file).isprintable() or any(c in str(key_file) for c in " %"):
+        raise ConfigError(f"the key file's path {str(key_file)!r} has a blank, % or a control character in it")
     out = []
     for i, w in enumerate(workers):
+        if not hosts.is_host(w.host) or not hosts.is_port(w.port + 1):
+            raise ConfigError(f"LLMPI_WORKERS: {w.host!r} port {w.port!r} is not an IP address or host name and a port")
         for what, local, remote in (("rpc", rpc_tunnel(i), w.port), ("info", info_tunnel(i), w.port + 1)):
             out.append(
                 f"[program:channel-{what}-{i}]\n"
@@ -65,16 +71,32 @@ def head_programs(workers: Sequence[Worker], key_file: Path) -> str:
 
 
 def _socket(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host or host.replace(".", "").isdigit() else f"{host}:{port}"
+    return f"[{host}]:{port}" if hosts.is_ip(host) else f"{host}:{port}"
 
 
 def heard_workers(announce_dir: Path) -> list[str]:
-    """host:port of each worker the announcer heard on the network (workers.json), none when unreadable."""
+    """host:port of each worker the announcer heard on the network (workers.json, never read through a link), none
+    when unreadable. An entry whose host is not an IP address or a host name, or whose port is not 1 to 65534 (the
+    info port is the next one), is dropped with a line in the log."""
     try:
-        heard = json.loads((announce_dir / paths.WORKERS_FILE).read_text())
-        return [f"{w['host']}:{int(w['port'])}" for w in heard if isinstance(w, dict)]
-    except (OSError, ValueError, KeyError, TypeError):
+        heard = json.loads(read_no_follow(announce_dir / paths.WORKERS_FILE))
+    except (OSError, ValueError):
         return []
+    if not isinstance(heard, list):
+        return []
+    found = []
+    for w in heard:
+        host, port = (w.get("host"), w.get("port")) if isinstance(w, dict) else (None, 0)
+        if hosts.is_host(host) and hosts.is_port(port) and isinstance(port, int) and port < 65535:
+            found.append(f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}")
+        else:
+            print(
+                f"llmpi: LLMPI_WORKERS=auto: ignoring {ascii(w)[:200]} in {paths.WORKERS_FILE}: not an IP address or"
+                " host name and a port",
+                file=sys.stderr,
+                flush=True,
+            )
+    return found
 
 
 def resolve_auto_workers(announce_dir: Path, wait: float = AUTO_WAIT, settle: float = AUTO_SETTLE) -> list[str]:
@@ -139,4 +161,8 @@ def prepare_channels(configuration: str, env: dict[str, str]) -> str:
 
 if __name__ == "__main__":
     # python3 -m llmpi.cluster.channels <supervisord configuration>: prints the configuration to start supervisord with
-    print(prepare_channels(sys.argv[1], dict(os.environ)))
+    try:
+        print(prepare_channels(sys.argv[1], dict(os.environ)))
+    except ConfigError as e:
+        print(f"llmpi: no channels to the workers: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from .. import __version__
-from ..core import paths
+from ..core import hosts, paths
 from ..core.env import ConfigError, get
-from ..core.files import write_atomic
+from ..core.files import read_no_follow, write_atomic
 from ..core.settings import WORKER_PORT, Settings
 from ..host.llama_build import own_versions
 from . import discovery
@@ -282,20 +282,29 @@ def server_answers(url: str) -> bool:
 
 
 def read_state(announce_dir: Path) -> dict[str, object]:
+    """What the launcher asked to announce (announce.json, never read through a link), {} when unreadable."""
     try:
-        state = json.loads((announce_dir / paths.ANNOUNCE_FILE).read_text())
+        state = json.loads(read_no_follow(announce_dir / paths.ANNOUNCE_FILE))
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
 
 
 def workers_heard(found: Sequence[discovery.Found]) -> list[dict[str, object]]:
-    """The workers as the head reaches them: an address (the head's container cannot resolve .local), the port."""
-    return [
-        {"host": f.ipv4s[0], "port": f.port, "name": f.name, "version": f.txt.get("version", "")}
-        for f in found
-        if f.ipv4s
-    ]
+    """The workers as the head reaches them: an address (the head's container cannot resolve .local), the port. An
+    answer on the network whose address or port is not one (llmpi.core.hosts) is left out, with a line in the log."""
+    heard: list[dict[str, object]] = []
+    for f in found:
+        if not f.ipv4s:
+            continue
+        if not hosts.is_ip(f.ipv4s[0]) or not hosts.is_port(f.port):
+            log(
+                f"ignoring the worker {ascii(f.name)[:100]}: {ascii(f.ipv4s[0])[:60]} port {ascii(f.port)[:20]} is not"
+                " an IP address and a port"
+            )
+            continue
+        heard.append({"host": f.ipv4s[0], "port": f.port, "name": f.name, "version": f.txt.get("version", "")})
+    return heard
 
 
 def watch_workers(announce_dir: Path, stop: threading.Event) -> None:
@@ -339,6 +348,7 @@ class Announcer:
                 self.backend.withdraw()
                 self.published = False
                 log("the server does not answer: withdrawn until it does")
+
 
 def tell_announcer(s: Settings, models: list[str], out: TextIO) -> None:
     """What the announce service (this module) tells the network, in the directory they share: the model ids,

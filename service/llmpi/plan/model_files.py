@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from .gguf import GGUFError, GGUFInfo, read_gguf
 
 DEFAULT_MODEL = "/opt/llmpi/models/default.gguf"  # a link to the embedded model, in the `appliance` image
 EMBEDDED_MODEL = "/opt/llmpi/models/gemma-3-270m-q4_k_m.gguf"  # the `appliance` image's tiny offline base model
+NAME_MAX = 255  # the longest file name (bytes) Linux file systems take
 
 
 def is_path(text: str) -> bool:
@@ -49,6 +51,27 @@ def read_manifest(model: Path) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
+def confined(directory: Path, name: object, what: str) -> Path:
+    """A file a manifest names (its `file`, its projector's): a plain file name in `directory` (the manifest's own),
+    which a link may not leave. ConfigError otherwise, so no manifest can point at a key elsewhere on the volume,
+    for a read or for `llmpi models rm`."""
+    text = name if isinstance(name, str) else ""
+    if (
+        not text
+        or text in (".", "..")
+        or "/" in text
+        or "\\" in text
+        or not text.isprintable()
+        or len(text.encode()) > NAME_MAX
+    ):
+        raise ConfigError(f"{what} names the file {ascii(name)[:120]}, not a plain file name in {directory}: refused")
+    path = directory / text
+    real, home = path.resolve(), directory.resolve()
+    if real.parent != home:
+        raise ConfigError(f"{what} names {path}, a link that leads out of {directory} (to {real}): refused")
+    return path
+
+
 def check_model(path_text: str) -> GGUFInfo:
     path = Path(path_text or DEFAULT_MODEL)
     if not path_text and not path.exists():
@@ -73,7 +96,8 @@ def find_mmproj(explicit: str, model: Path, manifest: dict[str, object]) -> Path
     if explicit:
         path = Path(explicit)
     elif isinstance(entry, dict) and entry.get("file"):
-        path = model.resolve().with_name(str(entry["file"]))
+        real = model.resolve()
+        path = confined(real.parent, entry["file"], f"the manifest {real.with_suffix('.json')} (its projector)")
     else:
         return None
     if not path.is_file():
@@ -91,6 +115,7 @@ class LocalModel:
     path: Path
     manifest_path: Path
     manifest: dict[str, Any]
+    mmproj: Path | None = None  # its vision projector, in the same directory
 
     @property
     def kind(self) -> str:
@@ -120,9 +145,11 @@ def manifest_kind(manifest: Mapping[str, Any]) -> str:
     return "vision" if kind == "chat" and isinstance(mm, dict) and mm.get("file") else kind
 
 
-def local_models(models_dir: Path) -> list[LocalModel]:
+def local_models(models_dir: Path, refused: Callable[[str], object] | None = None) -> list[LocalModel]:
     """Every finished model in `models_dir`: a `<stem>.json` manifest (pulled, or made by llmpi-prepare) whose
-    file is there. Sorted by name."""
+    file is there. Sorted by name. A manifest whose files are not plain file names in `models_dir` (`confined`),
+    or whose name is not one line without `/`, `[` or `]`, is left out and its reason given to `refused` (by
+    default a line on stderr)."""
     found = []
     if not models_dir.is_dir():
         return []
@@ -133,12 +160,28 @@ def local_models(models_dir: Path) -> list[LocalModel]:
             continue
         if not isinstance(data, dict) or not data.get("file"):
             continue
-        path = models_dir / str(data["file"])
+        try:
+            path = confined(models_dir, data["file"], f"the manifest {manifest_path}")
+            mm = data.get("mmproj")
+            mmproj = (
+                confined(models_dir, mm["file"], f"the manifest {manifest_path} (its projector)")
+                if (isinstance(mm, dict) and mm.get("file"))
+                else None
+            )
+            name = str(data.get("name") or manifest_path.stem)
+            if not name.isprintable() or any(c in name for c in "/\\[]"):
+                raise ConfigError(f"the manifest {manifest_path} names the model {ascii(name)[:120]}: refused")
+        except ConfigError as e:
+            (refused or _say)(str(e))
+            continue
         if not path.is_file():
             continue
-        name = str(data.get("name") or manifest_path.stem)
-        found.append(LocalModel(name, path, manifest_path, data))
+        found.append(LocalModel(name, path, manifest_path, data, mmproj))
     return sorted(found, key=lambda m: m.name)
+
+
+def _say(line: str) -> None:
+    print(f"llmpi: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
