@@ -14,10 +14,12 @@ written here and only here (`write_server_keys`), so its rules (one key a line, 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import string
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,17 +155,56 @@ def admin_keys_file() -> Path:
     return Path(paths.runtime_file(paths.ADMIN_KEYS))
 
 
-def canonical(keys: Iterable[str]) -> str:
-    """llama-server's key file: one key a line, each once, in order."""
-    return "".join(f"{k}\n" for k in dict.fromkeys(keys))
+def canonical(keys: Iterable[str], refused: dict[str, int] | None = None) -> str:
+    """llama-server's key file: one key a line, each once, in order; a key refused for a while (its fingerprint in
+    `refused`, with the time it is refused until) as `!<until> <key>` (patch 0024)."""
+    refused = refused or {}
+    lines = []
+    for k in dict.fromkeys(keys):
+        until = refused.get(key_fingerprint(k))
+        lines.append(f"!{until} {k}\n" if until else f"{k}\n")
+    return "".join(lines)
+
+
+def key_fingerprint(key: str) -> str:
+    """What llama-server's crash record says of a key (patch 0023): FNV-1a 64 of it, in hex; "0" for no key. It only
+    tells known keys apart in the record; it is no protection of the key."""
+    if not key:
+        return "0"
+    h = 14695981039346656037
+    for byte in key.encode():
+        h = ((h ^ byte) * 1099511628211) % 2**64
+    return f"{h:x}"
+
+
+def refused_keys(now: float) -> dict[str, int]:
+    """The keys refused at `now` (REFUSED_KEYS, written by llmpi.process.crashes): fingerprint → until (epoch s)."""
+    try:
+        raw = json.loads(Path(paths.runtime_file(paths.REFUSED_KEYS)).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {str(fp): int(until) for fp, until in raw.items() if isinstance(until, (int, float)) and until > now}
 
 
 def write_server_keys(auth: Auth, data_dir: Path) -> Path:
-    """Write the keys llama-server accepts (the configured or stored ones plus the named ones); it re-reads the file
-    when it changes, so this also applies `llmpi keys add/revoke` to a running server."""
+    """Write the keys llama-server accepts (the configured or stored ones plus the named ones, those refused for a
+    while marked so); it re-reads the file when it changes, so this also applies `llmpi keys add/revoke` to a
+    running server."""
     path = server_keys_file()
-    write_private(path, canonical([*auth.keys, *read_named_keys(data_dir).values()]))
+    write_private(path, canonical([*auth.keys, *read_named_keys(data_dir).values()], refused_keys(time.time())))
     return path
+
+
+def key_names(auth: Auth, data_dir: Path) -> dict[str, str]:
+    """How the log names each key, by fingerprint: a named key by its name, the others by where they come from."""
+    generated = auth.source in ("generated", "stored")
+    origin = "the generated key" if generated else f"a key of {auth.source}"
+    names = {key_fingerprint(k): origin for k in auth.keys}
+    names.update({key_fingerprint(k): f"the key {name!r}" for name, k in read_named_keys(data_dir).items()})
+    names["0"] = "no key"
+    return names
 
 
 def write_admin_keys(raw: str | None) -> Path:

@@ -35,6 +35,10 @@ ADMIN_KEYS = "admin_keys"  # the keys that may manage the router's models (--adm
 AUTO_WORKERS = "workers.auto"  # LLMPI_WORKERS=auto: the workers found at this container's start (Settings reads it)
 CLUSTER_KEY = CLUSTER_KEY_FILE  # spiped's key file, made from the cluster secret at container start
 SUPERVISORD_CONF = "supervisord.conf"  # a head's supervisord configuration: the image's plus a channel per worker
+CRASH_RECORD = "crash-record"  # llama-server's: written if a fatal signal kills it (--crash-record, patch 0023)
+CRASHES = "crashes.json"  # the launcher's: the crashes of the last minutes and the key each came with
+REFUSED_KEYS = "refused-keys.json"  # the launcher's: keys refused for a while (fingerprint: until), in the key file
+
 
 def runtime_dir() -> str:
     """A private per-container scratch directory (not on the data volume): /tmp/llmpi, or /dev/shm/llmpi when /tmp

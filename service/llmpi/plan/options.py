@@ -114,6 +114,8 @@ def server_options(s: Settings, router: bool) -> list[Option]:
     opts.append(("LLAMA_ARG_ADMIN_KEY_FILE", "--admin-key-file", str(admin_keys_file())))
     if router:
         opts.append(("LLAMA_ARG_DRAIN_TIMEOUT", "--drain-timeout", str(DRAIN_SECONDS)))
+    # if a fatal signal kills it anyway, which keys had requests in flight (llmpi.process.crashes reads it)
+    opts.append(("LLAMA_ARG_CRASH_RECORD", "--crash-record", paths.runtime_file(paths.CRASH_RECORD)))
     return opts + connection_options(s)
 
 
