@@ -77,3 +77,13 @@ def test_crashes_a_minute_apart_or_without_a_key_refuse_nobody() -> None:
     assert not crashes.to_refuse(history, "abc")
     assert not crashes.to_refuse(history, "0") and not crashes.to_refuse(history, "")
     assert crashes.to_refuse([*history, (100.0, "abc")], "abc")
+
+
+def test_the_ollama_door_reads_the_refusal_from_the_same_file(tmp_path: Path) -> None:
+    from llmpi.ollama.door import KeyFile
+
+    path = tmp_path / "api_keys"
+    path.write_text(keys.canonical([TV, PHONE], {keys.key_fingerprint(PHONE): 2_000_000_000}))
+    key_file = KeyFile(path)
+    assert key_file.current() == (TV,)  # a refused key is no key the door takes
+    assert key_file.refused_until(PHONE) == 2_000_000_000 and key_file.refused_until(TV) == 0

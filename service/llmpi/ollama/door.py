@@ -67,11 +67,13 @@ class Refused(Exception):
 
 @dataclass
 class KeyFile:
-    """A key file llmpi writes (one key a line), read again when it changes."""
+    """A key file llmpi writes (one key a line; `!<until> <key>`: a key refused until then, as llama-server reads it,
+    patch 0024), read again when it changes."""
 
     path: Path
     stamp: tuple[int, int] = (-1, -1)
     keys: tuple[str, ...] = ()
+    refused: tuple[tuple[str, int], ...] = ()  # (key, until: seconds since the epoch)
 
     def current(self) -> tuple[str, ...]:
         try:
@@ -83,9 +85,22 @@ class KeyFile:
                 text = self.path.read_text()
             except OSError:
                 return self.keys  # unreadable for a moment: the last good keys, as llama-server does
-            self.keys = tuple(k.strip() for k in text.splitlines() if k.strip())
+            lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+            self.keys = tuple(line for line in lines if not line.startswith("!"))
+            self.refused = tuple(
+                (key, int(until))
+                for until, _, key in (line[1:].partition(" ") for line in lines if line.startswith("!"))
+                if until.isdigit() and key.strip()
+            )
             self.stamp = (st.st_mtime_ns, st.st_size)
         return self.keys
+
+    def refused_until(self, key: str) -> int:
+        """Until when `key` is refused (seconds since the epoch; 0: it is not)."""
+        self.current()
+        return max(
+            (until for k, until in self.refused if hmac.compare_digest(key.encode(), k.strip().encode())), default=0
+        )
 
 
 def matches(key: str, allowed: tuple[str, ...]) -> bool:
@@ -157,6 +172,11 @@ class Door:
             return key
         if matches(key, self.admin_keys.current()[1:]) and served:  # [0] is the container's internal key
             return served[0]
+        until = self.server_keys.refused_until(key)
+        if until > time.time():
+            when = time.strftime("%H:%M:%S", time.gmtime(until))
+            raise Refused(403, f"this key is refused until {when} UTC: requests made with it crashed the server twice "
+                          "within a minute")  # fmt: skip
         raise Refused(401, "this API key is not valid (llmpi keys list shows the keys this board takes)")
 
     def check_admin(self, req: Request) -> None:
