@@ -13,7 +13,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import requests
@@ -58,11 +57,9 @@ def diamond(levels: int) -> str:
     return "root ::= r0\n" + "".join(f"r{i} ::= r{i + 1} | r{i + 1}\n" for i in range(levels)) + f'r{levels} ::= "a"\n'
 
 
-def nested_schema(depth: int) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string"}
-    for _ in range(depth):
-        schema = {"type": "object", "properties": {"x": schema}}
-    return schema
+def nested_schema(depth: int) -> str:
+    """A JSON schema of objects nested `depth` deep, as JSON text (deeper than Python's json module can write)."""
+    return '{"type": "object", "properties": {"x": ' * depth + '{"type": "string"}' + "}}" * depth
 
 
 # (path, body, what the 400 says): each was a crash, a stall or a 500 before the patches
@@ -75,7 +72,11 @@ BOMBS: dict[str, tuple[str, object, str]] = {
         "samplers",
     ),
     "grammar of 20000 rules": ("/completion", {"prompt": "a", "grammar": rule_chain(20_000)}, "samplers"),
-    "JSON schema nested 5000 deep": ("/completion", {"prompt": "a", "json_schema": nested_schema(5000)}, "deeper"),
+    "JSON schema nested 5000 deep": (
+        "/completion",
+        '{"prompt": "a", "json_schema": ' + nested_schema(5000) + "}",
+        "deeper",
+    ),
     "JSON body nested 100000 deep": (
         "/v1/chat/completions",
         '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}",
@@ -83,10 +84,8 @@ BOMBS: dict[str, tuple[str, object, str]] = {
     ),
     "response_format schema nested": (
         "/v1/chat/completions",
-        {
-            "messages": [{"role": "user", "content": "hi"}],
-            "response_format": {"type": "json_schema", "json_schema": {"schema": nested_schema(200)}},
-        },
+        '{"messages": [{"role": "user", "content": "hi"}], '
+        '"response_format": {"type": "json_schema", "json_schema": {"schema": ' + nested_schema(200) + "}}}",
         "deeper",
     ),
     "a field only the server sets": ("/completion", {"prompt": "a", "chat_parser": "x" * 1000}, "set by the server"),
@@ -220,8 +219,12 @@ def test_600_slow_connections_from_one_address_leave_the_server_to_the_others(
     for s in held[-50:]:
         s.settimeout(5)
         refused.append(s.recv(4096).split(b"\r\n", 1)[0])
-    assert all(b" 503 " in line for line in refused), refused
+    # answered 503, or closed before an answer: docker-proxy, which relays this machine's connections, closes those
+    # it could not pass on at once (the server's listen backlog full), which a device on the network sees as a retry
+    assert any(b" 503 " in line for line in refused), refused
+    assert all(b" 503 " in line or line == b"" for line in refused), refused
     answers = from_another_device(appliance, appliance_image, api_key)
+    print(f"another device, {HOLD} connections held from this machine: {answers}")
     assert [(p, s) for p, s, _ in answers] == [("/health", 200), ("/v1/models", 200)]
     assert all(took <= 2 for _, _, took in answers), answers
     # once they close, this machine is served again
