@@ -145,5 +145,3 @@ def board_from(w: Worker, info: dict[str, object]) -> Board:
         arch=str(info.get("arch", "")),
         threads=int(str(info.get("threads", 0) or 0)),
     )
-
-
