@@ -83,12 +83,14 @@ ENTRYPOINT ["/opt/peer/bin/python3", "-m", "llama_cpp.server"]
 FROM --platform=$BUILDPLATFORM ${DEBIAN_IMAGE} AS llama
 ARG TARGETARCH
 ARG BUILDARCH
+# OpenSSL's headers and libraries of the target architecture: llama-server serves HTTPS itself (LLMPI_TLS, patch 0025)
 RUN set -eu; \
-    if [ "$TARGETARCH" = "$BUILDARCH" ]; then cc="g++ gcc"; \
-    elif [ "$TARGETARCH" = arm64 ]; then cc="g++-aarch64-linux-gnu gcc-aarch64-linux-gnu"; \
+    if [ "$TARGETARCH" = "$BUILDARCH" ]; then cc="g++ gcc"; ssl="libssl-dev"; \
+    elif [ "$TARGETARCH" = arm64 ]; then cc="g++-aarch64-linux-gnu gcc-aarch64-linux-gnu"; ssl="libssl-dev:arm64"; \
+      dpkg --add-architecture arm64; \
     else echo "unsupported cross-build $BUILDARCH -> $TARGETARCH" >&2; exit 1; fi; \
     apt-get update; \
-    apt-get install -y --no-install-recommends cmake ninja-build ccache make binutils file $cc; \
+    apt-get install -y --no-install-recommends cmake ninja-build ccache make binutils file pkg-config $cc $ssl; \
     rm -rf /var/lib/apt/lists/*
 COPY --from=source /src/llama.cpp.pin /src/llama.cpp.pin
 COPY --from=source /src/llama.cpp /src/llama.cpp
@@ -108,9 +110,10 @@ RUN --mount=type=cache,target=/root/.cache/ccache,id=llmpi-ccache-${TARGETARCH} 
       -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_RPC=ON \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
       -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
-      -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+      -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=ON \
       -DLLAMA_BUILD_COMMIT="${LLAMA_CPP_COMMIT}" -DLLAMA_BUILD_NUMBER="${LLAMA_CPP_BUILD_NUMBER}" \
       >/tmp/cmake.log || { cat /tmp/cmake.log; exit 1; }; \
+    grep -q "OpenSSL found" /tmp/cmake.log || { cat /tmp/cmake.log; echo "OpenSSL not found: no HTTPS" >&2; exit 1; }; \
     cmake --build /build -j"$(nproc)" --target llama-server llama-quantize llama-bench ggml-rpc-server; \
     mkdir -p /opt/llama/bin; \
     cp -P /build/bin/llama-server /build/bin/llama-quantize /build/bin/llama-bench /build/bin/ggml-rpc-server \
