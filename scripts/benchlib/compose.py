@@ -15,8 +15,16 @@ from benchlib.wait import http_status, wait_for
 
 COMPOSE_FILE = ROOT / "compose.yaml"
 # published on this machine's loopback only, on random free ports (`Project.port` and `Project.ollama_url` tell which)
-LOOPBACK = {"LLMPI_BIND_ADDRESS": "127.0.0.1", "LLMPI_HOST_PORT": "", "LLMPI_OLLAMA_HOST_PORT": ""}
+LOOPBACK = {
+    "LLMPI_BIND_ADDRESS": "127.0.0.1",
+    "LLMPI_HOST_PORT": "",
+    "LLMPI_OLLAMA_HOST_PORT": "",
+    "LLMPI_TLS_HOST_PORT": "",
+    "LLMPI_OLLAMA_TLS_HOST_PORT": "",
+}
 OLLAMA_PORT = 11434  # the Ollama door's port in the container
+TLS_PORT = 8443  # HTTPS to the OpenAI API, in the container
+OLLAMA_TLS_PORT = 11443  # HTTPS to the Ollama API, in the container
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -84,6 +92,15 @@ class Project:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        """HTTPS to the OpenAI API (LLMPI_TLS); the certificate is for `localhost`, among other names."""
+        return f"https://localhost:{self.published(port=TLS_PORT)}"
+
+    @property
+    def ollama_tls_url(self) -> str:
+        return f"https://localhost:{self.published(port=OLLAMA_TLS_PORT)}"
 
     @property
     def ollama_url(self) -> str:

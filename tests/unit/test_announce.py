@@ -147,10 +147,13 @@ def test_the_announcer_is_told_the_models_and_a_failure_to_tell_it_does_not_stop
     out = io.StringIO()
     announce.tell_announcer(s, plan.announced, out)
     state = announce.read_state(tmp_path)
-    assert state == {"models": ["qwen3-4b", "minilm"], "auth": True, "webui": False, "ollama": "11434"}
+    # HTTPS on (the default): its port, and the CA's fingerprint once the launcher made the CA (not yet here)
+    assert state == {"models": ["qwen3-4b", "minilm"], "auth": True, "webui": False, "ollama": "11434", "tls": "8443",
+                     "ca": ""}  # fmt: skip
     assert out.getvalue() == ""
     services = announce.appliance_services("pi", 8080, state)
     assert services[0].txt["ollama"] == "11434"  # the Ollama API's port: scripts/find prints its URL
+    assert services[0].txt["tls"] == "1" and services[0].txt["tls_port"] == "8443" and "ca" not in services[0].txt
     off = Settings.read({"LLMPI_ANNOUNCE_DIR": str(tmp_path), "LLMPI_OLLAMA_PORT": "off"})
     announce.tell_announcer(off, plan.announced, out)
     assert "ollama" not in announce.appliance_services("pi", 8080, announce.read_state(tmp_path))[0].txt

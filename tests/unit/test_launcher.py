@@ -25,7 +25,12 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     model = llama_like(tmp_path / "tiny-chat.Q4_K_M.gguf")
-    return {"LLMPI_MODEL": str(model), "LLMPI_DATA_DIR": str(tmp_path / "data")}
+    # no announcer beside it (its directory does not exist): nothing to wait for, nothing written to /announce
+    return {
+        "LLMPI_MODEL": str(model),
+        "LLMPI_DATA_DIR": str(tmp_path / "data"),
+        "LLMPI_ANNOUNCE_DIR": str(tmp_path / "ann"),
+    }
 
 
 def test_defaults(env: dict[str, str]) -> None:

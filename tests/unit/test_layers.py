@@ -13,8 +13,19 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "service" / "llmpi"
-# core <- host <- plan <- models / cluster / lan <- process <- cli; packages on one level do not import each other
-LAYERS = {"core": 0, "host": 1, "plan": 2, "models": 3, "cluster": 3, "lan": 3, "process": 4, "ollama": 4, "cli": 5}
+# core <- host / tls <- plan <- models / cluster / lan <- process / ollama <- cli; one level never imports itself
+LAYERS = {
+    "core": 0,
+    "host": 1,
+    "tls": 1,
+    "plan": 2,
+    "models": 3,
+    "cluster": 3,
+    "lan": 3,
+    "process": 4,
+    "ollama": 4,
+    "cli": 5,
+}
 # the model pipeline (image build time) uses what plans and pulls, never the container's processes
 PREPARE_MAY_USE = {"core", "host", "plan", "models"}
 

@@ -24,7 +24,12 @@ VOCAB = ["<unk>", "<s>", "</s>", *(f"piece{i}" for i in range(3, 300))]
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     model = llama_like(tmp_path / "big.Q4_K_M.gguf", n_layer=4, n_embd=256, tokens=VOCAB)
-    return {"LLMPI_MODEL": str(model), "LLMPI_DATA_DIR": str(tmp_path / "data")}
+    # no announcer beside it (its directory does not exist): nothing to wait for, nothing written to /announce
+    return {
+        "LLMPI_MODEL": str(model),
+        "LLMPI_DATA_DIR": str(tmp_path / "data"),
+        "LLMPI_ANNOUNCE_DIR": str(tmp_path / "ann"),
+    }
 
 
 def plan_flags(env: dict[str, str]) -> dict[str, str | None]:

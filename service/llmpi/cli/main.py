@@ -6,6 +6,7 @@
     llmpi keys revoke NAME     remove a named key
     llmpi models [list|pull NAME|rm NAME [--force]|show NAME]   the models on this board (llmpi.cli.models)
     llmpi status               the server's state and the board's health: temperature, throttling, clocks, memory
+    llmpi tls ca               the local CA's certificate for devices to trust (LLMPI_TLS), with its fingerprint
 
 A key change takes effect at once: llama-server re-reads its key file when it changes; requests already running
 finish.
@@ -30,6 +31,7 @@ from ..host import board
 from ..host.llama_build import own_versions
 from ..plan import fit
 from ..process import healthcheck
+from ..tls import certs
 from . import models as models_cli
 
 
@@ -117,7 +119,22 @@ def parser() -> argparse.ArgumentParser:
     c.add_parser("secret", help="print the cluster secret to give each worker (made on the head if there is none)")
     c.add_parser("status", help="each worker of LLMPI_WORKERS: reachable, versions, memory")
     sub.add_parser("status", help="the server's state and the board's health (temperature, throttling, clocks)")
+    t = sub.add_parser("tls", help="HTTPS on the home network").add_subparsers(dest="action", required=True)
+    t.add_parser("ca", help="the local CA's certificate for devices to trust, and its SHA-256 fingerprint")
     return p
+
+
+def tls_ca(s: Settings) -> str:
+    """The certificate devices trust to reach this board over HTTPS, PEM, then its fingerprint as a comment line."""
+    if not s.tls:
+        raise ConfigError("LLMPI_TLS=off: this board serves no HTTPS")
+    files = certs.served_files(s)
+    if files.ca is None:
+        raise ConfigError(f"the board serves your own certificate ({s.tls_cert_file}): trust its issuer")
+    if not files.ca.is_file():
+        raise ConfigError("there is no local CA yet: it is made at the server's first start with LLMPI_TLS=auto")
+    pem = files.ca.read_text().strip()
+    return f"{pem}\n# SHA-256 fingerprint: {certs.pem_fingerprint(files.ca)}"
 
 
 def cluster_secret(s: Settings) -> str:
@@ -204,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             models_main(args, s)
         elif args.command == "cluster":
             print(cluster_secret(s) if args.action == "secret" else cluster_status(s))
+        elif args.command == "tls":
+            print(tls_ca(s))
         elif args.action == "list":
             print(keys_list(s))
         elif args.action == "show":

@@ -18,6 +18,7 @@ import json
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .settings import Settings
 
@@ -195,10 +196,20 @@ class Gate(asyncio.StreamReaderProtocol):
             super().connection_lost(exc)
 
 
-async def start_server(handler: Handler, sock: socket.socket, caps: Caps, busy: bytes) -> asyncio.Server:
-    """asyncio's start_server on a bound socket, with each connection over a cap refused as it is accepted."""
+async def start_server(
+    handler: Handler, sock: socket.socket, caps: Caps, busy: bytes, tls: Any = None
+) -> asyncio.Server:
+    """asyncio's start_server on a bound socket, with each connection over a cap refused as it is accepted; `tls`:
+    an ssl.SSLContext to serve HTTPS with (asyncio hands a connection over once its TLS handshake is done, within
+    10 s: the caps are decided then; a handshake in progress holds no task and no thread)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: Gate(caps, busy, handler, MAX_HEADER), sock=sock, backlog=BACKLOG)
+
+    def gate() -> Gate:
+        return Gate(caps, busy, handler, MAX_HEADER)
+
+    if tls is None:
+        return await loop.create_server(gate, sock=sock, backlog=BACKLOG)
+    return await loop.create_server(gate, sock=sock, backlog=BACKLOG, ssl=tls, ssl_handshake_timeout=10)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -18,6 +18,7 @@ CLUSTER_KEY_FILE = "cluster.key"  # the cluster secret generated on a head (the 
 # in the directory the head and its announce service share (Settings.announce_dir)
 ANNOUNCE_FILE = "announce.json"  # written by the launcher: what the announcer tells the network
 WORKERS_FILE = "workers.json"  # written by the announcer: the workers it hears on the network
+HOST_FILE = "host.json"  # written by the announcer: the host's name and its addresses on the network (for HTTPS)
 
 
 # the files in the runtime directory: runtime_file(NAME) is where each one is

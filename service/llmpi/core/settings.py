@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import paths
 from .env import OFF_WORDS, ConfigError, file_env, get, get_bool, get_int, sysfs_path
@@ -33,6 +34,11 @@ DEFAULT_MAX_TOKENS = 1024
 DEFAULT_IMAGE_MAX_TOKENS = 256
 DEFAULT_IMAGE_MAX_PIXELS = 50_000_000  # an 8000 x 6000 phone photo; over that, refused from the header, never decoded
 DEFAULT_MEDIA_MAX_BYTES = "20M"  # OpenAI's own per-image limit
+DEFAULT_TLS_PORT = 8443  # HTTPS for the OpenAI API (LLMPI_TLS_PORT)
+OLLAMA_TLS_PORT = 11443  # HTTPS for the Ollama API, in the container
+TLS_NAME_RE = re.compile(
+    r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$|^[0-9A-Fa-f:.]+$"
+)
 # connection limits of port 8080, the Ollama door and the status page (docs/security.md)
 DEFAULT_MAX_BODY = "32M"  # one image at LLMPI_MEDIA_MAX_BYTES in base64 (26.7 MiB) and the conversation around it
 DEFAULT_MAX_CONNECTIONS = 128  # open connections at once, per port
@@ -100,6 +106,14 @@ SETTINGS: dict[str, str] = {
     "LLMPI_HOST_PORT": "8080",
     "LLMPI_OLLAMA_PORT": str(DEFAULT_OLLAMA_PORT),
     "LLMPI_OLLAMA_HOST_PORT": str(DEFAULT_OLLAMA_PORT),
+    "LLMPI_TLS": "auto",
+    "LLMPI_TLS_CERT_FILE": "—",
+    "LLMPI_TLS_KEY_FILE": "—",
+    "LLMPI_TLS_NAMES": "—",
+    "LLMPI_TLS_PORT": str(DEFAULT_TLS_PORT),
+    "LLMPI_TLS_HOST_PORT": str(DEFAULT_TLS_PORT),
+    "LLMPI_OLLAMA_TLS_HOST_PORT": str(OLLAMA_TLS_PORT),
+    "LLMPI_HTTP": "on",
 }
 COMPOSE_SETTINGS = ("LLMPI_BIND_ADDRESS", "LLMPI_IMAGE", "LLMPI_BUILD_CA_BUNDLE", "LLMPI_DEBIAN_IMAGE")
 INTERNAL_SETTINGS = ("LLMPI_DATA_DIR", "LLMPI_ANNOUNCE_DIR")  # set by the image or its tests, not by users
@@ -193,6 +207,14 @@ class Settings:
     host_port: str
     ollama_port: int | None  # LLMPI_OLLAMA_PORT: the Ollama door's port in the container; None = off
     ollama_host_port: str  # LLMPI_OLLAMA_HOST_PORT: the port compose publishes it on (announced on the network)
+    tls: bool  # LLMPI_TLS: HTTPS beside HTTP (auto: with a local CA's certificate, unless the user gave one)
+    tls_cert_file: Path | None  # LLMPI_TLS_CERT_FILE and _KEY_FILE: the user's own certificate and key (both or none)
+    tls_key_file: Path | None
+    tls_names: tuple[str, ...]  # LLMPI_TLS_NAMES: more names and addresses for the generated certificate
+    tls_port: int  # LLMPI_TLS_PORT: the HTTPS port in the container (the OpenAI API); the Ollama API's is 11443
+    tls_host_port: str  # LLMPI_TLS_HOST_PORT: where compose publishes it
+    ollama_tls_host_port: str  # LLMPI_OLLAMA_TLS_HOST_PORT: where compose publishes the Ollama API's HTTPS port
+    http: bool  # LLMPI_HTTP: plain HTTP for the network too (off: on the container's loopback only)
     data_dir: Path
     announce_dir: Path  # shared with the announce service (llmpi.lan.announce): announce.json, workers.json
     llama_args: Mapping[str, str]  # LLAMA_ARG_* variables the user set: each wins over the launcher's choice
@@ -280,6 +302,7 @@ class Settings:
             host_port=get(env, "LLMPI_HOST_PORT") or get(env, "LLMPI_PORT", "8080"),
             ollama_port=ollama_port(env),
             ollama_host_port=get(env, "LLMPI_OLLAMA_HOST_PORT", str(DEFAULT_OLLAMA_PORT)),
+            **tls_settings(env),
             data_dir=Path(get(env, "LLMPI_DATA_DIR", "/data")),
             announce_dir=Path(get(env, "LLMPI_ANNOUNCE_DIR", "/announce")),
             llama_args=llama_args,
@@ -332,6 +355,37 @@ def mode_setting(env: Mapping[str, str], name: str, modes: tuple[str, ...], defa
         return on if get_bool(env, name, True) else "off"
     except ConfigError:
         raise ConfigError(f"{name}={mode!r}: use one of {', '.join(modes)}") from None
+
+
+def tls_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """LLMPI_TLS and its companions (README "HTTPS on the home network")."""
+    mode = get(env, "LLMPI_TLS", "auto").lower()
+    if mode not in ("auto", "on", *OFF_WORDS):
+        raise ConfigError(f"LLMPI_TLS={mode!r}: use auto or off")
+    tls = mode not in OFF_WORDS
+    cert, key = get(env, "LLMPI_TLS_CERT_FILE"), get(env, "LLMPI_TLS_KEY_FILE")
+    if bool(cert) != bool(key):
+        raise ConfigError("set LLMPI_TLS_CERT_FILE and LLMPI_TLS_KEY_FILE together (a certificate and its key)")
+    port = _ranged(env, "LLMPI_TLS_PORT", DEFAULT_TLS_PORT, maximum=65535)
+    if port in (_ranged(env, "LLMPI_PORT", 8080, maximum=65535), ollama_port(env), OLLAMA_TLS_PORT):
+        raise ConfigError(f"LLMPI_TLS_PORT={port} is taken by another port of the appliance: give HTTPS another one")
+    http = get_bool(env, "LLMPI_HTTP", True)
+    if not http and not tls:
+        raise ConfigError("LLMPI_HTTP=off and LLMPI_TLS=off leave nothing to connect to: keep one of them on")
+    names = tuple(n.strip() for n in get(env, "LLMPI_TLS_NAMES").split(",") if n.strip())
+    for name in names:
+        if not TLS_NAME_RE.match(name):
+            raise ConfigError(f"LLMPI_TLS_NAMES: {name!r} is not a host name or an IP address")
+    return {
+        "tls": tls,
+        "tls_cert_file": Path(cert) if cert else None,
+        "tls_key_file": Path(key) if key else None,
+        "tls_names": names,
+        "tls_port": port,
+        "tls_host_port": get(env, "LLMPI_TLS_HOST_PORT") or str(port),
+        "ollama_tls_host_port": get(env, "LLMPI_OLLAMA_TLS_HOST_PORT") or str(OLLAMA_TLS_PORT),
+        "http": http,
+    }
 
 
 def ollama_port(env: Mapping[str, str]) -> int | None:

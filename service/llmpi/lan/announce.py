@@ -43,6 +43,7 @@ from ..core.env import ConfigError, get
 from ..core.files import read_no_follow, write_atomic
 from ..core.settings import WORKER_PORT, Settings
 from ..host.llama_build import own_versions
+from ..tls import certs
 from . import discovery
 
 DBUS_SOCKET = Path("/run/dbus/system_bus_socket")
@@ -140,6 +141,11 @@ def appliance_services(hostname: str, port: int, state: Mapping[str, object]) ->
     }
     if str(state.get("ollama") or "").isdigit():  # the Ollama API's port on this host (llmpi.ollama)
         txt["ollama"] = str(state["ollama"])
+    if str(state.get("tls") or "").isdigit():  # HTTPS beside HTTP (llmpi.tls): its port, the CA's fingerprint
+        txt["tls"] = "1"
+        txt["tls_port"] = str(state["tls"])
+        if state.get("ca"):
+            txt["ca"] = str(state["ca"])
     services = [Service(discovery.SERVICE_TYPE, f"llmpi on {hostname}", port, txt)]
     if state.get("webui", True):
         services.append(Service(discovery.HTTP_TYPE, f"llmpi chat on {hostname}", port, {"path": "/"}))
@@ -350,12 +356,26 @@ class Announcer:
                 log("the server does not answer: withdrawn until it does")
 
 
+def write_host_facts(announce_dir: Path, bind: str) -> None:
+    """The host's name and its addresses on the network, for the HTTPS certificate the launcher makes (only this
+    service sees them: it runs on the host's network). Written whatever LLMPI_ANNOUNCE says: it tells no one."""
+    facts = {"hostname": socket.gethostname().split(".")[0], "addresses": lan_addresses(machine_adapters(), bind)}
+    try:
+        write_atomic(announce_dir / paths.HOST_FILE, json.dumps(facts))
+    except OSError as e:
+        log(f"cannot write {announce_dir / paths.HOST_FILE}: {e}")
+
+
 def tell_announcer(s: Settings, models: list[str], out: TextIO) -> None:
     """What the announce service (this module) tells the network, in the directory they share: the model ids,
     whether a key is needed, whether the page is on; never a key. Serving does not depend on it: where the directory
     cannot be written (a `docker run` without it on a read-only root), the log says so and the server starts."""
     ollama = s.ollama_host_port if s.ollama_port is not None and s.ollama_host_port.isdigit() else None
-    state = {"models": models, "auth": s.auth, "webui": s.webui, "ollama": ollama}
+    state: dict[str, object] = {"models": models, "auth": s.auth, "webui": s.webui, "ollama": ollama}
+    ca = certs.served_files(s).ca if s.tls else None
+    if s.tls and s.tls_host_port.isdigit():  # HTTPS (llmpi.tls): its port, and the local CA's fingerprint to check
+        state["tls"] = s.tls_host_port
+        state["ca"] = certs.pem_fingerprint(ca) if ca is not None and ca.is_file() else ""
     try:
         write_atomic(s.announce_dir / paths.ANNOUNCE_FILE, json.dumps(state))
     except OSError as e:
@@ -376,6 +396,8 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if role == "appliance" and s.workers_auto:
         threading.Thread(target=watch_workers, args=(s.announce_dir, stop), daemon=True).start()
+    if role == "appliance":
+        write_host_facts(s.announce_dir, get(env, "LLMPI_BIND_ADDRESS"))
     if s.announce == "off":
         log("LLMPI_ANNOUNCE=off: announcing nothing")
         say_state("off")

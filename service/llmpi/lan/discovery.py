@@ -45,6 +45,16 @@ class Found:
         port = self.txt.get("ollama", "")
         return f"http://{self.host}:{port}" if port.isdigit() else None
 
+    @property
+    def https_url(self) -> str | None:
+        """The OpenAI API over HTTPS (LLMPI_TLS), when the appliance serves it."""
+        port = self.txt.get("tls_port", "")
+        return (
+            f"https://{self.host}:{port}{self.txt.get('api', '/v1')}"
+            if self.txt.get("tls") == "1" and port.isdigit()
+            else None
+        )
+
     def address_url(self) -> str:
         """The base_url with the first IPv4 address instead of the name (for clients that cannot resolve .local)."""
         address = self.ipv4s[0] if self.ipv4s else f"[{self.addresses[0]}]"
@@ -155,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("# and the key: export OPENAI_API_KEY=...   (on the Pi: docker compose exec llmpi llmpi keys show)")
     if chosen.ollama_url:
         print(f"# Ollama apps (Home Assistant, Open WebUI): {chosen.ollama_url} with the same key")
+    if chosen.https_url:
+        fingerprint = chosen.txt.get("ca", "")
+        said = f"; its SHA-256 fingerprint: {fingerprint}" if fingerprint else ""
+        print(f"# HTTPS: {chosen.https_url} once this device trusts the board's CA (on the Pi: docker compose exec "
+              f"llmpi llmpi tls ca > llmpi-ca.pem){said}")  # fmt: skip
     return 0
 
 

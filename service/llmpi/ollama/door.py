@@ -24,7 +24,8 @@ from typing import Any
 from ..core import keys, limits
 from ..core.env import ConfigError
 from ..core.limits import HTTPError, Limits
-from ..core.settings import DRAIN_SECONDS, Settings
+from ..core.settings import DRAIN_SECONDS, OLLAMA_TLS_PORT, Settings
+from ..tls import certs
 from . import listing, manage, translate
 from .http import (
     NDJSONStream,
@@ -674,10 +675,11 @@ class Door:
 BUSY = {"error": "too many connections (LLMPI_MAX_CONNECTIONS, LLMPI_MAX_CONNECTIONS_PER_CLIENT); try again shortly"}
 
 
-async def start(door: Door, sock: socket.socket, caps: limits.Caps) -> asyncio.Server:
-    """The door's server on a bound socket: a connection over a cap gets a 503 in Ollama's error shape at once."""
+async def start(door: Door, sock: socket.socket, caps: limits.Caps, tls: Any = None) -> asyncio.Server:
+    """The door's server on a bound socket (`tls`: an ssl.SSLContext for HTTPS): a connection over a cap gets a 503
+    in Ollama's error shape at once."""
     busy = limits.json_reply(503, BUSY, limits.RETRY_AFTER)
-    return await limits.start_server(door.connection, sock, caps, busy)
+    return await limits.start_server(door.connection, sock, caps, busy, tls)
 
 
 def loopback(s: Settings) -> str:
@@ -685,11 +687,34 @@ def loopback(s: Settings) -> str:
     return "127.0.0.1" if s.host in ("0.0.0.0", "", "::") else s.host
 
 
+async def serve_tls(door: Door, s: Settings, caps: limits.Caps, servers: list[asyncio.Server]) -> None:
+    """HTTPS on OLLAMA_TLS_PORT with the certificate the launcher makes (llmpi.tls.certs), once its files exist: at
+    a first start the launcher may make them after this process started. Same caps as the plain port."""
+    import ssl  # only here: without TLS the door never maps OpenSSL's libraries (llmpi.ollama.__main__)
+
+    files = certs.served_files(s)
+    while not (files.cert.is_file() and files.key.is_file()):
+        await asyncio.sleep(1)
+    await asyncio.sleep(1)  # the key is written first, then the certificate: both whole by now
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as e:
+        print(f"llmpi-ollama: no HTTPS: cannot load {files.cert}: {e}", file=sys.stderr, flush=True)
+        return
+    servers.append(await start(door, limits.bind(s.host, OLLAMA_TLS_PORT), caps, context))
+    print(f"llmpi-ollama: the Ollama API over HTTPS on port {OLLAMA_TLS_PORT}", flush=True)
+
+
 async def serve(s: Settings, port: int) -> None:
     door = Door(s, (loopback(s), s.server_port))
-    server = await start(door, limits.bind(s.host, port), limits.Caps(Limits.of(s)))
+    caps = limits.Caps(Limits.of(s))
+    host = s.host if s.http else "127.0.0.1"  # LLMPI_HTTP=off: plain HTTP for the container's own processes only
+    servers = [await start(door, limits.bind(host, port), caps)]
     print(f"llmpi-ollama: the Ollama API on port {port} (llama-server at {door.upstream[0]}:{door.upstream[1]})",
           flush=True)  # fmt: skip
+    tls = asyncio.ensure_future(serve_tls(door, s, caps, servers)) if s.tls else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -698,7 +723,10 @@ async def serve(s: Settings, port: int) -> None:
     await stop.wait()
     # a stop is a drain, as llama-server's: no new connection, the answers in flight finish (DRAIN_SECONDS at most)
     door.draining = True
-    server.close()
+    if tls is not None:
+        tls.cancel()
+    for server in servers:
+        server.close()
     deadline = loop.time() + DRAIN_SECONDS
     while door.in_flight and loop.time() < deadline:
         await asyncio.sleep(0.1)

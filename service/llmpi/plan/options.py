@@ -11,6 +11,7 @@ from ..core import paths
 from ..core.env import ConfigError
 from ..core.keys import admin_keys_file, server_keys_file
 from ..core.settings import DRAIN_SECONDS, LOG_LEVELS, Settings
+from ..tls import certs
 from . import fit, speculation
 from .model_files import Model, sibling_template
 
@@ -114,6 +115,16 @@ def server_options(s: Settings, router: bool) -> list[Option]:
     opts.append(("LLAMA_ARG_ADMIN_KEY_FILE", "--admin-key-file", str(admin_keys_file())))
     if router:
         opts.append(("LLAMA_ARG_DRAIN_TIMEOUT", "--drain-timeout", str(DRAIN_SECONDS)))
+    if s.tls:  # HTTPS beside HTTP (patch 0025); LLMPI_HTTP=off: plain HTTP on loopback only, for the container's own
+        files = certs.served_files(s)
+        opts += [
+            ("LLAMA_ARG_TLS_PORT", "--tls-port", str(s.tls_port)),
+            ("LLAMA_ARG_SSL_CERT_FILE", "--ssl-cert-file", str(files.cert)),
+            ("LLAMA_ARG_SSL_KEY_FILE", "--ssl-key-file", str(files.key)),
+        ]
+        if not s.http:
+            opts = [o for o in opts if o[0] != "LLAMA_ARG_HOST"]
+            opts += [("LLAMA_ARG_HOST", "--host", "127.0.0.1"), ("LLAMA_ARG_TLS_HOST", "--tls-host", s.host)]
     # if a fatal signal kills it anyway, which keys had requests in flight (llmpi.process.crashes reads it)
     opts.append(("LLAMA_ARG_CRASH_RECORD", "--crash-record", paths.runtime_file(paths.CRASH_RECORD)))
     return opts + connection_options(s)

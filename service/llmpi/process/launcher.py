@@ -36,6 +36,7 @@ from ..lan.announce import tell_announcer
 from ..models import resolve
 from ..plan.options import WEB_DIR
 from ..plan.serving import Plan, plan
+from ..tls import certs
 from . import crashes
 from .statuspage import StatusPage
 
@@ -63,6 +64,26 @@ def write_files(files: Mapping[Path, str]) -> None:
         write_atomic(path, text)
 
 
+def make_certificates(s: Settings, out: TextIO) -> None:
+    """LLMPI_TLS: the local CA and the server certificate for the host's names and addresses (llmpi.tls.certs), made
+    when missing, when the names changed or when it expires soon."""
+    if s.tls_cert_file is not None:
+        certs.ensure_certificates(s, [])  # the user's own: only checked
+        print(f"llmpi: HTTPS with {s.tls_cert_file} (LLMPI_TLS_CERT_FILE)", file=out, flush=True)
+        return
+    # the announcer (on the host's network) says the host's name and addresses; at the very first start it may not
+    # have yet, so that start waits a moment for it; later starts take what it wrote before (renewing on a change)
+    first = not certs.served_files(s).cert.is_file()
+    hostname, addresses = certs.host_facts(s.announce_dir, certs.HOST_WAIT if first else 0)
+    names = certs.certificate_names(s, hostname, addresses)
+    files, done = certs.ensure_certificates(s, names)
+    if done:
+        print(f"llmpi: {done}", file=out, flush=True)
+    assert files.ca is not None
+    print(f"llmpi: HTTPS certificate for {', '.join(names)}; devices trust the local CA, SHA-256 fingerprint "
+          f"{certs.pem_fingerprint(files.ca)} (`llmpi tls ca` prints it)", file=out, flush=True)  # fmt: skip
+
+
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
     """llama-server's environment: everything but the key settings (the server reads keys from its files) and the
     cluster secret (spiped's)."""
@@ -76,6 +97,8 @@ def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.std
     settings = Settings.read(env)
     if settings.workers_auto and not settings.workers:
         raise ConfigError(NO_WORKER_HEARD)
+    if settings.tls:  # before anything slow: the Ollama door waits for these files to serve HTTPS
+        make_certificates(settings, out)
     boards = wait_for_workers(settings, out)  # LLMPI_WORKERS: waits (unhealthy) until each answers
     page = status_page(settings)
     settings = resolve.model_on_board(settings, hw, out, page, boards)  # may download it (a status page answers)
