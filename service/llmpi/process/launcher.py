@@ -84,12 +84,21 @@ def make_certificates(s: Settings, out: TextIO) -> None:
           f"{certs.pem_fingerprint(files.ca)} (`llmpi tls ca` prints it)", file=out, flush=True)  # fmt: skip
 
 
+# glibc's allocator serves allocations of at least this size with mmap and gives them back to the system when they
+# are freed; its default threshold rises to 32 MiB after the first large free, after which the prompt cache's state
+# copies (megabytes each, made and freed as conversations come and go) stay in the heap once freed, and the server's
+# resident memory drifts above the launcher's plan (docs/environment.md, the soak's verdict)
+MMAP_THRESHOLD = 1 << 20
+
+
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
     """llama-server's environment: everything but the key settings (the server reads keys from its files) and the
-    cluster secret (spiped's)."""
-    return {
+    cluster secret (spiped's); glibc's mmap threshold fixed (MMAP_THRESHOLD) unless GLIBC_TUNABLES is set."""
+    child = {
         k: v for k, v in env.items() if not k.startswith(("LLMPI_API_KEY", "LLMPI_ADMIN_KEY", "LLMPI_CLUSTER_SECRET"))
     }
+    child.setdefault("GLIBC_TUNABLES", f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}")
+    return child
 
 
 def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Prepared:
