@@ -10,6 +10,7 @@ starts it with the hub libraries told to stay offline (HF_HUB_OFFLINE, TRANSFORM
 
 from __future__ import annotations
 
+import errno
 import runpy
 import sys
 from collections.abc import Iterable
@@ -109,6 +110,13 @@ def main(argv: list[str]) -> int:
     except RemoteCodeRefused as e:
         print(f"{REFUSED} {e}", file=sys.stderr, flush=True)
         return REFUSED_EXIT
+    except OSError as e:
+        if e.errno != errno.ENOSPC and "requested and" not in str(e):
+            raise
+        # the disk is full: one line, which still fits where the traceback (longer through this module) may not
+        # (the converter's log is on the same disk), and which llmpi_prepare.convert reads as "the disk is full"
+        print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0

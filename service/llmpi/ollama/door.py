@@ -230,6 +230,10 @@ class Door:
         """What llama-server serves now: the router's list, or the one model (with its /props). `full`: with each
         model's file and chat template (for /api/tags, show, ps); an answer needs only the names, kinds and
         contexts, one request to llama-server (a few ms less before the first token)."""
+        # asked with the container's own key once the client's was checked (the caller's upstream_key): the model's
+        # path on disk and the router's presets are for an admin key only (patch 0020), and the door reads the files
+        own = self.admin_keys.current()
+        key = own[0] if own else key
         data = await self.model_list(key, fresh=full)
         self.router = any("status" in m for m in data)
         if self.router:
