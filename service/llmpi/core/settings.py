@@ -221,6 +221,12 @@ class Settings:
     hub_token: str | None = field(default=None, repr=False)  # HF_TOKEN or HF_TOKEN_FILE's contents: gated repos
 
     @property
+    def http_host(self) -> str:
+        """Where plain HTTP listens: LLMPI_HOST, or loopback only with LLMPI_HTTP=off (HTTPS alone for the network;
+        the container's own processes still use plain HTTP)."""
+        return self.host if self.http else "127.0.0.1"
+
+    @property
     def server_port(self) -> int:
         """The port llama-server listens on: LLAMA_ARG_PORT when the user set it (it wins), else LLMPI_PORT."""
         raw = self.llama_args.get("LLAMA_ARG_PORT", "")

@@ -180,6 +180,11 @@ class Door:
                           "within a minute")  # fmt: skip
         raise Refused(401, "this API key is not valid (llmpi keys list shows the keys this board takes)")
 
+    def own_key(self) -> str | None:
+        """The container's internal admin key (the admin file's first key; None before the launcher wrote it)."""
+        own = self.admin_keys.current()
+        return own[0] if own else None
+
     def check_admin(self, req: Request) -> None:
         """Model management: only a key of LLMPI_ADMIN_KEY (never the container's own internal key)."""
         key = client_key(req)
@@ -232,8 +237,7 @@ class Door:
         contexts, one request to llama-server (a few ms less before the first token)."""
         # asked with the container's own key once the client's was checked (the caller's upstream_key): the model's
         # path on disk and the router's presets are for an admin key only (patch 0020), and the door reads the files
-        own = self.admin_keys.current()
-        key = own[0] if own else key
+        key = self.own_key() or key
         data = await self.model_list(key, fresh=full)
         self.router = any("status" in m for m in data)
         if self.router:
@@ -511,9 +515,8 @@ class Door:
 
     async def manage_call(self, path: str, model: str) -> None:
         """Router model management with the container's internal admin key (the admin file's first key)."""
-        internal = self.admin_keys.current()[:1]
         accept = (200, 400) if path.endswith("unload") else (200,)  # an unload's 400: it was not loaded (any more)
-        await self.call_json("POST", path, internal[0] if internal else None, {"model": model}, accept)
+        await self.call_json("POST", path, self.own_key(), {"model": model}, accept)
 
     async def unload_due(self) -> None:
         if not self.router:
@@ -714,8 +717,7 @@ async def serve_tls(door: Door, s: Settings, caps: limits.Caps, servers: list[as
 async def serve(s: Settings, port: int) -> None:
     door = Door(s, (loopback(s), s.server_port))
     caps = limits.Caps(Limits.of(s))
-    host = s.host if s.http else "127.0.0.1"  # LLMPI_HTTP=off: plain HTTP for the container's own processes only
-    servers = [await start(door, limits.bind(host, port), caps)]
+    servers = [await start(door, limits.bind(s.http_host, port), caps)]
     print(f"llmpi-ollama: the Ollama API on port {port} (llama-server at {door.upstream[0]}:{door.upstream[1]})",
           flush=True)  # fmt: skip
     tls = asyncio.ensure_future(serve_tls(door, s, caps, servers)) if s.tls else None

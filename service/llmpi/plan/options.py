@@ -99,7 +99,7 @@ def speculation_options(s: Settings, model: Model) -> list[Option]:
 def server_options(s: Settings, router: bool) -> list[Option]:
     """The listening server's own options: address, logging, the page, metrics, keys, drain on stop."""
     opts: list[Option] = [
-        ("LLAMA_ARG_HOST", "--host", s.host),
+        ("LLAMA_ARG_HOST", "--host", s.http_host),
         ("LLAMA_ARG_PORT", "--port", str(s.port)),
         ("LLAMA_ARG_LOG_VERBOSITY", "--log-verbosity", str(LOG_LEVELS[s.log_level])),
     ]
@@ -123,8 +123,7 @@ def server_options(s: Settings, router: bool) -> list[Option]:
             ("LLAMA_ARG_SSL_KEY_FILE", "--ssl-key-file", str(files.key)),
         ]
         if not s.http:
-            opts = [o for o in opts if o[0] != "LLAMA_ARG_HOST"]
-            opts += [("LLAMA_ARG_HOST", "--host", "127.0.0.1"), ("LLAMA_ARG_TLS_HOST", "--tls-host", s.host)]
+            opts.append(("LLAMA_ARG_TLS_HOST", "--tls-host", s.host))
     # if a fatal signal kills it anyway, which keys had requests in flight (llmpi.process.crashes reads it)
     opts.append(("LLAMA_ARG_CRASH_RECORD", "--crash-record", paths.runtime_file(paths.CRASH_RECORD)))
     return opts + connection_options(s)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..core import paths
+from ..core import keys, paths
 from ..core.files import write_private
 
 CRASH_WINDOW = 60  # seconds: two crashes of one key within this refuse it
@@ -96,15 +96,11 @@ def to_refuse(history: list[tuple[float, str]], fingerprint: str) -> bool:
     return any(b - a <= CRASH_WINDOW for a, b in itertools.pairwise(times))
 
 
-def refuse(refused_path: Path, fingerprint: str, until: int, now: float) -> None:
-    """Add the key to the refused ones (those expired dropped)."""
-    try:
-        raw = json.loads(refused_path.read_text())
-        refused = {str(k): int(v) for k, v in raw.items() if int(v) > now}
-    except (OSError, ValueError, TypeError, AttributeError):
-        refused = {}
+def refuse(fingerprint: str, until: int, now: float) -> None:
+    """Add the key to the refused ones (those expired dropped), which core.keys reads."""
+    refused = keys.refused_keys(now)
     refused[fingerprint] = until
-    write_private(refused_path, json.dumps(refused) + "\n")
+    write_private(Path(paths.runtime_file(paths.REFUSED_KEYS)), json.dumps(refused) + "\n")
 
 
 def account_for_last_crash(names: dict[str, str], out: TextIO, now: float | None = None) -> Crash | None:
@@ -129,7 +125,7 @@ def account_for_last_crash(names: dict[str, str], out: TextIO, now: float | None
     history = remember(Path(paths.runtime_file(paths.CRASHES)), crash, now)
     if culprit and to_refuse(history, culprit.fingerprint):
         until = int(now) + REFUSE_SECONDS
-        refuse(Path(paths.runtime_file(paths.REFUSED_KEYS)), culprit.fingerprint, until, now)
+        refuse(culprit.fingerprint, until, now)
         print(
             f"llmpi: requests with {who} crashed llama-server twice within {CRASH_WINDOW} s: that key is refused "
             f"for {REFUSE_SECONDS // 60} minutes (until {time.strftime('%H:%M:%S', time.gmtime(until))} UTC)",
