@@ -89,19 +89,23 @@ def test_http_off_leaves_https_only_and_the_container_healthy(extra_project: Pro
         requests.get(f"{extra_project.url}/health", timeout=10)  # published, but nothing listens for the network
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{extra_project.ollama_url}/api/version", timeout=10)
+    # the door starts its HTTPS port once the launcher's certificate files exist, maybe after llama-server's
+    wait_for(lambda: status(f"{extra_project.ollama_tls_url}/api/version", ca) > 0, 60, what="the door's HTTPS port")
     o = ollama.Client(host=extra_project.ollama_tls_url, headers={"Authorization": f"Bearer {key}"}, verify=str(ca))
     assert o.list().models
     wait_for(lambda: extra_project.docker_health() == "healthy", 120, what="the container healthy")
 
 
+def status(url: str, ca: Path | bool) -> int:
+    """The status an HTTPS GET gets, 0 when no answer comes (nothing listens yet)."""
+    try:
+        return requests.get(url, verify=str(ca) if isinstance(ca, Path) else ca, timeout=5).status_code
+    except requests.RequestException:
+        return 0
+
+
 def trusted_ca_when_up(project: Project, tmp_path: Path) -> tuple[Path, str]:
     """The CA once the server answers over HTTPS (the plain port is not there to wait on)."""
 
-    def up() -> bool:
-        try:
-            return requests.get(f"{project.tls_url}/health", verify=False, timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(up, 180, what="the server answering over HTTPS")
+    wait_for(lambda: status(f"{project.tls_url}/health", False) == 200, 180, what="the server answering over HTTPS")
     return trusted_ca(project, tmp_path)
