@@ -52,7 +52,8 @@ def test_defaults(env: dict[str, str]) -> None:
     assert f["--path"] is not None and f["--path"].endswith("service/web")
     key_file = Path(str(f["--api-key-file"]))
     assert key_file == Path(os.environ["LLMPI_RUNTIME_DIR"]) / "api_keys"
-    assert key_file.read_text() == (Path(env["LLMPI_DATA_DIR"]) / "api_key").read_text()
+    key = (Path(env["LLMPI_DATA_DIR"]) / "api_key").read_text().strip()
+    assert key_file.read_text() == f"{key} name=default\n"  # the name usage, metrics and the access log say
 
 
 def test_settings_become_flags(env: dict[str, str], tmp_path: Path) -> None:
@@ -82,7 +83,7 @@ def test_settings_become_flags(env: dict[str, str], tmp_path: Path) -> None:
     assert f["--chat-template-file"] == str(template)
     assert "--metrics" not in f
     key_file = Path(str(f["--api-key-file"]))
-    assert key_file.read_text() == "sk-test-0123456789\n"
+    assert key_file.read_text() == "sk-test-0123456789 name=default\n"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert "sk-test-0123456789" not in " ".join(p.argv)  # never on the command line (ps shows it)
     assert "LLMPI_API_KEY" not in launcher.child_env(env)
@@ -172,7 +173,8 @@ def _keys(env: dict[str, str], data: Path, out: io.StringIO | None = None) -> ke
 
 
 def _server_keys() -> list[str]:
-    return keys.server_keys_file().read_text().splitlines()
+    """The keys of llama-server's key file (each line's first word; its name and share follow it)."""
+    return [line.split()[0] for line in keys.server_keys_file().read_text().splitlines()]
 
 
 def test_key_is_generated_once_stored_0600_and_reused(tmp_path: Path) -> None:
@@ -239,7 +241,7 @@ def test_key_file_variants(tmp_path: Path) -> None:
     f.write_text("# my keys\nsk-first-key-123\nsk-second-key-456\n")
     auth = _keys({"LLMPI_API_KEY_FILE": str(f)}, tmp_path / "data")
     assert auth.source == "LLMPI_API_KEY_FILE"
-    assert keys.server_keys_file().read_text() == "sk-first-key-123\nsk-second-key-456\n"
+    assert keys.server_keys_file().read_text() == "sk-first-key-123 name=default\nsk-second-key-456 name=default-2\n"
     assert not (tmp_path / "data" / "api_key").exists()
     with pytest.raises(ConfigError, match="both LLMPI_API_KEY and LLMPI_API_KEY_FILE"):
         file_env({"LLMPI_API_KEY": "a", "LLMPI_API_KEY_FILE": str(f)}, "LLMPI_API_KEY")

@@ -1,9 +1,12 @@
 """`llmpi`, the command line inside the container (`docker compose exec llmpi llmpi ...`).
 
-    llmpi keys list            the keys that open the API (named keys by name; values shortened)
+    llmpi keys list            the keys that open the API (named keys by name; values shortened; shares, limits)
     llmpi keys show [NAME]     print a key: the generated one, or a named one
-    llmpi keys add NAME        make a key for one device (printed once, here, never in the log)
+    llmpi keys add NAME [--max-slots N] [--priority high] [--daily-tokens N] [--hourly-tokens N]
+                               make a key for one device (printed once, here, never in the log)
+    llmpi keys set NAME [...]  change a named key's share or limits
     llmpi keys revoke NAME     remove a named key
+    llmpi keys usage [--json]  tokens and requests per key: today, this week, since the start (llmpi.cli.keys)
     llmpi models [list|pull NAME|rm NAME [--force]|show NAME]   the models on this board (llmpi.cli.models)
     llmpi status               the server's state and the board's health: temperature, throttling, clocks, memory
     llmpi tls ca               the local CA's certificate for devices to trust (LLMPI_TLS), with its fingerprint
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..cluster import channels, wire
-from ..core import failure, keys
+from ..core import failure
 from ..core.env import ConfigError
 from ..core.settings import Settings
 from ..host import board
@@ -32,77 +35,14 @@ from ..host.llama_build import own_versions
 from ..plan import fit
 from ..process import healthcheck
 from ..tls import certs
+from . import keys as keys_cli
 from . import models as models_cli
-
-
-def shorten(key: str) -> str:
-    return key[:12] + "…" if len(key) > 16 else key[:4] + "…"
-
-
-def current_auth(s: Settings) -> keys.Auth:
-    """The configured or stored keys, as the launcher resolved them at start."""
-    return keys.resolve(s.auth, s.api_keys, s.api_keys_origin, s.data_dir)
-
-
-def keys_list(s: Settings) -> str:
-    auth = current_auth(s)
-    if not auth.enabled:
-        return "authentication is off (LLMPI_AUTH=off): the API takes no key"
-    origin = {"stored": f"{s.data_dir / keys.KEY_FILE_NAME}", "generated": f"{s.data_dir / keys.KEY_FILE_NAME}"}
-    lines = [f"{origin.get(auth.source, auth.source):<28} {shorten(k)}" for k in auth.keys]
-    lines += [f"{name:<28} {shorten(k)}" for name, k in keys.read_named_keys(s.data_dir).items()]
-    return "\n".join(lines)
-
-
-def keys_show(s: Settings, name: str | None) -> str:
-    if name:
-        named = keys.read_named_keys(s.data_dir)
-        if name not in named:
-            raise ConfigError(f"there is no key named {name!r} (llmpi keys list)")
-        return named[name]
-    auth = current_auth(s)
-    if not auth.enabled:
-        raise ConfigError("authentication is off (LLMPI_AUTH=off): there is no key")
-    if auth.source not in ("stored", "generated"):
-        raise ConfigError(f"the key comes from {auth.source}, set by you; it is not shown here")
-    return auth.keys[0]
-
-
-def keys_add(s: Settings, name: str) -> str:
-    keys.check_name(name)
-    auth = current_auth(s)
-    if not auth.enabled:
-        raise ConfigError("authentication is off (LLMPI_AUTH=off): a key would open nothing; turn it on first")
-    named = keys.read_named_keys(s.data_dir)
-    if name in named:
-        raise ConfigError(f"a key named {name!r} exists already; revoke it first to replace it")
-    named[name] = keys.generate_key()
-    keys.write_named_keys(s.data_dir, named)
-    keys.write_server_keys(auth, s.data_dir)
-    return named[name]
-
-
-def keys_revoke(s: Settings, name: str) -> str:
-    named = keys.read_named_keys(s.data_dir)
-    if name not in named:
-        raise ConfigError(f"there is no key named {name!r} (llmpi keys list)")
-    del named[name]
-    keys.write_named_keys(s.data_dir, named)
-    keys.write_server_keys(current_auth(s), s.data_dir)
-    return f"revoked {name!r}: new requests with it are refused (401); requests already running finish"
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmpi", description="llmpi inside the container")
     sub = p.add_subparsers(dest="command", required=True)
-    k = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
-    k.add_parser("list", help="the keys that open the API")
-    show = k.add_parser("show", help="print a key: the generated one, or a named one")
-    show.add_argument("name", nargs="?")
-    add = k.add_parser("add", help="make a key for one device")
-    add.add_argument("name")
-    revoke = k.add_parser("revoke", help="remove a named key")
-    revoke.add_argument("name")
+    keys_cli.add_parsers(sub)
     m = sub.add_parser("models", help="the models on this board").add_subparsers(dest="action")
     m.add_parser("list", help="name, kind, quant, size, loaded or not")
     pull = m.add_parser("pull", help="download a model: a catalog name or a hub repo (owner/name[:QUANT])")
@@ -223,14 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(cluster_secret(s) if args.action == "secret" else cluster_status(s))
         elif args.command == "tls":
             print(tls_ca(s))
-        elif args.action == "list":
-            print(keys_list(s))
-        elif args.action == "show":
-            print(keys_show(s, args.name))
-        elif args.action == "add":
-            print(keys_add(s, args.name))
         else:
-            print(keys_revoke(s, args.name))
+            print(keys_cli.keys_main(args, s))
     except ConfigError as e:
         print(f"llmpi: {e}", file=sys.stderr)
         return 2

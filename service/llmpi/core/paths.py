@@ -14,6 +14,8 @@ FALLBACK_RUNTIME_DIR = "/dev/shm/llmpi"  # when /tmp is not writable (a read-onl
 
 # on the data volume (Settings.data_dir)
 API_KEY_FILE = "api_key"  # the key generated at first start
+USAGE_FILE = "usage.json"  # the usage ledger per key, on the data volume (llama-server's --usage-file)
+ACCESS_LOG_FILE = "logs/access.log"  # LLMPI_ACCESS_LOG=file, on the data volume (llama-server's --access-log)
 CLUSTER_KEY_FILE = "cluster.key"  # the cluster secret generated on a head (the runtime copy has the same name)
 # in the directory the head and its announce service share (Settings.announce_dir)
 ANNOUNCE_FILE = "announce.json"  # written by the launcher: what the announcer tells the network

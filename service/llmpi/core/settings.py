@@ -56,6 +56,9 @@ WORKER_PORT = 50052  # LLMPI_WORKERS' default port, published on a worker; PORT 
 MIN_SECRET = 32  # characters in a cluster secret; the generated one has 256 bits (43 characters)
 DEFAULT_OLLAMA_PORT = 11434  # Ollama's own port, the one every Ollama app fills in (llmpi.ollama)
 LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "trace": 4, "debug": 5}
+# LLMPI_ACCESS_LOG: one JSON line per request to a model, in the container log (stdout), in a file on the data
+# volume rotated at 10 MiB (file: /data/logs/access.log), or none
+ACCESS_LOG_MODES = ("stdout", "file", "off")
 
 # name -> the default as the README table shows it. Settings that only compose reads (ports, image names) are in
 # COMPOSE_SETTINGS.
@@ -76,6 +79,9 @@ SETTINGS: dict[str, str] = {
     "LLMPI_PARALLEL": "auto",
     "LLMPI_MAX_TOKENS": str(DEFAULT_MAX_TOKENS),
     "LLMPI_QUEUE_MAX": "auto",
+    "LLMPI_FAIRNESS": "on",
+    "LLMPI_KEY_MAX_SLOTS": "0",
+    "LLMPI_ACCESS_LOG": "stdout",
     "LLMPI_PROMPT_CACHE": "auto",
     "LLMPI_SPECULATION": DEFAULT_SPECULATION,
     "LLMPI_DRAFT_MODEL": "off",
@@ -177,6 +183,9 @@ class Settings:
     parallel: int | None
     max_tokens: int  # 0 = no cap
     queue_max: int | None  # None = auto (as many as slots); 0 = unbounded
+    fairness: bool  # LLMPI_FAIRNESS: keys take turns for free slots (patch 0027's --fair-keys)
+    key_max_slots: int  # LLMPI_KEY_MAX_SLOTS: most slots one key holds at once where its own share sets none; 0 = all
+    access_log: str  # LLMPI_ACCESS_LOG: one of ACCESS_LOG_MODES
     prompt_cache: int | None  # bytes; None = auto
     speculation: str  # LLMPI_SPECULATION: one of SPECULATION_MODES
     draft_model: str  # LLMPI_DRAFT_MODEL: "" = none, "auto" = the catalog's draft for the model, a path or a name
@@ -233,6 +242,16 @@ class Settings:
         return int(raw) if raw.strip().isdigit() else self.port
 
     @property
+    def usage_file(self) -> Path:
+        """The usage ledger per key (llama-server writes it, patch 0027; `llmpi keys usage` reads it)."""
+        return self.data_dir / paths.USAGE_FILE
+
+    @property
+    def access_log_file(self) -> Path:
+        """Where LLMPI_ACCESS_LOG=file writes (rotated by llama-server at 10 MiB, three old files kept)."""
+        return self.data_dir / paths.ACCESS_LOG_FILE
+
+    @property
     def models_dir(self) -> Path:
         """Where pulled models (and llmpi-prepare's) live: every finished model there is served by name."""
         return self.data_dir / "models"
@@ -276,6 +295,9 @@ class Settings:
             parallel=get_int(env, "LLMPI_PARALLEL", None),
             max_tokens=_ranged(env, "LLMPI_MAX_TOKENS", DEFAULT_MAX_TOKENS, minimum=0),
             queue_max=get_int(env, "LLMPI_QUEUE_MAX", None, minimum=0),
+            fairness=get_bool(env, "LLMPI_FAIRNESS", True),
+            key_max_slots=_ranged(env, "LLMPI_KEY_MAX_SLOTS", 0, minimum=0),
+            access_log=access_log_mode(env),
             prompt_cache=_size(env, "LLMPI_PROMPT_CACHE", None),
             speculation=speculation_mode(env),
             draft_model=draft_model(env),
@@ -314,6 +336,15 @@ class Settings:
             llama_args=llama_args,
             hub_token=hub_token(env),
         )
+
+
+def access_log_mode(env: Mapping[str, str]) -> str:
+    mode = get(env, "LLMPI_ACCESS_LOG", "stdout").lower()
+    if mode in OFF_WORDS:
+        return "off"
+    if mode not in ACCESS_LOG_MODES:
+        raise ConfigError(f"LLMPI_ACCESS_LOG={mode!r}: use stdout, file or off")
+    return mode
 
 
 def workers_text(env: Mapping[str, str]) -> str:

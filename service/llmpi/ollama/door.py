@@ -68,8 +68,8 @@ class Refused(Exception):
 
 @dataclass
 class KeyFile:
-    """A key file llmpi writes (one key a line; `!<until> <key>`: a key refused until then, as llama-server reads it,
-    patch 0024), read again when it changes."""
+    """A key file llmpi writes (one key a line, its name and share after it, patch 0027; `!<until> <key>`: a key
+    refused until then, as llama-server reads it, patch 0024), read again when it changes."""
 
     path: Path
     stamp: tuple[int, int] = (-1, -1)
@@ -86,12 +86,12 @@ class KeyFile:
                 text = self.path.read_text()
             except OSError:
                 return self.keys  # unreadable for a moment: the last good keys, as llama-server does
-            lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-            self.keys = tuple(line for line in lines if not line.startswith("!"))
+            lines = [line.split() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+            self.keys = tuple(words[0] for words in lines if not words[0].startswith("!"))
             self.refused = tuple(
-                (key, int(until))
-                for until, _, key in (line[1:].partition(" ") for line in lines if line.startswith("!"))
-                if until.isdigit() and key.strip()
+                (words[1], int(words[0][1:]))
+                for words in lines
+                if words[0].startswith("!") and words[0][1:].isdigit() and len(words) > 1
             )
             self.stamp = (st.st_mtime_ns, st.st_size)
         return self.keys
@@ -137,11 +137,13 @@ def client_key(req: Request) -> str:
     return req.headers.get("x-api-key", "").strip()
 
 
-def ollama_error(status: int, body: Any) -> Refused:
-    """llama-server's error answer ({"error": {"message": ...}}) as Ollama's, with the same status."""
+def ollama_error(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Refused:
+    """llama-server's error answer ({"error": {"message": ...}}) as Ollama's, with the same status and its
+    Retry-After (a busy server's 503, a key's spent tokens' 429)."""
     err = body.get("error") if isinstance(body, dict) else None
     message = err.get("message") if isinstance(err, dict) else err
-    return Refused(status, str(message or f"llama-server answered {status}"))
+    retry = {"Retry-After": v for k, v in (headers or {}).items() if k.lower() == "retry-after"}  # noqa: B035
+    return Refused(status, str(message or f"llama-server answered {status}"), retry)
 
 
 @dataclass
@@ -225,7 +227,7 @@ class Door:
         finally:
             up.close()
         if up.status not in accept:
-            raise ollama_error(up.status, reply)
+            raise ollama_error(up.status, reply, up.headers)
         return reply
 
     async def get_json(self, path: str, key: str | None) -> Any:
@@ -383,7 +385,7 @@ class Door:
         up = await self.call("POST", path, key, body)
         try:
             if up.status != 200:
-                raise ollama_error(up.status, await up.json())
+                raise ollama_error(up.status, await up.json(), up.headers)
             if not stream:
                 reply = await up.json()
                 if path == "/completion":

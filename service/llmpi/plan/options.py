@@ -126,7 +126,18 @@ def server_options(s: Settings, router: bool) -> list[Option]:
             opts.append(("LLAMA_ARG_TLS_HOST", "--tls-host", s.host))
     # if a fatal signal kills it anyway, which keys had requests in flight (llmpi.process.crashes reads it)
     opts.append(("LLAMA_ARG_CRASH_RECORD", "--crash-record", paths.runtime_file(paths.CRASH_RECORD)))
-    return opts + connection_options(s)
+    return opts + sharing_options(s) + connection_options(s)
+
+
+def sharing_options(s: Settings) -> list[Option]:
+    """How keys share the slots and what each used (patch 0027): keys take turns (LLMPI_FAIRNESS), the usage ledger
+    on the data volume (a router's children share it), and the access log (LLMPI_ACCESS_LOG)."""
+    opts: list[Option] = [("LLAMA_ARG_FAIR_KEYS", "--fair-keys", None)] if s.fairness else []
+    opts.append(("LLAMA_ARG_USAGE_FILE", "--usage-file", str(s.usage_file)))
+    if s.access_log != "off":
+        target = "-" if s.access_log == "stdout" else str(s.access_log_file)
+        opts.append(("LLAMA_ARG_ACCESS_LOG", "--access-log", target))
+    return opts
 
 
 def connection_options(s: Settings) -> list[Option]:

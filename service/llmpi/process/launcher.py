@@ -114,8 +114,10 @@ def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.std
     settings = resolve.draft_on_board(settings, hw, out, page)  # LLMPI_DRAFT_MODEL by name: may download it too
     p = plan(settings, hw, boards)
     auth = keys.apply_keys(settings, out)  # may generate the key (on the data volume)
+    if settings.access_log == "file":  # llama-server writes and rotates it there
+        settings.access_log_file.parent.mkdir(parents=True, exist_ok=True)
     if crashes.account_for_last_crash(keys.key_names(auth, settings.data_dir), out):  # may refuse a key for a while
-        keys.write_server_keys(auth, settings.data_dir)
+        keys.write_server_keys(auth, settings.data_dir, settings.key_max_slots)
     write_files(p.files)  # the router's preset, health.json (write_atomic makes the runtime directory)
     tell_announcer(settings, p.announced, out)  # /announce/announce.json
     return Prepared(settings, p, auth)
