@@ -16,9 +16,9 @@ from tests.compose_helpers import ARTIFACTS, ROOT, compose_env
 pytestmark = pytest.mark.bench
 
 HOUSEHOLD = {
-    "a_requests", "a_ok", "a_tokens", "a_waiting_when_b_sent", "b_tokens", "b_ttft_ms", "b_total_ms", "a_queue_s",
-    "slot_turnaround_ms", "b_ttft_in_turnarounds", "a_done_before_b_first_token", "b_first_token_before_a_done",
-    "b_first_token_to_a_done_s",
+    "a_requests", "a_ok", "a_tokens", "a_errors", "a_admitted_s", "a_waiting_when_b_sent", "b_tokens", "b_ttft_ms",
+    "b_total_ms", "a_queue_s", "slot_turnaround_ms", "b_ttft_in_turnarounds", "a_done_before_b_first_token",
+    "b_first_token_before_a_done", "b_first_token_to_a_done_s",
 }  # fmt: skip
 
 
@@ -43,7 +43,8 @@ def test_bench_fairness_smoke(appliance_image: str) -> None:
         h = home[label]
         assert set(h) == HOUSEHOLD, (label, h)
         assert h["a_ok"] == h["a_requests"] == 16 and h["a_tokens"] == [rec["long_tokens"]], (label, h)
-        assert h["b_tokens"] == 8 and h["a_waiting_when_b_sent"] >= 12, (label, h)
+        assert not h["a_errors"] and h["b_tokens"] == 8, (label, h)
+        assert h["a_waiting_when_b_sent"] >= 8, (label, h)  # the kitchen came while the laptop's queue was full
         assert h["b_ttft_ms"] > 0 and h["b_total_ms"] >= h["b_ttft_ms"] and h["slot_turnaround_ms"] > 0, (label, h)
         assert h["a_queue_s"] > 0, (label, h)
     on, off = home["on"], home["off"]
