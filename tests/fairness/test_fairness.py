@@ -252,6 +252,7 @@ def test_work_counts_where_spent_daily_tokens_and_usage_that_survives_a_restart(
     assert before["kid"]["errors"] == 2 and before["default"]["errors"] == 1  # the 429s; the 64-prompt 503
     code, table = extra_project.exec(["llmpi", "keys", "usage"])
     assert code == 0 and "kid" in table and "since" in table, table
+    print(table)  # the usage table after the test load (pytest -s)
 
     # the access log file: a line per request, by key name, never a key or a prompt
     code, log = extra_project.exec(["cat", "/data/logs/access.log"])
