@@ -80,6 +80,21 @@ def slot_times(line: dict[str, Any]) -> tuple[float, float, float]:
     return came, came + line["queue_ms"] / 1000, end
 
 
+def chat_lines(logs: str) -> list[dict[str, Any]]:
+    """The access log's chat requests, in the order they ended."""
+    return [line for line in access_lines(logs) if line["endpoint"] == "/v1/chat/completions"]
+
+
+def turns_of(lines: list[dict[str, Any]]) -> list[tuple[float, float, float, str]]:
+    """Each request's (came, got its slot, ended, key name), sorted by when it came."""
+    return sorted((*slot_times(line), line["key"]) for line in lines)
+
+
+def started_after(turns: list[tuple[float, float, float, str]], since: float) -> list[str]:
+    """The keys of the requests that got a slot after `since`, in the order they got it."""
+    return [key for _, started, _, key in sorted(turns, key=lambda t: t[1]) if started > since]
+
+
 def test_keys_take_turns_and_a_high_priority_key_goes_first(extra_project: Project) -> None:
     """Two slots; the laptop's key fills both with long requests and queues 14 more; then the kitchen's key and a
     high-priority key (a voice assistant) each send a short one: the high-priority one gets the first slot freed,
@@ -106,11 +121,14 @@ def test_keys_take_turns_and_a_high_priority_key_goes_first(extra_project: Proje
     def taken() -> int:
         return admitted(extra_project, laptop, len(done))
 
+    def wait_both_slots_busy(what: str) -> None:
+        wait_for(lambda: metrics(extra_project, laptop).get("llamacpp:requests_processing") == 2, 60, pause=0.05,
+                 what=what)  # fmt: skip
+
     # two long requests in the slots (the first slot is freed long after everything below is waiting), then 14
     # short ones waiting, then the kitchen's, then the assistant's
     threads = [send(laptop, 300), send(laptop, 200)]
-    wait_for(lambda: metrics(extra_project, laptop).get("llamacpp:requests_processing") == 2, 60, pause=0.05,
-             what="the laptop's two long requests in the slots")  # fmt: skip
+    wait_both_slots_busy("the laptop's two long requests in the slots")
     threads += [send(laptop, 32) for _ in range(14)]
     # a connection after the burst gets a thread of its own at once (patch 0028): /health answers while none of
     # the laptop's requests has ended
@@ -126,15 +144,15 @@ def test_keys_take_turns_and_a_high_priority_key_goes_first(extra_project: Proje
     assert statuses == [200] * 18, statuses
 
     logs = extra_project.logs()
-    lines = [line for line in access_lines(logs) if line["endpoint"] == "/v1/chat/completions"]
+    lines = chat_lines(logs)
     assert Counter(line["key"] for line in lines) == {"laptop": 16, "kitchen": 1, "assistant": 1}, lines
     assert all(line["status"] == 200 and line["model"] for line in lines), lines
     assert sorted(line["completion_tokens"] for line in lines if line["key"] == "laptop") == [32] * 14 + [200, 300]
-    turns = sorted((*slot_times(line), line["key"]) for line in lines)  # (came, started, ended, key)
+    turns = turns_of(lines)
     k_came = next(came for came, _, _, key in turns if key == "kitchen")
     s_came = next(came for came, _, _, key in turns if key == "assistant")
     first_freed = min(end for _, _, end, _ in turns)
-    after = [key for _, started, _, key in sorted(turns, key=lambda t: t[1]) if started > k_came]
+    after = started_after(turns, k_came)
     print(f"the kitchen came {first_freed - k_came:.2f} s and the assistant {first_freed - s_came:.2f} s before the "
           f"first slot was freed; who got a slot after the kitchen came: {after}")  # fmt: skip
     # both waited when the first slot was freed, behind the laptop's 14 (else this machine outran the test's setup)
@@ -149,8 +167,7 @@ def test_keys_take_turns_and_a_high_priority_key_goes_first(extra_project: Proje
     tablet = add_key(extra_project, "tablet")
     ended = len(done)
     threads = [send(kitchen, 200), send(kitchen, 100)]
-    wait_for(lambda: metrics(extra_project, laptop).get("llamacpp:requests_processing") == 2, 60, pause=0.05,
-             what="the kitchen's two requests in the slots")  # fmt: skip
+    wait_both_slots_busy("the kitchen's two requests in the slots")
     threads += [send(laptop, 32) for _ in range(4)]
     wait_for(lambda: taken() - ended == 6, 60, pause=0.05, what="the laptop's 4 requests taken")
     threads.append(send(tablet, 0))
@@ -158,11 +175,10 @@ def test_keys_take_turns_and_a_high_priority_key_goes_first(extra_project: Proje
     for t in threads:
         t.join(300)
     assert statuses == [200] * 25, statuses
-    lines = [line for line in access_lines(extra_project.logs()) if line["endpoint"] == "/v1/chat/completions"]
-    turns = sorted((*slot_times(line), line["key"]) for line in lines[18:])
+    turns = turns_of(chat_lines(extra_project.logs())[18:])  # the 18 of the first part ended before these began
     t_came = next(came for came, _, _, key in turns if key == "tablet")
     assert t_came < min(end for _, _, end, _ in turns), turns  # the tablet waited when the first slot was freed
-    after = [key for _, started, _, key in sorted(turns, key=lambda t: t[1]) if started > t_came]
+    after = started_after(turns, t_came)
     assert after == ["tablet"] + ["laptop"] * 4, after
     assert LONG_PROMPT not in logs and not KEY_RE.findall(logs)
     assert all(k not in logs for k in (laptop, kitchen, assistant))
