@@ -55,9 +55,17 @@ RUN --mount=type=bind,from=sdist,source=/sdist,target=/tmp/sdist \
     mv /tmp/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp /src/llama.cpp; \
     rm -rf /tmp/llama_cpp_python-*; \
     test -f /src/llama.cpp/tools/server/server.cpp && test -f /src/llama.cpp/convert_hf_to_gguf.py
+# the patches as one ordered series, each applied whole with `git apply` (no fuzz: one that no longer applies stops
+# the build, naming it; scripts/bump-llama does the same before it changes the pin). The sdist's vendor/llama.cpp
+# holds a `.git` file pointing into the sdist's own .git, left behind; the tree is made a repository of its own while
+# the patches apply (git apply run below another repository's root would skip the paths outside it without a word).
+RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
 COPY build/patches/ /src/patches/
-RUN set -eu; cd /src/llama.cpp; \
-    for p in /src/patches/*.patch; do echo "applying $(basename "$p")"; patch -p1 --forward --quiet <"$p"; done
+RUN set -eu; cd /src/llama.cpp; rm -f .git; git init -q; \
+    for p in /src/patches/*.patch; do \
+      git apply "$p" || { echo "the patch $(basename "$p") does not apply to this llama.cpp" >&2; exit 1; }; \
+    done; \
+    rm -rf .git; echo "applied $(ls /src/patches/*.patch | wc -l) patches"
 
 # ---------------------------------------------------------------------------------------------------------------
 # peer: llama-cpp-python's own OpenAI server, built from the same pinned, hash-checked sdist, so its llama.cpp is the

@@ -24,6 +24,7 @@ def _post(appliance: Project, key: str, body: bytes, path: str = "/v1/chat/compl
     )
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize(
     ("body", "what"),
     [
@@ -42,6 +43,7 @@ def test_malformed_body_is_400(appliance: Project, api_key: str, body: bytes, wh
     assert appliance.health() == 200
 
 
+@pytest.mark.contract
 def test_malformed_body_is_not_retried_by_the_sdk(appliance: Project, api_key: str) -> None:
     # the SDK retries 5xx (twice by default): a client's mistake must cost one round trip, not three
     sent: list[httpx2.Request] = []

@@ -94,6 +94,7 @@ def board(appliance_image: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         project.down()
 
 
+@pytest.mark.contract
 def test_pi5_throttling_now_then_since_start(board: Board) -> None:
     board.use("pi5")
     assert requests.get(f"{board.project.url}/metrics", timeout=10).status_code == 401
@@ -215,6 +216,7 @@ def _pi5_project(project: Project, trees_dir: Path, **env: str) -> str:
     return project.stored_key()
 
 
+@pytest.mark.contract
 def test_router_mode_metrics_carry_the_board(extra_project: Project, tmp_path: Path) -> None:
     """Two models: the router proxies /metrics to its default model's server, which got --metrics-textfile too."""
     key = _pi5_project(

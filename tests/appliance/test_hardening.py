@@ -87,6 +87,7 @@ def capped(extra_project: Project) -> Iterator[tuple[Project, str]]:
 # --- 1. a hard cap on generation ------------------------------------------------------------------------------
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("asked", [None, -1, 100_000])
 def test_the_cap_bounds_every_reply(capped: tuple[Project, str], asked: int | None) -> None:
     project, key = capped
@@ -134,6 +135,7 @@ def test_long_answers_end_alone_and_short_ones_finish(extra_project: Project) ->
 # --- 3. a bounded queue ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.contract
 def test_a_full_queue_is_503_with_retry_after_and_the_sdk_retries(extra_project: Project) -> None:
     extra_project.env.update(LLMPI_PARALLEL="1", LLMPI_QUEUE_MAX="1", LLMPI_MAX_TOKENS="0")
     key = _started(extra_project)
@@ -167,6 +169,7 @@ def test_a_full_queue_is_503_with_retry_after_and_the_sdk_retries(extra_project:
 # --- 4. a stop is a drain -------------------------------------------------------------------------------------
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("mode", ["one model", "router"])
 def test_stop_during_three_streams_finishes_them(extra_project: Project, mode: str) -> None:
     extra_project.env.update(LLMPI_MAX_TOKENS="0")
@@ -270,6 +273,7 @@ def test_image_urls_are_400(appliance: Project, api_key: str, url: str) -> None:
 # --- 7. model management closed (router mode) ------------------------------------------------------------------
 
 
+@pytest.mark.contract
 def test_ordinary_keys_cannot_manage_models(extra_project: Project) -> None:
     extra_project.env.update(LLMPI_EMBEDDING_MODEL=EMBEDDED, LLMPI_EMBEDDING_ALIAS="gemma-embed")
     key = _started(extra_project)
@@ -299,6 +303,7 @@ def test_ordinary_keys_cannot_manage_models(extra_project: Project) -> None:
 # --- 8. keys ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.contract
 def test_named_key_added_and_revoked_while_a_stream_runs(extra_project: Project) -> None:
     extra_project.env["LLMPI_MAX_TOKENS"] = "0"
     _started(extra_project)

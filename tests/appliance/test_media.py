@@ -12,6 +12,7 @@ from tests.media import data_url, image_message, png
 pytestmark = pytest.mark.vision
 
 
+@pytest.mark.contract
 def test_image_to_a_text_only_model_is_400_with_the_hint(appliance: Project, api_key: str) -> None:
     client = openai.OpenAI(base_url=f"{appliance.url}/v1", api_key=api_key, max_retries=0, timeout=60)
     with pytest.raises(openai.BadRequestError) as e:

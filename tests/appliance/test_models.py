@@ -184,6 +184,7 @@ def test_refusals_leave_nothing_and_say_why(
     assert c.status == "running" and c.attrs["RestartCount"] == 0
 
 
+@pytest.mark.contract
 def test_several_models_by_name_and_llmpi_models_while_a_stream_runs(extra_project: Project, hub: Hub) -> None:
     # one slot of 2048 tokens: about 321 MiB planned per Gemma; 850M less the 256M reserve holds one at a time
     pulling(extra_project, hub, "test/Gemma-GGUF", LLMPI_PARALLEL="1", LLMPI_CTX_SIZE="2048")

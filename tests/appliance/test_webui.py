@@ -124,6 +124,7 @@ def _shown_rows(browser: webdriver.Chrome) -> list[list[str]]:
     return [["since" if row[0].startswith("since ") else row[0], *row[1:]] for row in _usage_rows(browser)]
 
 
+@pytest.mark.contract
 def test_usage_in_the_key_dialog(appliance: Project, api_key: str, browser: webdriver.Chrome) -> None:
     """One chat through the page, then the key dialog: "Your usage" shows the key's name and the same counts as
     GET /usage gives that key (today, the last 7 days, since the ledger began), with tokens in and out above 0."""

@@ -88,6 +88,7 @@ def run_client(project: Project, key: str, script: str, *args: str) -> subproces
 # --- one endpoint, two models ----------------------------------------------------------------------------------
 
 
+@pytest.mark.contract
 def test_one_base_url_serves_chat_and_embeddings(two_models: Project, client: openai.OpenAI, chat_model: str) -> None:
     reply = client.chat.completions.create(
         model=chat_model, max_tokens=8, messages=[{"role": "user", "content": "Say hello."}]
@@ -99,6 +100,7 @@ def test_one_base_url_serves_chat_and_embeddings(two_models: Project, client: op
     wait_for(lambda: two_models.docker_health() == "healthy", 120, pause=2, what="docker health: healthy")
 
 
+@pytest.mark.contract
 def test_a_model_name_that_is_not_on_the_board_goes_to_the_default_model(
     client: openai.OpenAI, chat_model: str
 ) -> None:
@@ -109,6 +111,7 @@ def test_a_model_name_that_is_not_on_the_board_goes_to_the_default_model(
     assert_says_something(reply, max_tokens=4, model=chat_model)
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("bad_input", [[], [{"text": "not a string"}], {"text": "not a string"}, None])
 def test_bad_embedding_input_is_a_clear_400(two_models: Project, key: str, bad_input: Any) -> None:
     r = requests.post(
@@ -207,6 +210,7 @@ def test_streaming_gives_the_same_text_as_a_plain_reply(client: openai.OpenAI, c
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens  # type: ignore[union-attr]
 
 
+@pytest.mark.contract
 def test_max_tokens_and_stop(client: openai.OpenAI, chat_model: str) -> None:
     messages: Any = [{"role": "user", "content": "Write a long story about a capybara."}]
     short = client.chat.completions.create(model=chat_model, max_tokens=5, messages=messages)
@@ -269,6 +273,7 @@ def test_n_choices(client: openai.OpenAI, chat_model: str) -> None:
         assert (c.message.content or "").strip() and c.finish_reason in ("stop", "length"), c
 
 
+@pytest.mark.contract
 def test_image_to_the_router_is_the_same_clear_400(client: openai.OpenAI, chat_model: str) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=chat_model, max_tokens=4, messages=image_message(data_url(png(32, 32))))

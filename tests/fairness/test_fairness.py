@@ -95,6 +95,7 @@ def started_after(turns: list[tuple[float, float, float, str]], since: float) ->
     return [key for _, started, _, key in sorted(turns, key=lambda t: t[1]) if started > since]
 
 
+@pytest.mark.contract
 def test_keys_take_turns_and_a_high_priority_key_goes_first(extra_project: Project) -> None:
     """Two slots; the laptop's key fills both with long requests and queues 14 more; then the kitchen's key and a
     high-priority key (a voice assistant) each send a short one: the high-priority one gets the first slot freed,
@@ -208,6 +209,7 @@ def ledger_totals(project: Project) -> dict[str, Any]:
     return {name: k["total"] for name, k in json.loads(out)["keys"].items()}
 
 
+@pytest.mark.contract
 def test_work_counts_where_spent_daily_tokens_and_usage_that_survives_a_restart(extra_project: Project) -> None:
     extra_project.env.update({"LLMPI_PARALLEL": "2", "LLMPI_QUEUE_MAX": "8", "LLMPI_ACCESS_LOG": "file"})
     extra_project.up()

@@ -190,6 +190,7 @@ def test_responses_sdk_wrong_key_is_an_authentication_error(appliance: Project) 
     assert r.status_code == 401, r.text  # and no key at all
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -236,6 +237,7 @@ def default_model(router: Project, router_key: str) -> str:
     return next(i for i in ids if i != SECOND)
 
 
+@pytest.mark.contract
 def test_router_anthropic_sdk_by_name_capped(router: Project, router_key: str, default_model: str) -> None:
     client = claude(router.url, key=router_key)
     reply = client.messages.create(
@@ -280,6 +282,7 @@ def test_router_counts_tokens_by_name(router: Project, router_key: str, default_
     assert counts[SECOND] > 0 and counts[SECOND] == counts[default_model], counts  # the same tokenizer
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("model", [SECOND, "gpt-4.1"], ids=["by-name", "default"])
 def test_router_responses_sdk_capped(router: Project, router_key: str, default_model: str, model: str) -> None:
     client = responses_client(router.url, router_key)
@@ -295,6 +298,7 @@ def test_router_responses_sdk_capped(router: Project, router_key: str, default_m
     assert reply.usage is not None and reply.usage.output_tokens == CAP, reply.usage
 
 
+@pytest.mark.contract
 def test_router_named_key_then_revoked(router: Project, router_key: str) -> None:
     code, out = router.exec(["llmpi", "keys", "add", "claude-laptop"])
     assert code == 0, out
@@ -336,6 +340,7 @@ def test_router_named_key_then_revoked(router: Project, router_key: str) -> None
         )
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize(
     ("path", "body"),
     [("/v1/messages", {"model": SECOND, "max_tokens": 2}), ("/v1/responses", {"model": SECOND})],

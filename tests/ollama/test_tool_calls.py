@@ -130,6 +130,7 @@ def test_the_board_serves_every_template(client: openai.OpenAI) -> None:
     assert {m.id for m in client.models.list().data} >= {*CALLERS, "tools-plain"}
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("model", CALLERS)
 def test_required_and_named_calls_parse_and_their_results_go_back(client: openai.OpenAI, model: str) -> None:
     """One model at a time (each model's checks together, so the router never swaps models back and forth):
@@ -209,6 +210,7 @@ def test_the_same_exchange_through_the_ollama_door(tool_board: Project, model: s
         assert isinstance(call.function.arguments, dict)
 
 
+@pytest.mark.contract
 def test_a_named_function_that_is_not_in_tools_is_a_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         ask(client, EMBEDDED, tools=[LIGHT], tool_choice={"type": "function", "function": {"name": "Nope"}})
@@ -218,6 +220,7 @@ def test_a_named_function_that_is_not_in_tools_is_a_400(client: openai.OpenAI) -
     assert "needs at least one function" in str(e.value)
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize(
     "choice", ["required", {"type": "function", "function": {"name": "HassTurnOn"}}], ids=["required", "named"]
 )

@@ -433,6 +433,7 @@ def test_bake_stage_ships_the_prepared_model(hub: Hub, prepare_image: str) -> No
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
 
 
+@pytest.mark.contract
 @pytest.mark.vision
 @pytest.mark.webui
 def test_tiny_vision_model_with_projector(project: Project, browser: webdriver.Chrome, tmp_path: Path) -> None:
@@ -532,6 +533,7 @@ def _image_costs(client: openai.OpenAI, question: str) -> dict[int, dict[str, fl
     return costs
 
 
+@pytest.mark.contract
 @pytest.mark.vision
 def test_image_cap_and_limits_on_a_dynamic_resolution_model(pytestconfig: pytest.Config, project: Project) -> None:
     """Qwen2-VL sizes its image tokens to the picture (one per 28 x 28 px, up to 4096): the appliance's default

@@ -80,6 +80,7 @@ def crash_with(project: Project, generated: str, newest: str) -> tuple[dict[str,
     return stream, whole, back
 
 
+@pytest.mark.contract
 def test_a_crash_answers_the_requests_in_flight_and_a_key_that_crashes_it_twice_is_refused(
     extra_project: Project,
 ) -> None:

@@ -85,6 +85,7 @@ FINDINGS: dict[str, tuple[str, object]] = {
 }
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("name", list(FINDINGS))
 def test_what_the_fuzzer_found_is_a_4xx_and_the_server_stays(appliance: Project, api_key: str, name: str) -> None:
     path, body = FINDINGS[name]

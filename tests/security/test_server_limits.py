@@ -100,6 +100,7 @@ BOMBS: dict[str, tuple[str, object, str]] = {
 }
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("name", list(BOMBS))
 def test_a_request_built_to_crash_or_stall_is_a_400_and_the_server_stays(
     appliance: Project, api_key: str, name: str
@@ -112,6 +113,7 @@ def test_a_request_built_to_crash_or_stall_is_a_400_and_the_server_stays(
     assert server_pid(appliance) == pid and appliance.health() == 200
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize(
     "grammar", [rule_chain(16_000), diamond(60), nested_groups(120)], ids=["16000 rules", "diamond", "nested 120"]
 )
@@ -144,6 +146,7 @@ def raw_answer(port: int, head: bytes, then: bytes = b"", timeout: float = 5) ->
     return answer.split(b"\r\n", 1)[0], time.monotonic() - start
 
 
+@pytest.mark.contract
 def test_a_body_declared_too_large_is_a_413_before_it_is_sent(appliance: Project, api_key: str) -> None:
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: pi\r\nAuthorization: Bearer {api_key}\r\n"
@@ -211,6 +214,7 @@ def held(appliance: Project) -> Iterator[list[socket.socket]]:
             s.close()
 
 
+@pytest.mark.contract
 def test_600_slow_connections_from_one_address_leave_the_server_to_the_others(
     appliance: Project, api_key: str, appliance_image: str, held: list[socket.socket]
 ) -> None:
@@ -234,6 +238,7 @@ def test_600_slow_connections_from_one_address_leave_the_server_to_the_others(
                                   timeout=10).status_code == 200, 30, what="this machine served again")  # fmt: skip
 
 
+@pytest.mark.contract
 def test_a_client_that_stops_sending_is_cut_off(appliance: Project) -> None:
     with socket.create_connection(("127.0.0.1", appliance.port), timeout=60) as s:
         s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: pi\r\n")
@@ -251,6 +256,7 @@ def internal_admin_key(project: Project) -> str:
     return out.strip()
 
 
+@pytest.mark.contract
 def test_slots_and_the_model_path_are_for_the_admin_key(appliance: Project, api_key: str) -> None:
     ordinary = {"Authorization": f"Bearer {api_key}"}
     admin = {"Authorization": f"Bearer {internal_admin_key(appliance)}"}
@@ -286,6 +292,7 @@ def test_a_foreign_origin_gets_no_credentialed_grant(appliance: Project, api_key
     assert r.headers.get("Access-Control-Allow-Origin") == "*", r.headers  # never the foreign origin echoed
 
 
+@pytest.mark.contract
 def test_without_keys_only_the_listed_origins(extra_project: Project) -> None:
     listed = "http://homeassistant.local:8123"
     extra_project.env.update({"LLMPI_AUTH": "off", "LLMPI_CORS_ORIGINS": listed})

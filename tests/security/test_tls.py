@@ -29,6 +29,7 @@ def trusted_ca(project: Project, tmp_path: Path) -> tuple[Path, str]:
     return path, fingerprint.strip()
 
 
+@pytest.mark.contract
 def test_https_beside_http_verified_with_the_local_ca(appliance: Project, api_key: str, tmp_path: Path) -> None:
     ca, fingerprint = trusted_ca(appliance, tmp_path)
     done = subprocess.run(["openssl", "x509", "-in", str(ca), "-noout", "-fingerprint", "-sha256"],
@@ -77,6 +78,7 @@ def test_the_certificate_names_the_board_and_only_tls_1_2_or_later(appliance: Pr
         old.wrap_socket(raw, server_hostname="localhost")
 
 
+@pytest.mark.contract
 def test_http_off_leaves_https_only_and_the_container_healthy(extra_project: Project, tmp_path: Path) -> None:
     extra_project.env.update({"LLMPI_HTTP": "off"})
     extra_project.up()

@@ -13,13 +13,14 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "service" / "llmpi"
-# core <- host / tls / usage <- plan <- models / cluster / lan <- process / ollama <- cli; one level never imports
-# itself
+# core <- host / tls / usage / volume <- plan <- models / cluster / lan <- process / ollama <- cli; one level never
+# imports itself
 LAYERS = {
     "core": 0,
     "host": 1,
     "tls": 1,
     "usage": 1,
+    "volume": 1,
     "plan": 2,
     "models": 3,
     "cluster": 3,

@@ -10,6 +10,8 @@
     llmpi models [list|pull NAME|rm NAME [--force]|show NAME]   the models on this board (llmpi.cli.models)
     llmpi status               the server's state and the board's health: temperature, throttling, clocks, memory
     llmpi tls ca               the local CA's certificate for devices to trust (LLMPI_TLS), with its fingerprint
+    llmpi backup [--models] > file.tar   keys, cluster secret, CA, manifests (and model files) as a tar stream
+    llmpi restore < file.tar   put a backup in place (then: docker compose restart llmpi) (llmpi.cli.volume)
 
 A key change takes effect at once: llama-server re-reads its key file when it changes; requests already running
 finish.
@@ -37,6 +39,7 @@ from ..process import healthcheck
 from ..tls import certs
 from . import keys as keys_cli
 from . import models as models_cli
+from . import volume as volume_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="the server's state and the board's health (temperature, throttling, clocks)")
     t = sub.add_parser("tls", help="HTTPS on the home network").add_subparsers(dest="action", required=True)
     t.add_parser("ca", help="the local CA's certificate for devices to trust, and its SHA-256 fingerprint")
+    b = sub.add_parser("backup", help="keys, cluster secret, CA and model manifests as a tar stream on stdout")
+    b.add_argument("--models", action="store_true", help="the model files too (gigabytes)")
+    sub.add_parser("restore", help="put a backup (a tar stream on stdin) in place; then restart the container")
     return p
 
 
@@ -163,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(cluster_secret(s) if args.action == "secret" else cluster_status(s))
         elif args.command == "tls":
             print(tls_ca(s))
+        elif args.command == "backup":
+            volume_cli.backup_main(s, os.environ, sys.stdout.buffer, args.models, sys.stderr)
+        elif args.command == "restore":
+            volume_cli.restore_main(s, os.environ, sys.stdin.buffer, sys.stdout)
         else:
             print(keys_cli.keys_main(args, s))
     except ConfigError as e:

@@ -7,11 +7,12 @@ choice for the same option.
 
 This module only puts the steps in order; each lives where its role is:
 1. the settings (llmpi.core.settings), read once;
-2. the workers, waited for (llmpi.cluster.waiting) while the health check reports why;
-3. LLMPI_MODEL and LLMPI_DRAFT_MODEL by name (llmpi.models.resolve): the one step that may download, behind the
+2. the data volume's format (llmpi.volume.layout): a new one recorded, an older one migrated, a newer one refused;
+3. the workers, waited for (llmpi.cluster.waiting) while the health check reports why;
+4. LLMPI_MODEL and LLMPI_DRAFT_MODEL by name (llmpi.models.resolve): the one step that may download, behind the
    status page (llmpi.process.statuspage);
-4. the serving plan (llmpi.plan.serving): every decision, without touching a file;
-5. the side effects, in view: the keys (llmpi.core.keys), the runtime files, the announcer's file
+5. the serving plan (llmpi.plan.serving): every decision, without touching a file;
+6. the side effects, in view: the keys (llmpi.core.keys), the runtime files, the announcer's file
    (llmpi.lan.announce), then the exec.
 Anything that fails ends in the one failure state (llmpi.core.failure).
 """
@@ -37,6 +38,7 @@ from ..models import resolve
 from ..plan.options import WEB_DIR
 from ..plan.serving import Plan, plan
 from ..tls import certs
+from ..volume import layout
 from . import crashes
 from .statuspage import StatusPage
 
@@ -104,6 +106,7 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
 def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.stdout) -> Prepared:
     """All that main() does before the exec: settings, the workers, the model, plan, keys, runtime files."""
     settings = Settings.read(env)
+    layout.prepare_volume(settings.data_dir, out)  # before anything reads it: its format, migrated forward
     if settings.workers_auto and not settings.workers:
         raise ConfigError(NO_WORKER_HEARD)
     if settings.tls:  # before anything slow: the Ollama door waits for these files to serve HTTPS
