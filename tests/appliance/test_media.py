@@ -1,5 +1,5 @@
 """Images sent to the appliance: a model without a projector answers with a clear 4xx (the recipe's "mmproj
-missing" moment), not the 500 that llama-server gives at the pin (fixed in build/patches/0002)."""
+missing" moment), not the 500 that an unpatched llama-server b11312 gives (fixed in build/patches/0002)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ TABLE_11_1 = {
     "Q6_K": 5.94,
     "Q8_0": 7.70,
 }
-# llama-quantize's own list (tools/quantize/quantize.cpp at the pin): GiB for Llama-3-8B (8.03 B parameters)
+# llama-quantize's own list (tools/quantize/quantize.cpp at b11312): GiB for Llama-3-8B (8.03 B parameters)
 LLAMA3_8B = {"Q4_0": 4.34, "Q3_K_M": 3.74, "Q4_K_M": 4.58, "Q5_K_M": 5.33, "Q6_K": 6.14, "Q8_0": 7.96}
 
 

@@ -186,7 +186,7 @@ def runtime_overhead(shape: ModelShape) -> int:
 
 def draft_bytes(draft: ModelShape, n_ctx: int, n_seq: int, unified: bool) -> int:
     """A draft model beside the served one: llama-server gives it a context of the same size and slots
-    (common_base_params_to_speculative at the pin), so its own KV cache and compute buffers, and its weights."""
+    (common_base_params_to_speculative at b11312), so its own KV cache and compute buffers, and its weights."""
     return (
         draft.weights_bytes
         + kv_cache_bytes(draft, n_ctx, n_seq, unified=unified)

@@ -50,7 +50,7 @@ def model_options(s: Settings, model: Model, est: fit.Estimate, threads: int) ->
         ("LLAMA_ARG_MODEL", "--model", str(model.info.path)),
         ("LLAMA_ARG_ALIAS", "--alias", model.alias),
         ("LLAMA_ARG_THREADS", "--threads", str(threads)),
-        ("LLAMA_ARG_THREADS_BATCH", "--threads-batch", str(threads)),
+        ("", "--threads-batch", str(threads)),  # no LLAMA_ARG_* variable at b11312: never overridden
         ("LLAMA_ARG_CTX_SIZE", "--ctx-size", str(est.n_ctx)),
         ("LLAMA_ARG_N_PARALLEL", "--parallel", str(est.n_seq)),
         # a KV cache of its own for each slot (ctx-size / parallel tokens): one request can never use up another's
@@ -89,7 +89,7 @@ def speculation_options(s: Settings, model: Model) -> list[Option]:
     ngram = s.speculation == "ngram"
     types = speculation.spec_types(ngram, model.draft is not None)
     opts: list[Option] = [("LLAMA_ARG_SPEC_TYPE", "--spec-type", types)] if types else []
-    if ngram:  # these flags have no LLAMA_ARG_* variable at the pin: never overridden
+    if ngram:  # these flags have no LLAMA_ARG_* variable at b11312: never overridden
         opts += [("", flag, value) for flag, value in speculation.NGRAM_FLAGS]
     if model.draft is not None:
         opts.append(("LLAMA_ARG_SPEC_DRAFT_MODEL", "--spec-draft-model", str(model.draft.path)))

@@ -119,7 +119,7 @@ def embedding_served(path: Path, alias: str, parallel: int, threads: int, startu
         ("LLAMA_ARG_BATCH", "--batch-size", str(n_ctx)),
         ("LLAMA_ARG_UBATCH", "--ubatch-size", str(n_ctx)),
         ("LLAMA_ARG_THREADS", "--threads", str(threads)),
-        ("LLAMA_ARG_THREADS_BATCH", "--threads-batch", str(threads)),
+        ("", "--threads-batch", str(threads)),  # no LLAMA_ARG_* variable at b11312: never overridden
         ("LLAMA_ARG_QUEUE_MAX", "--queue-max", str(parallel * 4)),
         ("LLAMA_ARG_DRAIN_TIMEOUT", "--drain-timeout", str(DRAIN_SECONDS)),
     ]

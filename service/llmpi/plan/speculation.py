@@ -1,6 +1,6 @@
 """Speculative decoding: llama-server guesses several tokens ahead and checks them in one pass of the model.
 
-Two sources of guesses, both llama.cpp's own (common/speculative.cpp at the pin):
+Two sources of guesses, both llama.cpp's own (common/speculative.cpp at b11312):
 * n-gram (LLMPI_SPECULATION=ngram): the guesses come from the conversation itself: when the last tokens appeared
   earlier in the slot's context, what followed them then is proposed (`--spec-type ngram-mod`). No second model,
   no memory beyond a small table; it pays off when answers repeat the prompt (quoting retrieved passages, editing
@@ -23,7 +23,7 @@ NGRAM_TYPE = "ngram-mod"
 # rejected 64-token draft costs a CPU as much as 64 tokens of prompt). docs/speed.md has the measurements.
 NGRAM_FLAGS = (("--spec-ngram-mod-n-match", "8"), ("--spec-ngram-mod-n-min", "2"), ("--spec-ngram-mod-n-max", "8"))
 DRAFT_TYPE = "draft-simple"
-# common/speculative.cpp at the pin: SPEC_VOCAB_MAX_SIZE_DIFFERENCE, SPEC_VOCAB_CHECK_START_TOKEN_ID
+# common/speculative.cpp at b11312: SPEC_VOCAB_MAX_SIZE_DIFFERENCE, SPEC_VOCAB_CHECK_START_TOKEN_ID
 VOCAB_MAX_SIZE_DIFFERENCE = 128
 VOCAB_CHECK_START = 5
 
