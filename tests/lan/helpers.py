@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from llmpi import __version__
 from tests.compose_helpers import ROOT, Project, compose_env
 
 LAN_OVERRIDE = ROOT / "tests" / "lan" / "compose.lan.yaml"
@@ -57,7 +58,7 @@ def assert_announced_api(project: Project, hostname: str, address: str) -> None:
     assert e["addresses"] == [address], e  # the LAN address alone: no loopback, no Docker bridge of the server's
     txt = e["txt"]
     assert isinstance(txt, dict)
-    assert txt["api"] == "/v1" and txt["auth"] == "key" and txt["version"] == "0.1.0", txt
+    assert txt["api"] == "/v1" and txt["auth"] == "key" and txt["version"] == __version__, txt
     key = project.exec(["llmpi", "keys", "show"])[1].strip()
     assert key.startswith("sk-llmpi-") and all(key not in str(v) for v in txt.values())  # never the key
     url = f"http://{address}:8080{txt['api']}/models"

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from llmpi import __version__
 from tests.appliance.cluster_helpers import AMX, WORKER_MEMORY, service_log
 from tests.compose_helpers import COMPOSE_FILE, ROOT, Project, wait_for
 from tests.lan.helpers import CALL, LAN_OVERRIDE, address_of, client, events, pihost_address
@@ -50,7 +51,7 @@ def test_the_worker_announces_itself(boards: Project) -> None:
     assert w["name"] == f"llmpi worker on testworker.{WORKER_TYPE}" and w["port"] == 50052, w
     assert w["addresses"] == [address_of(boards, "piworker")], w
     txt = w["txt"]
-    assert isinstance(txt, dict) and txt["version"] == "0.1.0" and txt["rpc"] and txt["llama_cpp"], txt
+    assert isinstance(txt, dict) and txt["version"] == __version__ and txt["rpc"] and txt["llama_cpp"], txt
 
 
 def test_the_head_takes_the_worker_it_heard(boards: Project) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llmpi import __version__
 from llmpi.cluster import channels
 from llmpi.core import paths
 from llmpi.core.env import ConfigError
@@ -44,7 +45,7 @@ def test_a_port_published_on_one_address_is_announced_there_alone() -> None:
 def test_txt_records_name_version_api_models_and_auth_never_a_key() -> None:
     api, page = announce.appliance_services("pi", 8080, {"models": ["qwen3-4b", "minilm"], "auth": True, "webui": True})
     assert (api.type, api.name, api.port) == (discovery.SERVICE_TYPE, "llmpi on pi", 8080)
-    assert api.txt == {"version": "0.1.0", "api": "/v1", "models": "qwen3-4b,minilm", "auth": "key"}
+    assert api.txt == {"version": __version__, "api": "/v1", "models": "qwen3-4b,minilm", "auth": "key"}
     assert (page.type, page.name, page.txt) == (discovery.HTTP_TYPE, "llmpi chat on pi", {"path": "/"})
     only_api = announce.appliance_services("pi", 9000, {"models": [], "auth": False, "webui": False})
     assert [s.txt["auth"] for s in only_api] == ["none"] and only_api[0].port == 9000
