@@ -157,6 +157,7 @@ def good_members(tmp_path: Path) -> dict[str, bytes]:
         (lambda m: {**m, "backup.json": json.dumps({"format": 7}).encode()}, "newer llmpi"),
         (lambda m: {**m, "data/keys": b"phone short\n"}, "too easy to guess"),
         (lambda m: {**m, "data/api_key": b"\n"}, "holds no key"),
+        (lambda m: {**m, "data/cluster.key": b"short\n"}, "cluster.key is 5 characters long"),
     ],
 )
 def test_a_bad_archive_changes_nothing(tmp_path: Path, change: object, error: str) -> None:
@@ -194,3 +195,13 @@ def test_an_archive_of_an_older_format_is_migrated(tmp_path: Path) -> None:
     restored = backup.restore_backup(data, models, io.BytesIO(tar_of(members)))
     assert layout.read_format(data) == layout.FORMAT
     assert restored.migrated and "format 0 -> 1" in restored.migrated[0]
+
+
+def test_a_restore_stopped_half_way_is_cleared_at_the_next_start(tmp_path: Path) -> None:
+    data, models = release_volume(tmp_path)
+    (data / ".restore-abc").mkdir()
+    (data / ".restore-abc" / "keys").write_text("half\n")
+    (models / ".restore-def").mkdir()
+    assert sorted(p.name for p in backup.remove_unfinished_restores(data, models)) == [".restore-abc", ".restore-def"]
+    assert not list(data.glob(".restore-*")) and not list(models.glob(".restore-*"))
+    assert keys.read_named(data)["phone"][0] == PHONE

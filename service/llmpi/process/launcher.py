@@ -38,7 +38,7 @@ from ..models import resolve
 from ..plan.options import WEB_DIR
 from ..plan.serving import Plan, plan
 from ..tls import certs
-from ..volume import layout
+from ..volume import backup, layout
 from . import crashes
 from .statuspage import StatusPage
 
@@ -107,6 +107,8 @@ def prepare(env: Mapping[str, str], hw: hardware.Hardware, out: TextIO = sys.std
     """All that main() does before the exec: settings, the workers, the model, plan, keys, runtime files."""
     settings = Settings.read(env)
     layout.prepare_volume(settings.data_dir, out)  # before anything reads it: its format, migrated forward
+    for left in backup.remove_unfinished_restores(settings.data_dir, settings.models_dir):
+        print(f"llmpi: removed {left}, what a restore stopped half-way had read (nothing of it was in place)", file=out)
     if settings.workers_auto and not settings.workers:
         raise ConfigError(NO_WORKER_HEARD)
     if settings.tls:  # before anything slow: the Ollama door waits for these files to serve HTTPS

@@ -32,16 +32,17 @@ from pathlib import Path
 from typing import IO
 
 from .. import __version__
-from ..core import keys
+from ..core import keys, paths
 from ..core.env import ConfigError
-from ..core.settings import SETTINGS
+from ..core.settings import SETTINGS, check_secret
 from . import layout
 
 META = "backup.json"
 SETTINGS_FILE = "settings.env"
 END = "backup.end"  # the last member: how many came before it (an archive cut off at a member's end lacks it)
-DATA_FILES = (layout.FORMAT_FILE, keys.KEY_FILE_NAME, keys.NAMED_KEYS_FILE_NAME, "cluster.key")
-SECRET_FILES = frozenset({keys.KEY_FILE_NAME, keys.NAMED_KEYS_FILE_NAME, "cluster.key", "tls/ca.key", "tls/server.key"})
+CLUSTER_KEY = paths.CLUSTER_KEY_FILE
+DATA_FILES = (layout.FORMAT_FILE, keys.KEY_FILE_NAME, keys.NAMED_KEYS_FILE_NAME, CLUSTER_KEY)
+SECRET_FILES = frozenset({keys.KEY_FILE_NAME, keys.NAMED_KEYS_FILE_NAME, CLUSTER_KEY, "tls/ca.key", "tls/server.key"})
 TLS_DIR = "tls"
 # settings whose values are keys: in the backup's files already when the board made them, in the user's .env if not
 SECRET_SETTINGS = frozenset({"LLMPI_API_KEY", "LLMPI_ADMIN_KEY", "LLMPI_CLUSTER_SECRET"})
@@ -217,6 +218,8 @@ def check_staged(data_stage: Path) -> dict[str, object]:
     if (data_stage / keys.KEY_FILE_NAME).exists():
         keys.parse_keys((data_stage / keys.KEY_FILE_NAME).read_text(), f"the archive's data/{keys.KEY_FILE_NAME}")
     keys.read_named(data_stage)  # ConfigError naming the line
+    if (data_stage / CLUSTER_KEY).exists():
+        check_secret((data_stage / CLUSTER_KEY).read_text(), f"the archive's data/{CLUSTER_KEY}")
     assert isinstance(meta, dict)
     return meta
 
@@ -279,6 +282,15 @@ def move_into_place(staged: list[tuple[str, str]], data_stage: Path, models_stag
                 rel[: -len(".json")] if has_file else pull_hint(models_stage / rel)
             )
             place(models_stage, rel, s_models)
+
+
+def remove_unfinished_restores(data_dir: Path, models_dir: Path) -> list[Path]:
+    """The staging directories of a restore that was stopped half-way (the container restarted under it): at a
+    start no restore runs, so whatever is there is left over. Returns what was removed."""
+    found = [p for d in (data_dir, models_dir) if d.is_dir() for p in d.glob(f"{STAGING_PREFIX}*") if p.is_dir()]
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return found
 
 
 def restore_backup(data_dir: Path, models_dir: Path, source: IO[bytes]) -> Restored:
