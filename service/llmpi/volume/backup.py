@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .. import __version__
 from ..core import keys, paths
@@ -242,24 +242,24 @@ def place(stage: Path, rel: str, home: Path) -> None:
     os.replace(src, dest)
 
 
-def model_file_of(manifest: Path) -> str | None:
+def manifest_of(path: Path) -> dict[str, Any]:
+    """A staged manifest's contents; {} when it is not a JSON object."""
     try:
-        data = json.loads(manifest.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    name = data.get("file") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_file_of(manifest: dict[str, Any]) -> str | None:
+    name = manifest.get("file")
     return name if isinstance(name, str) and PLAIN_NAME.match(name) else None
 
 
-def pull_hint(manifest: Path) -> str:
-    try:
-        data = json.loads(manifest.read_text())
-        source = data.get("source", {}) if isinstance(data, dict) else {}
-        pulled = source.get("pulled") if isinstance(source, dict) else None
-        name = data.get("name") if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        pulled = name = None
-    what = str(pulled or name or manifest.stem)
+def pull_hint(manifest: dict[str, Any], stem: str) -> str:
+    """What pulls a manifest's model again: `<repo> (llmpi models pull <repo>)`."""
+    source = manifest.get("source")
+    what = str((source.get("pulled") if isinstance(source, dict) else None) or manifest.get("name") or stem)
     return f"{what} (llmpi models pull {what})"
 
 
@@ -276,11 +276,12 @@ def move_into_place(staged: list[tuple[str, str]], data_stage: Path, models_stag
             place(models_stage, rel, s_models)
     for volume, rel in staged:
         if volume == "models" and rel.endswith(".json"):
-            file = model_file_of(models_stage / rel)
-            has_file = file is not None and (s_models / file).is_file()
-            (result.models if has_file else result.to_pull).append(
-                rel[: -len(".json")] if has_file else pull_hint(models_stage / rel)
-            )
+            manifest, stem = manifest_of(models_stage / rel), rel[: -len(".json")]
+            file = model_file_of(manifest)
+            if file is not None and (s_models / file).is_file():
+                result.models.append(stem)
+            else:
+                result.to_pull.append(pull_hint(manifest, stem))
             place(models_stage, rel, s_models)
 
 
@@ -301,7 +302,10 @@ def restore_backup(data_dir: Path, models_dir: Path, source: IO[bytes]) -> Resto
     data_stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=data_dir))
     models_stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=models_dir))
     try:
-        staged = stage_archive(source, data_stage, models_stage)
+        try:
+            staged = stage_archive(source, data_stage, models_stage)
+        except OSError as e:  # a full volume, most likely (with --models a backup is gigabytes)
+            raise ConfigError(f"cannot write the archive to the volumes: {e.strerror or e}; nothing restored") from None
         meta = check_staged(data_stage)
         result = Restored(meta=meta, settings=read_settings(data_stage / "meta" / SETTINGS_FILE))
         move_into_place(staged, data_stage, models_stage, data_dir, models_dir, result)
