@@ -214,3 +214,10 @@ def test_the_docs_check_finds_what_is_missing_and_what_is_gone(small_tree: Path)
         "docs/README.md: not named: a.md",
         "docs/README.md: named but not in the tree: a.txt",
     ]
+
+
+def test_every_test_folder_is_in_testpaths() -> None:
+    """CI runs pytest's testpaths: a folder of tests left out of them is never run (tests/fairness once was)."""
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    folders = {f"tests/{p.parent.name}" for p in (ROOT / "tests").glob("*/test_*.py")}
+    assert sorted(folders - set(options["testpaths"])) == []

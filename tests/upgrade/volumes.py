@@ -15,8 +15,11 @@ from typing import Any
 
 import docker
 
+from llmpi.plan.model_files import EMBEDDED_MODEL
+
+EMBEDDED = EMBEDDED_MODEL  # the image's embedded model, which the fixtures leave out
+
 HERE = Path(__file__).resolve().parent / "volumes"
-EMBEDDED = "/opt/llmpi/models/gemma-3-270m-q4_k_m.gguf"
 UID = 10001  # the image's llmpi user
 
 
