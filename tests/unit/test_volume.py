@@ -152,6 +152,7 @@ def good_members(tmp_path: Path) -> dict[str, bytes]:
     [
         (lambda m: {**m, "data/../../etc/passwd": b"x"}, "not part of an llmpi backup"),
         (lambda m: {**m, "data/logs/access.log": b"x"}, "not part of an llmpi backup"),
+        (lambda m: {"./api_key": m["data/api_key"]}, "a copy of a data volume"),
         (lambda m: {k: v for k, v in m.items() if k != "backup.json"}, "does not end with backup.end"),
         (lambda m: {k: v for k, v in m.items() if k != "backup.end"}, "cut off"),
         (lambda m: {**m, "backup.json": json.dumps({"format": 7}).encode()}, "newer llmpi"),

@@ -144,6 +144,12 @@ def member_place(name: str) -> tuple[str, str]:
         return "data", f"{TLS_DIR}/{parts[2]}"
     if len(parts) == 2 and parts[0] == "models" and PLAIN_NAME.match(parts[1]) and parts[1].endswith(MODEL_SUFFIXES):
         return "models", parts[1]
+    if name.startswith("./"):  # deploy-pi's volume-<time>.tar of a release before `llmpi backup`
+        raise ConfigError(
+            "the archive is a copy of a data volume (scripts/deploy-pi makes one of a release before `llmpi "
+            "backup`), not an llmpi backup: put it back as it is, `docker compose exec -T llmpi tar -C /data -xf - "
+            "< FILE`, then `docker compose restart llmpi`; nothing restored"
+        )
     raise ConfigError(f"the archive holds {ascii(name)[:200]}, which is not part of an llmpi backup: nothing restored")
 
 
