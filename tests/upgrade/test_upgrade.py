@@ -2,7 +2,8 @@
 release wrote (tests/upgrade/volumes/, made by that release's image; no old image is built here) serves every
 key, named key, model and secret it held, the volume's format moved forward; `llmpi backup --models`, then a board
 with empty volumes, then `llmpi restore`, gives the same keys (the `openai` SDK answers with each), models, cluster
-secret and CA; and a volume of a newer llmpi is refused in the one failure state, left as it was."""
+secret and CA; a volume of a newer llmpi is refused in the one failure state, left as it was; and restoring the
+backup there (going back) serves it all again."""
 
 from __future__ import annotations
 
@@ -105,18 +106,25 @@ def test_an_earlier_releases_volume_is_served_then_backed_up_and_restored(
         fresh.up()
         fresh.wait_healthy(300)
         assert fresh.generated_key() != fixture.facts["key"]
-        with archive.open("rb") as source:
-            done = subprocess.run([*compose_cmd(fresh), "exec", "-T", "llmpi", "llmpi", "restore"], stdin=source,
-                                  capture_output=True, env=fresh.environment(), timeout=300)  # fmt: skip
-        said = done.stdout.decode() + done.stderr.decode()
-        assert done.returncode == 0, said
-        assert "restored a backup" in said and "docker compose restart llmpi" in said, said
-        fresh.compose("restart", "llmpi", timeout=120)
-        fresh.wait_healthy(300)
+        restore(fresh, archive)
         assert_serves_what_the_release_held(fresh, fixture.facts)
         refuse_a_newer_volume(fresh)
+        restore(fresh, archive)  # going back: the backup made before, restored where the newer volume is refused
+        assert_serves_what_the_release_held(fresh, fixture.facts)
     finally:
         fresh.down()
+
+
+def restore(project: Project, archive: Path) -> None:
+    """`llmpi restore < archive` in the running container (healthy or refusing to serve), then a restart."""
+    with archive.open("rb") as source:
+        done = subprocess.run([*compose_cmd(project), "exec", "-T", "llmpi", "llmpi", "restore"], stdin=source,
+                              capture_output=True, env=project.environment(), timeout=300)  # fmt: skip
+    said = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0, said
+    assert "restored a backup" in said and "docker compose restart llmpi" in said, said
+    project.compose("restart", "llmpi", timeout=120)
+    project.wait_healthy(300)
 
 
 def refuse_a_newer_volume(project: Project) -> None:
