@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -241,3 +242,19 @@ def test_a_stream_is_relayed_line_by_line_and_a_cut_one_ends_with_an_error() -> 
     assert lines[-1]["done"] is True and lines[-1]["done_reason"] == "stop" and len(lines) == 4
     cut = relayed(event({"content": "Hel"}) + event({"content": "lo"}), cut=True)
     assert cut[-1]["error"].startswith("the model server stopped answering") and not cut[-1].get("done")
+
+
+def test_a_pull_too_fast_to_watch_still_reports_its_file_whole(tmp_path: Path) -> None:
+    """/api/pull's progress: the pulled file's digest and size from its manifest once the command says `pulled`."""
+    (tmp_path / "second.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(996))
+    manifest = {"name": "second", "file": "second.Q4_K_M.gguf", "sha256": "ab" * 32}
+    (tmp_path / "second.Q4_K_M.json").write_text(json.dumps(manifest))
+    said = ["llmpi: pulling second: verifying", 'pulled second (Q4_K_M, 0.00 GB): use it with "model": "second"']
+    assert manage.finished_line(said, tmp_path) == {
+        "status": "pulling second.Q4_K_M.gguf",
+        "digest": "sha256:" + "ab" * 32,
+        "total": 1000,
+        "completed": 1000,
+    }
+    assert manage.finished_line(said[:1], tmp_path) is None  # no `pulled` line: nothing claimed
+    assert manage.finished_line(["pulled third (Q4_K_M, 0.00 GB): ..."], tmp_path) is None

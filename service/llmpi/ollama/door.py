@@ -580,14 +580,14 @@ class Door:
         async with self.pulling:
             if not stream:
                 last: dict[str, Any] = {}
-                async for line in manage.pull(name):
+                async for line in manage.pull(name, self.settings.models_dir):
                     last = line
                 if "error" in last:
                     raise Refused(500, str(last["error"]))
                 await send_json(writer, 200, {"status": "success"})
                 return
             out = NDJSONStream(writer)
-            async for line in manage.pull(name):
+            async for line in manage.pull(name, self.settings.models_dir):
                 await out.line(line)
             await out.end()
 

@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from ..models.progress import read_progress
+from ..plan.model_files import local_models
 
 LLMPI = [sys.executable, "-m", "llmpi.cli.main", "models"]
 POLL = 0.5  # seconds between two looks at the pull's progress
+PULLED = re.compile(r"^pulled (\S+) \(")  # `llmpi models pull`'s last line: `pulled NAME (QUANT, SIZE): ...`
 
 
 def hub_name(name: str) -> str:
@@ -34,9 +38,22 @@ def progress_line(snap: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
-async def pull(name: str) -> AsyncIterator[dict[str, Any]]:
-    """Run `llmpi models pull NAME --progress`, yielding Ollama's progress objects; the last one is
-    {"status": "success"} or {"error": ...} with the command's own sentence."""
+def finished_line(output: list[str], models_dir: Path) -> dict[str, Any] | None:
+    """The pulled model's file, whole, as Ollama's progress object (its digest, total = completed), from the manifest
+    of the model the command's last line names; None when there is none. A pull faster than POLL shows no progress
+    while it runs; this line is its progress all the same."""
+    names = [m.group(1) for line in output if (m := PULLED.match(line.removeprefix("llmpi: ")))]
+    found = [m for m in local_models(models_dir, refused=lambda _: None) if names and m.name == names[-1]]
+    if not found or not found[0].manifest.get("sha256"):
+        return None
+    size = found[0].path.stat().st_size
+    return {"status": f"pulling {found[0].path.name}", "digest": f"sha256:{found[0].manifest['sha256']}",
+            "total": size, "completed": size}  # fmt: skip
+
+
+async def pull(name: str, models_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    """Run `llmpi models pull NAME --progress`, yielding Ollama's progress objects, the pulled file's whole last
+    (`finished_line`); the last one is {"status": "success"} or {"error": ...} with the command's own sentence."""
     yield {"status": "pulling manifest"}
     proc = await asyncio.create_subprocess_exec(
         *LLMPI, "pull", hub_name(name), "--progress", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -56,6 +73,9 @@ async def pull(name: str) -> AsyncIterator[dict[str, Any]]:
     if code != 0:
         yield {"error": reason(output) or f"llmpi models pull exited with {code}"}
         return
+    done = finished_line(output, models_dir)
+    if done is not None and done != last:
+        yield done
     yield {"status": "writing manifest"}
     yield {"status": "success"}
 
