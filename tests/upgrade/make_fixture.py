@@ -18,38 +18,17 @@ import json
 import subprocess
 import sys
 
-import requests
-
 from tests.appliance.test_models import bridge_address
 from tests.compose_helpers import Project
 from tests.hubstub import Hub, Repo
-from tests.upgrade.volumes import EMBEDDED, HERE, UID, run_on_volumes
+from tests.upgrade.volumes import EMBEDDED, HERE, UID, run_on_volumes, said, what_llmpi_says
 
 NAMED = {"phone": ["--priority", "high", "--max-slots", "1"], "tv": ["--daily-tokens", "20000"]}
 
 
-def said(project: Project, *argv: str) -> str:
-    code, out = project.exec(list(argv))
-    if code != 0:
-        raise SystemExit(f"{' '.join(argv)} failed: {out}")
-    return out.strip()
-
-
 def facts_of(project: Project) -> dict[str, object]:
-    """What the release's `llmpi` says about the volume: the test checks the next image says the same."""
-    key = said(project, "llmpi", "keys", "show")
-    named = {name: said(project, "llmpi", "keys", "show", name) for name in NAMED}
-    models = requests.get(f"{project.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
-    ca = said(project, "llmpi", "tls", "ca").splitlines()[-1]
-    return {
-        "key": key,
-        "named": named,
-        "keys_list": said(project, "llmpi", "keys", "list"),
-        "cluster_secret": said(project, "llmpi", "cluster", "secret"),
-        "ca_fingerprint": ca.split("fingerprint:", 1)[1].strip(),
-        "models": sorted(m["id"] for m in models["data"]),
-        "volume_format": volume_format(project),
-    }
+    """What the release's `llmpi` says about the volume, and the volume's format."""
+    return {**what_llmpi_says(project, NAMED), "volume_format": volume_format(project)}
 
 
 def volume_format(project: Project) -> int:

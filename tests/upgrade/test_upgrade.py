@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from openai import OpenAI
 
 from tests.appliance.health_helpers import health_log
 from tests.appliance.replies import assert_says_something
 from tests.compose_helpers import Project, wait_for
-from tests.upgrade.volumes import Fixture, fixtures, load_fixture
+from tests.upgrade.volumes import Fixture, fixtures, load_fixture, what_llmpi_says
 
 pytestmark = pytest.mark.upgrade
 
@@ -36,27 +35,8 @@ def compose_cmd(project: Project) -> list[str]:
     return ["docker", "compose", "-p", project.name, "-f", str(project.files[0])]
 
 
-def facts_now(project: Project, key: str) -> dict[str, Any]:
-    """What this image's `llmpi` says about the volume, as make_fixture recorded it for the release."""
-
-    def said(*argv: str) -> str:
-        code, out = project.exec(list(argv))
-        assert code == 0, out
-        return out.strip()
-
-    models = requests.get(f"{project.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
-    return {
-        "key": said("llmpi", "keys", "show"),
-        "named": {name: said("llmpi", "keys", "show", name) for name in ("phone", "tv")},
-        "keys_list": said("llmpi", "keys", "list"),
-        "cluster_secret": said("llmpi", "cluster", "secret"),
-        "ca_fingerprint": said("llmpi", "tls", "ca").splitlines()[-1].split("fingerprint:", 1)[1].strip(),
-        "models": sorted(m["id"] for m in models.json()["data"]),
-    }
-
-
 def assert_serves_what_the_release_held(project: Project, facts: dict[str, Any]) -> None:
-    now = facts_now(project, facts["key"])
+    now = what_llmpi_says(project, facts["named"])
     for name in ("key", "named", "cluster_secret", "ca_fingerprint", "models"):
         assert now[name] == facts[name], name
     assert "high priority" in now["keys_list"] and "20000 tokens a day" in now["keys_list"], now["keys_list"]

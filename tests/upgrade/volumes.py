@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 
 from llmpi.plan.model_files import EMBEDDED_MODEL
+from tests.compose_helpers import Project
 
 EMBEDDED = EMBEDDED_MODEL  # the image's embedded model, which the fixtures leave out
 
@@ -68,3 +71,26 @@ def load_fixture(image: str, project: str, fixture: Fixture) -> None:
                    fixture.archive.read_bytes())  # fmt: skip
     for name in fixture.facts["embedded_copies"]:
         run_on_volumes(image, project, ["cp", EMBEDDED, f"/data/models/{name}"], str(UID))
+
+
+def said(project: Project, *argv: str) -> str:
+    """What a command in the project's llmpi container prints; it must succeed."""
+    code, out = project.exec(list(argv))
+    assert code == 0, f"{' '.join(argv)} failed: {out}"
+    return out.strip()
+
+
+def what_llmpi_says(project: Project, named: Iterable[str]) -> dict[str, Any]:
+    """What the image's own `llmpi` says about the volume: the generated key, the named keys, `llmpi keys list`, the
+    cluster secret, the CA's fingerprint and the models /v1/models lists. make_fixture records it for a release;
+    the upgrade test checks that a later image says the same."""
+    key = said(project, "llmpi", "keys", "show")
+    models = requests.get(f"{project.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+    return {
+        "key": key,
+        "named": {name: said(project, "llmpi", "keys", "show", name) for name in named},
+        "keys_list": said(project, "llmpi", "keys", "list"),
+        "cluster_secret": said(project, "llmpi", "cluster", "secret"),
+        "ca_fingerprint": said(project, "llmpi", "tls", "ca").splitlines()[-1].split("fingerprint:", 1)[1].strip(),
+        "models": sorted(m["id"] for m in models["data"]),
+    }
